@@ -1,0 +1,3 @@
+//! placeholder
+/// The migrations.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../sql");

@@ -1,0 +1,389 @@
+//! An ephemeral PostgreSQL cluster made from the system's server binaries.
+//!
+//! The cluster lives in one folder (data, log, port file) and listens on 127.0.0.1 on a port of
+//! its own, chosen once when the cluster is created, so it never touches another server. As root,
+//! `initdb` refuses to run, so the folder and the server belong to the `postgres` user and every
+//! server binary is run through `runuser`.
+
+use std::ffi::OsString;
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+/// Why the cluster could not be managed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// No `initdb`/`pg_ctl` on PATH nor under `/usr/lib/postgresql/*/bin`.
+    #[error(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or under \
+         /usr/lib/postgresql/*/bin: install them, e.g. `apt-get install -y postgresql`"
+    )]
+    NoBinaries,
+    /// A server binary ran and failed.
+    #[error("{what} failed: {detail}")]
+    Command {
+        /// What was run.
+        what: String,
+        /// Its output, or the reason it did not start.
+        detail: String,
+    },
+    /// A file of the cluster's folder could not be read or written.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Finds the directory holding `initdb` and `pg_ctl`: `NEARCACHE_PG_BIN`, then PATH, then the
+/// newest `/usr/lib/postgresql/*/bin`.
+pub fn find_pg_bin() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("NEARCACHE_PG_BIN") {
+        let dir = PathBuf::from(dir);
+        if dir.join("initdb").is_file() {
+            return Some(dir);
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if dir.join("initdb").is_file() && dir.join("pg_ctl").is_file() {
+                // Resolve symlinks such as /usr/local/bin/initdb so that the sibling binaries
+                // (postgres, pg_ctl) come from one installation.
+                let real = fs::canonicalize(dir.join("initdb")).ok()?;
+                return real.parent().map(Path::to_path_buf);
+            }
+        }
+    }
+    let mut found: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let version = e.file_name().to_str()?.parse::<u32>().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((version, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, bin)| bin)
+}
+
+/// An ephemeral cluster kept in one folder.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    dir: PathBuf,
+    bin: PathBuf,
+    as_postgres: bool,
+}
+
+impl Cluster {
+    /// A cluster kept in `dir` (created on first start).
+    ///
+    /// # Errors
+    /// [`ClusterError::NoBinaries`] when the server binaries are missing.
+    pub fn new(dir: impl Into<PathBuf>) -> Result<Self, ClusterError> {
+        let bin = find_pg_bin().ok_or(ClusterError::NoBinaries)?;
+        let as_postgres = is_root();
+        let mut dir: PathBuf = dir.into();
+        if as_postgres && !postgres_can_reach(dir.parent().unwrap_or(Path::new("/"))) {
+            // The checkout sits where the postgres user cannot go (say, under /root): keep the
+            // cluster in /tmp instead, under a name derived from the intended folder.
+            let tag = dir.to_string_lossy().bytes().fold(0u64, |h, b| {
+                h.wrapping_mul(1_099_511_628_211).wrapping_add(u64::from(b))
+            });
+            dir = std::env::temp_dir().join(format!("nearcache-pg-{tag:016x}"));
+        }
+        Ok(Self {
+            dir,
+            bin,
+            as_postgres,
+        })
+    }
+
+    /// The folder holding the cluster.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.join("data")
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.join("postgres.log")
+    }
+
+    /// The port, chosen when the cluster was created.
+    ///
+    /// # Errors
+    /// When the cluster was never created.
+    pub fn port(&self) -> Result<u16, ClusterError> {
+        let text = fs::read_to_string(self.dir.join("port"))?;
+        text.trim().parse().map_err(|_| ClusterError::Command {
+            what: "reading the port file".into(),
+            detail: format!("{text:?} is not a port"),
+        })
+    }
+
+    /// The URL of the `nearcache` database as its superuser.
+    ///
+    /// # Errors
+    /// When the cluster was never created.
+    pub fn url(&self) -> Result<String, ClusterError> {
+        Ok(format!(
+            "postgres://nearcache@127.0.0.1:{}/nearcache",
+            self.port()?
+        ))
+    }
+
+    /// Whether a postmaster of this cluster is running: the pid of `postmaster.pid` names a live
+    /// process that is not a zombie. (`pg_ctl status` calls a killed but not yet reaped
+    /// postmaster running.)
+    pub fn is_running(&self) -> bool {
+        self.postmaster_pid().is_some_and(process_alive)
+    }
+
+    /// The pid recorded in `postmaster.pid`, if any.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        let text = fs::read_to_string(self.data().join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
+    /// Creates the cluster if needed and starts it if it is not running. Idempotent; recovers
+    /// from a postmaster killed with SIGKILL (stale pid file, orphaned backends).
+    ///
+    /// Returns whether this call started the server.
+    ///
+    /// # Errors
+    /// When initdb or pg_ctl fail; the message carries their output and the log's tail.
+    pub fn up(&self) -> Result<bool, ClusterError> {
+        if !self.data().join("PG_VERSION").exists() {
+            self.init()?;
+        }
+        if self.is_running() {
+            return Ok(false);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let out = self.pg_ctl(&[
+                "start",
+                "-w",
+                "-t",
+                "30",
+                "-D",
+                &self.data().to_string_lossy(),
+                "-l",
+                &self.log().to_string_lossy(),
+                "-o",
+                &format!("-p {} -k ''", self.port()?),
+            ])?;
+            if out.status.success() {
+                return Ok(true);
+            }
+            // After a SIGKILL of the postmaster its backends may still hold the shared memory
+            // for a moment: they notice the postmaster's death and exit on their own.
+            if Instant::now() > deadline {
+                return Err(ClusterError::Command {
+                    what: "pg_ctl start".into(),
+                    detail: format!("{}\n{}", output_text(&out), self.log_tail()),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    /// Stops the server (fast shutdown) if it runs.
+    ///
+    /// # Errors
+    /// When pg_ctl fails to stop a running server.
+    pub fn down(&self) -> Result<bool, ClusterError> {
+        if !self.is_running() {
+            return Ok(false);
+        }
+        self.run_pg_ctl_stop("fast")?;
+        Ok(true)
+    }
+
+    /// Stops the server at once, as a crash would (`pg_ctl stop -m immediate`).
+    ///
+    /// # Errors
+    /// When pg_ctl fails.
+    pub fn crash(&self) -> Result<(), ClusterError> {
+        self.run_pg_ctl_stop("immediate")
+    }
+
+    fn run_pg_ctl_stop(&self, mode: &str) -> Result<(), ClusterError> {
+        let out = self.pg_ctl(&[
+            "stop",
+            "-w",
+            "-m",
+            mode,
+            "-D",
+            &self.data().to_string_lossy(),
+        ])?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(ClusterError::Command {
+                what: format!("pg_ctl stop -m {mode}"),
+                detail: output_text(&out),
+            })
+        }
+    }
+
+    /// Stops the server and deletes the folder.
+    ///
+    /// # Errors
+    /// When the server cannot be stopped or the folder removed.
+    pub fn destroy(&self) -> Result<(), ClusterError> {
+        self.down()?;
+        if self.dir.exists() {
+            fs::remove_dir_all(&self.dir)?;
+        }
+        Ok(())
+    }
+
+    fn init(&self) -> Result<(), ClusterError> {
+        fs::create_dir_all(&self.dir)?;
+        let port = free_port()?;
+        fs::write(self.dir.join("port"), format!("{port}\n"))?;
+        if self.as_postgres {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&self.dir)
+                .status()?;
+            if !status.success() {
+                return Err(ClusterError::Command {
+                    what: "chown of the cluster folder to postgres".into(),
+                    detail: status.to_string(),
+                });
+            }
+        }
+        let data = self.data();
+        let out = self.run(
+            "initdb",
+            &[
+                "-D",
+                &data.to_string_lossy(),
+                "-U",
+                "nearcache",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C",
+                "--no-sync",
+                "--no-instructions",
+            ],
+        )?;
+        if !out.status.success() {
+            return Err(ClusterError::Command {
+                what: "initdb".into(),
+                detail: output_text(&out),
+            });
+        }
+        // Settings for a throwaway test cluster: durability off, enough connections for
+        // parallel tests, and the server reachable on loopback only.
+        let conf = "\n# nearcache ephemeral cluster\nlisten_addresses = '127.0.0.1'\n\
+                    max_connections = 400\nfsync = off\nsynchronous_commit = off\n\
+                    full_page_writes = off\nshared_buffers = 128MB\n\
+                    unix_socket_directories = ''\nlog_min_messages = warning\n";
+        let path = data.join("postgresql.conf");
+        let mut text = fs::read_to_string(&path)?;
+        text.push_str(conf);
+        fs::write(&path, text)?;
+        self.up_then_createdb()
+    }
+
+    fn up_then_createdb(&self) -> Result<(), ClusterError> {
+        self.up()?;
+        let out = Command::new(self.bin.join("psql"))
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p"])
+            .arg(self.port()?.to_string())
+            .args(["-U", "nearcache", "-d", "postgres", "-c", "CREATE DATABASE nearcache"])
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Ok(()),
+            Ok(o) => Err(ClusterError::Command {
+                what: "CREATE DATABASE nearcache".into(),
+                detail: output_text(&o),
+            }),
+            Err(e) => Err(ClusterError::Command {
+                what: "psql".into(),
+                detail: e.to_string(),
+            }),
+        }
+    }
+
+    fn pg_ctl(&self, args: &[&str]) -> Result<Output, ClusterError> {
+        self.run("pg_ctl", args)
+    }
+
+    fn run(&self, program: &str, args: &[&str]) -> Result<Output, ClusterError> {
+        let exe = self.bin.join(program);
+        let mut cmd = if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&exe);
+            c
+        } else {
+            Command::new(&exe)
+        };
+        cmd.args(args.iter().map(OsString::from));
+        // Run from a folder the postgres user can read, and detach stdin.
+        cmd.current_dir(&self.dir).stdin(std::process::Stdio::null());
+        cmd.output().map_err(|e| ClusterError::Command {
+            what: exe.display().to_string(),
+            detail: e.to_string(),
+        })
+    }
+
+    fn log_tail(&self) -> String {
+        let text = fs::read_to_string(self.log()).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+}
+
+fn output_text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+    .trim()
+    .to_string()
+}
+
+fn free_port() -> Result<u16, ClusterError> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn process_alive(pid: u32) -> bool {
+    // The third field of /proc/<pid>/stat is the state; Z and X are dead processes.
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn postgres_can_reach(dir: &Path) -> bool {
+    let mut probe = dir.to_path_buf();
+    while !probe.exists() {
+        if !probe.pop() {
+            return false;
+        }
+    }
+    Command::new("runuser")
+        .args(["-u", "postgres", "--", "test", "-x"])
+        .arg(&probe)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}

@@ -1,0 +1,224 @@
+//! `cargo xtask`: the workspace's tooling. Run `cargo xtask --help`.
+
+mod bench;
+mod demo;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use xtask::{workspace_root, Cluster, ClusterError};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "nearcache's tooling")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Manage the ephemeral PostgreSQL cluster under target/.
+    Db {
+        #[command(subcommand)]
+        action: DbCmd,
+    },
+    /// Bring the database up, migrate, run every test of the workspace, stop what was started.
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// What CI runs: fmt check, clippy with warnings denied, then `test`.
+    Ci,
+    /// Run the whole system: database, seed data, two instances, tokens and example requests.
+    Demo(demo::Args),
+    /// Measure the system (release build, wrk) and write a report under target/.
+    Bench(bench::Args),
+}
+
+#[derive(Subcommand)]
+enum DbCmd {
+    /// Create and start the cluster if needed; print its URL.
+    Up,
+    /// Stop the cluster.
+    Down,
+    /// Delete the cluster, then create, start and migrate a new one.
+    Reset,
+    /// Apply the migrations of sql/.
+    Migrate,
+    /// Print the database URL.
+    Url,
+    /// Say whether the cluster runs, where and on which port.
+    Status,
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Cmd::Db { action } => db(action),
+        Cmd::Test { args } => test(&args),
+        Cmd::Ci => ci(),
+        Cmd::Demo(args) => demo::run(args),
+        Cmd::Bench(args) => bench::run(args),
+    }
+}
+
+/// The project's cluster, kept in target/nearcache-pg.
+pub(crate) fn cluster() -> Result<Cluster, ClusterError> {
+    Cluster::new(workspace_root().join("target").join("nearcache-pg"))
+}
+
+/// The database to use: `DATABASE_URL` when set (nothing is started), else the ephemeral
+/// cluster, started if needed. Returns the URL and whether this call started a server.
+pub(crate) fn database() -> Result<(String, Option<Cluster>)> {
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        if !url.is_empty() {
+            return Ok((url, None));
+        }
+    }
+    let cluster = cluster()?;
+    let started = cluster.up()?;
+    let url = cluster.url()?;
+    Ok((url, started.then_some(cluster)))
+}
+
+pub(crate) fn migrate(url: &str) -> Result<()> {
+    runtime()?.block_on(async {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(url)
+            .await
+            .with_context(|| format!("connecting to {url}"))?;
+        nearcache_pg::MIGRATOR
+            .run(&pool)
+            .await
+            .context("applying the migrations of sql/")?;
+        pool.close().await;
+        Ok(())
+    })
+}
+
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn db(action: DbCmd) -> Result<()> {
+    let external = std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    match action {
+        DbCmd::Up => {
+            let (url, _) = database()?;
+            if external.is_some() {
+                eprintln!("DATABASE_URL is set: using it, nothing started");
+            }
+            println!("{url}");
+        }
+        DbCmd::Down => {
+            if cluster()?.down()? {
+                eprintln!("stopped");
+            } else {
+                eprintln!("not running");
+            }
+        }
+        DbCmd::Reset => {
+            if external.is_some() {
+                bail!("DATABASE_URL is set: refusing to reset a database nearcache did not make");
+            }
+            let c = cluster()?;
+            c.destroy()?;
+            c.up()?;
+            migrate(&c.url()?)?;
+            println!("{}", c.url()?);
+        }
+        DbCmd::Migrate => {
+            let (url, _) = database()?;
+            migrate(&url)?;
+            eprintln!("migrated {url}");
+        }
+        DbCmd::Url => match external {
+            Some(url) => println!("{url}"),
+            None => println!("{}", cluster()?.url().context("no cluster yet: run `cargo xtask db up`")?),
+        },
+        DbCmd::Status => {
+            if let Some(url) = external {
+                println!("DATABASE_URL is set: {url}");
+                return Ok(());
+            }
+            let c = cluster()?;
+            let state = if c.is_running() { "running" } else { "stopped" };
+            let port = c.port().map(|p| p.to_string()).unwrap_or_else(|_| "-".into());
+            println!("{state}\nfolder: {}\nport: {port}", c.dir().display());
+            if let Ok(url) = c.url() {
+                println!("url: {url}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.current_dir(workspace_root());
+    cmd
+}
+
+fn check(cmd: &mut Command, what: &str) -> Result<()> {
+    eprintln!("==> {what}");
+    let status = cmd.status().with_context(|| format!("running {what}"))?;
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn test(args: &[String]) -> Result<()> {
+    let (url, started) = database()?;
+    let result = (|| {
+        migrate(&url)?;
+        let mut cmd = cargo();
+        cmd.args(["test", "--workspace", "--all-features"])
+            .args(args)
+            .env("DATABASE_URL", &url);
+        if let Some(bin) = xtask::find_pg_bin() {
+            cmd.env("NEARCACHE_PG_BIN", bin);
+        }
+        check(&mut cmd, "cargo test --workspace")
+    })();
+    if let Some(cluster) = started {
+        if let Err(e) = cluster.down() {
+            eprintln!("xtask: could not stop the cluster: {e}");
+        }
+    }
+    result
+}
+
+fn ci() -> Result<()> {
+    check(cargo().args(["fmt", "--all", "--check"]), "cargo fmt --check")?;
+    check(
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--all-features",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+        "cargo clippy -D warnings",
+    )?;
+    test(&[])
+}
