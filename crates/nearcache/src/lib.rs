@@ -1,1 +1,69 @@
-//! placeholder
+//! A per-process cache ("near cache") of rows from a database, kept coherent with the database
+//! by invalidations, built on [moka](https://docs.rs/moka).
+//!
+//! Depend on this crate where a cache is built and wired (the binary of a service); code that
+//! only *uses* a cache depends on `nearcache-store` and its [`Store`] trait, which [`Cache`]
+//! implements. This crate does no I/O: what tells it that rows changed (for instance
+//! `nearcache-listener`, which LISTENs to Postgres) calls [`Cache::invalidate_tag`],
+//! [`Cache::flush`] and [`Cache::set_mode`].
+//!
+//! # What it offers
+//!
+//! ConCache's operations: [`get`](Cache::get), [`put`](Cache::put),
+//! [`insert_new`](Cache::insert_new), [`update`](Cache::update) and
+//! [`update_existing`](Cache::update_existing) (isolated read-modify-write),
+//! [`get_or_store`](Cache::get_or_store) (one load per key however many callers miss at once),
+//! [`delete`](Cache::delete), [`touch`](Cache::touch), [`len`](Cache::len); an absolute TTL,
+//! time-to-idle under that cap, per-entry TTLs, a capacity bound, negative entries and
+//! modification callbacks. On top of that:
+//!
+//! * **Fenced fills.** `get_or_store` takes a ticket before it calls the loader. The loaded
+//!   value is stored only if no invalidation of its key or of any of its [`Tag`]s, and no flush,
+//!   happened after the ticket; otherwise it is returned to the caller and not stored.
+//! * **Tags.** A value names the rows it was built from; [`Cache::invalidate_tag`] evicts every
+//!   entry carrying the tag through an index, without scanning the cache.
+//! * **Coherence gate.** In [`Mode::Bypass`] nothing is served or stored; entering it flushes.
+//!
+//! # Consistency model
+//!
+//! Let an invalidation of tag `T` *complete* when `invalidate_tag(T)` returns. After that, no
+//! call of `get` or `get_or_store` returns a value that was stored before the invalidation or
+//! loaded by a load that started before it, if that value carries `T`. The same holds for
+//! `invalidate(key)` and for `flush` (every entry). So if invalidations are issued once a change
+//! is committed, a reader that starts after the invalidation sees the change or something newer.
+//!
+//! The staleness bound is therefore the delay between a commit and its invalidation: with
+//! Postgres notifications, the notification's delivery; under faults, whatever puts the cache
+//! in [`Mode::Bypass`] (the listener's heartbeat timeout). TTL is only a backstop.
+//!
+//! # Example
+//!
+//! ```
+//! use nearcache::{Cache, CacheConfig, Fill, Tag};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+//! let cache: Cache<u64, String> = Cache::new(CacheConfig::default());
+//! let load = || async { Ok(Fill::found("ada".to_string()).with_tag(Tag::row("orgs", 7))) };
+//!
+//! assert_eq!(cache.get_or_store(1, load).await.unwrap().as_deref(), Some("ada"));
+//! assert_eq!(cache.get(&1).as_deref(), Some("ada"));
+//!
+//! // The organization changed: every user that embeds it goes.
+//! cache.invalidate_tag(&Tag::row("orgs", 7));
+//! assert_eq!(cache.get(&1), None);
+//! # });
+//! ```
+
+mod cache;
+mod config;
+mod expiry;
+mod fence;
+mod stats;
+
+pub use cache::{Cache, Cause, Change};
+pub use config::CacheConfig;
+pub use nearcache_store::{Fill, LoadError, Loader, Mode, Store, Tag};
+pub use stats::Stats;
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,754 @@
+//! The cache: moka underneath, the fence, the gate, coalesced loads and callbacks on top.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::hash::{BuildHasher, Hash};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use moka::notification::RemovalCause;
+use tokio::sync::watch;
+
+use crate::expiry::EntryExpiry;
+use crate::fence::Fence;
+use crate::stats::{bump, Counters};
+use crate::{CacheConfig, Fill, LoadError, Loader, Mode, Stats, Store, Tag};
+
+/// A stored entry: a value or a negative entry, with what it depends on.
+pub(crate) struct Entry<V> {
+    value: Option<V>,
+    /// Unique per stored entry, so that index rows of a replaced entry can be told apart.
+    id: u64,
+    tags: Box<[Tag]>,
+    pub(crate) ttl: Duration,
+    /// Entries of an older generation were flushed and are never served.
+    generation: u64,
+}
+
+/// Why a callback is called.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cause {
+    /// A value was stored where there was none: a fill, `put`, `insert_new`, `update`.
+    Insert,
+    /// A value replaced another through `put` or `update`.
+    Update,
+    /// `delete` removed an entry.
+    Delete,
+    /// `invalidate` or `invalidate_tag` removed an entry.
+    Invalidation,
+    /// The whole cache was flushed (the change names no key).
+    Flush,
+    /// An entry outlived its TTL or time to idle.
+    Expiry,
+    /// An entry was evicted to respect the capacity.
+    Eviction,
+}
+
+/// What a modification callback is told.
+#[derive(Debug)]
+pub struct Change<'a, K, V> {
+    /// Why.
+    pub cause: Cause,
+    /// The key; `None` for a flush.
+    pub key: Option<&'a K>,
+    /// The new value for inserts and updates, the removed one otherwise; `None` for a flush
+    /// and for negative entries.
+    pub value: Option<&'a V>,
+}
+
+type Callback<K, V> = Arc<dyn Fn(&Change<'_, K, V>) + Send + Sync>;
+
+/// What a load produced, as its waiters see it.
+#[derive(Clone)]
+struct Outcome<V> {
+    result: Result<Option<V>, LoadError>,
+    ticket: u64,
+    stored: bool,
+}
+
+type Slot<V> = watch::Receiver<Option<Outcome<V>>>;
+
+struct Flight<V> {
+    id: u64,
+    slot: Slot<V>,
+}
+
+struct Removed<K, V> {
+    key: K,
+    entry: Arc<Entry<V>>,
+    cause: RemovalCause,
+}
+
+/// A queue of removals reported by moka's eviction listener. The listener may run while the
+/// fence is locked, so it only queues; whoever next uses the cache updates the tag index and
+/// calls the callbacks, with no lock held.
+struct RemovalQueue<K, V> {
+    items: Mutex<Vec<Removed<K, V>>>,
+    pending: AtomicBool,
+}
+
+/// A per-process cache with fenced fills, tags and a coherence gate. See the crate docs.
+///
+/// Cloning is cheap and gives another handle to the same cache.
+pub struct Cache<K, V> {
+    inner: Arc<Inner<K, V>>,
+}
+
+impl<K, V> Clone for Cache<K, V> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+struct Inner<K, V> {
+    entries: moka::sync::Cache<K, Arc<Entry<V>>>,
+    fence: Mutex<Fence<K>>,
+    /// Mirrors of fence state, read without the lock: the epoch for tickets, the generation
+    /// and mode for hits. They change only while the fence is locked.
+    epoch: AtomicU64,
+    generation: AtomicU64,
+    coherent: AtomicBool,
+    next_id: AtomicU64,
+    flights: Mutex<HashMap<K, Flight<V>>>,
+    removals: Arc<RemovalQueue<K, V>>,
+    /// Striped locks that serialise `update` and `update_existing` per key.
+    update_locks: Box<[Mutex<()>]>,
+    stripes: std::hash::RandomState,
+    counters: Counters,
+    callback: Option<Callback<K, V>>,
+    config: CacheConfig,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while a lock was held leaves plain data behind, never a broken invariant that a
+    // later caller could not live with, so poisoning is ignored.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl<K, V> Cache<K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// A cache configured by `config`.
+    pub fn new(config: CacheConfig) -> Self {
+        Self::build(config, None)
+    }
+
+    /// A cache that calls `callback` after every modification (ConCache's callback). The
+    /// callback runs with no lock held, so it may use the cache.
+    pub fn with_callback(
+        config: CacheConfig,
+        callback: impl Fn(&Change<'_, K, V>) + Send + Sync + 'static,
+    ) -> Self {
+        Self::build(config, Some(Arc::new(callback)))
+    }
+
+    fn build(config: CacheConfig, callback: Option<Callback<K, V>>) -> Self {
+        let removals = Arc::new(RemovalQueue {
+            items: Mutex::new(Vec::new()),
+            pending: AtomicBool::new(false),
+        });
+        let queue = removals.clone();
+        let entries = moka::sync::Cache::builder()
+            .max_capacity(config.capacity)
+            .expire_after(EntryExpiry { tti: config.tti })
+            .eviction_listener(move |key: Arc<K>, entry, cause| {
+                lock(&queue.items).push(Removed {
+                    key: (*key).clone(),
+                    entry,
+                    cause,
+                });
+                queue.pending.store(true, Ordering::Release);
+            })
+            .build();
+        let coherent = config.initial_mode == Mode::Coherent;
+        Self {
+            inner: Arc::new(Inner {
+                entries,
+                fence: Mutex::new(Fence::new(config.fence_memory)),
+                epoch: AtomicU64::new(0),
+                generation: AtomicU64::new(0),
+                coherent: AtomicBool::new(coherent),
+                next_id: AtomicU64::new(1),
+                flights: Mutex::new(HashMap::new()),
+                removals,
+                update_locks: (0..64).map(|_| Mutex::new(())).collect(),
+                stripes: std::hash::RandomState::new(),
+                counters: Counters::default(),
+                callback,
+                config,
+            }),
+        }
+    }
+
+    /// The value of `key`, if it is cached and the cache is coherent. A negative entry reads as
+    /// `None`, like a miss.
+    pub fn get(&self, key: &K) -> Option<V> {
+        match self.lookup(key) {
+            Some(entry) => {
+                bump(&self.inner.counters.hits);
+                entry.value.clone()
+            }
+            None => None,
+        }
+    }
+
+    /// The entry of `key`, counting a miss or a bypassed lookup when there is none.
+    fn lookup(&self, key: &K) -> Option<Arc<Entry<V>>> {
+        let inner = &*self.inner;
+        if inner.removals.pending.load(Ordering::Acquire) {
+            self.process_removals();
+        }
+        if !inner.coherent.load(Ordering::Acquire) {
+            bump(&inner.counters.bypassed);
+            return None;
+        }
+        match inner.entries.get(key) {
+            Some(e) if e.generation == inner.generation.load(Ordering::Acquire) => Some(e),
+            _ => {
+                bump(&inner.counters.misses);
+                None
+            }
+        }
+    }
+
+    /// The cached value of `key`, or else the result of `loader`, which is stored unless an
+    /// invalidation of the key or of one of the value's tags, or a flush, happened since the
+    /// load began. `Ok(None)` means the loader said "no such row" (a negative entry).
+    ///
+    /// Concurrent callers that miss the same key share one load and all get its result, errors
+    /// included. One that has waited [`CacheConfig::fill_wait`] for another's load loads for
+    /// itself. In [`Mode::Bypass`] the loader is called every time and nothing is stored.
+    ///
+    /// # Errors
+    /// The loader's error, which is not cached.
+    pub async fn get_or_store<F, Fut>(&self, key: K, loader: F) -> Result<Option<V>, LoadError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Fill<V>, LoadError>>,
+    {
+        if let Some(entry) = self.lookup(&key) {
+            bump(&self.inner.counters.hits);
+            return Ok(entry.value.clone());
+        }
+        if !self.inner.coherent.load(Ordering::Acquire) {
+            return self.load(loader).await.map(Fill::into_value);
+        }
+        match self.join_or_lead(&key) {
+            Role::Leader(tx, id) => {
+                let _flight = FlightGuard {
+                    cache: self,
+                    key: &key,
+                    id,
+                };
+                // Someone may have stored the key between our miss and our taking the lead.
+                if let Some(entry) = self.inner.entries.get(&key) {
+                    if entry.generation == self.inner.generation.load(Ordering::Acquire) {
+                        return Ok(entry.value.clone());
+                    }
+                }
+                let outcome = self.load_and_fill(key.clone(), loader).await;
+                let result = outcome.result.clone();
+                // Waiters that went away are no reason to fail.
+                let _ = tx.send(Some(outcome));
+                result
+            }
+            Role::Follower(mut slot) => {
+                let joined = self.inner.epoch.load(Ordering::Acquire);
+                let shared = match tokio::time::timeout(
+                    self.inner.config.fill_wait,
+                    slot.wait_for(Option::is_some),
+                )
+                .await
+                {
+                    Ok(Ok(outcome)) => outcome.clone(),
+                    _ => None,
+                };
+                if let Some(outcome) = shared {
+                    // A value that was stored, or loaded under a ticket no older than our
+                    // arrival, is as fresh as a load of our own; anything else is not.
+                    if outcome.stored || outcome.ticket >= joined || outcome.result.is_err() {
+                        bump(&self.inner.counters.coalesced);
+                        return outcome.result;
+                    }
+                }
+                // The leader hung, vanished, or loaded before an invalidation we must honour.
+                self.load_and_fill(key, loader).await.result
+            }
+        }
+    }
+
+    fn join_or_lead(&self, key: &K) -> Role<V> {
+        let mut flights = lock(&self.inner.flights);
+        if let Some(flight) = flights.get(key) {
+            return Role::Follower(flight.slot.clone());
+        }
+        let (tx, slot) = watch::channel(None);
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        flights.insert(key.clone(), Flight { id, slot });
+        Role::Leader(tx, id)
+    }
+
+    async fn load<F, Fut>(&self, loader: F) -> Result<Fill<V>, LoadError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Fill<V>, LoadError>>,
+    {
+        bump(&self.inner.counters.loads);
+        let result = loader().await;
+        if result.is_err() {
+            bump(&self.inner.counters.load_errors);
+        }
+        result
+    }
+
+    async fn load_and_fill<F, Fut>(&self, key: K, loader: F) -> Outcome<V>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Fill<V>, LoadError>>,
+    {
+        // The ticket is taken before the loader reads anything.
+        let ticket = self.inner.epoch.load(Ordering::Acquire);
+        match self.load(loader).await {
+            Ok(fill) => {
+                let (value, tags, ttl) = fill.into_parts();
+                let ttl = ttl.unwrap_or(if value.is_some() {
+                    self.inner.config.ttl
+                } else {
+                    self.inner.config.negative_ttl
+                });
+                let stored = self.store_fill(&key, value.clone(), tags, ttl, ticket);
+                Outcome {
+                    result: Ok(value),
+                    ticket,
+                    stored,
+                }
+            }
+            Err(e) => Outcome {
+                result: Err(e),
+                ticket,
+                stored: false,
+            },
+        }
+    }
+
+    fn store_fill(
+        &self,
+        key: &K,
+        value: Option<V>,
+        tags: Vec<Tag>,
+        ttl: Duration,
+        ticket: u64,
+    ) -> bool {
+        let inner = &*self.inner;
+        let replaced = {
+            let mut fence = lock(&inner.fence);
+            if !inner.coherent.load(Ordering::Acquire) || !fence.admits(key, &tags, ticket) {
+                drop(fence);
+                bump(&inner.counters.discarded_fills);
+                return false;
+            }
+            self.insert_locked(&mut fence, key, value.clone(), tags.into(), ttl)
+        };
+        self.after_write(key, value.as_ref(), replaced);
+        true
+    }
+
+    /// Stores an entry; the fence must be locked. Returns whether a live entry was replaced.
+    fn insert_locked(
+        &self,
+        fence: &mut Fence<K>,
+        key: &K,
+        value: Option<V>,
+        tags: Box<[Tag]>,
+        ttl: Duration,
+    ) -> bool {
+        let inner = &*self.inner;
+        let generation = inner.generation.load(Ordering::Acquire);
+        let replaced = inner
+            .entries
+            .get(key)
+            .is_some_and(|e| e.generation == generation);
+        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        fence.index(key, id, &tags);
+        inner.entries.insert(
+            key.clone(),
+            Arc::new(Entry {
+                value,
+                id,
+                tags,
+                ttl,
+                generation,
+            }),
+        );
+        replaced
+    }
+
+    fn after_write(&self, key: &K, value: Option<&V>, replaced: bool) {
+        self.process_removals();
+        let cause = if replaced { Cause::Update } else { Cause::Insert };
+        self.notify(cause, Some(key), value);
+    }
+
+    /// Stores `value` under `key` with the default TTL and no tags, replacing what was there;
+    /// a load of the key already in flight will not overwrite it. Returns whether it was
+    /// stored (not in bypass mode).
+    pub fn put(&self, key: K, value: V) -> bool {
+        self.write(key, value, |_| true)
+    }
+
+    /// Stores `value` under `key` only if the key has no entry. Returns whether it was stored.
+    pub fn insert_new(&self, key: K, value: V) -> bool {
+        self.write(key, value, |existing| existing.is_none())
+    }
+
+    fn write(&self, key: K, value: V, allowed: impl FnOnce(Option<&Entry<V>>) -> bool) -> bool {
+        let inner = &*self.inner;
+        let replaced = {
+            let mut fence = lock(&inner.fence);
+            if !inner.coherent.load(Ordering::Acquire) {
+                return false;
+            }
+            let generation = inner.generation.load(Ordering::Acquire);
+            let existing = inner
+                .entries
+                .get(&key)
+                .filter(|e| e.generation == generation);
+            if !allowed(existing.as_deref()) {
+                return false;
+            }
+            let tags = existing.map(|e| e.tags.clone()).unwrap_or_default();
+            fence.invalidate_key(&key);
+            self.publish_epoch(&fence);
+            self.insert_locked(&mut fence, &key, Some(value.clone()), tags, inner.config.ttl)
+        };
+        self.after_write(&key, Some(&value), replaced);
+        true
+    }
+
+    /// Isolated read-modify-write: `f` gets the current value (`None` if absent) and returns
+    /// the new one, or an error that leaves the entry as it was. Updates of one key run one at
+    /// a time; a concurrent `put`, fill or invalidation makes `f` run again on the newer state.
+    /// The entry keeps its tags. Returns whether a value was stored (not in bypass mode).
+    ///
+    /// `f` must not call `update` or `update_existing` of the same cache.
+    ///
+    /// # Errors
+    /// `f`'s error.
+    pub fn update<E>(&self, key: K, f: impl FnMut(Option<&V>) -> Result<V, E>) -> Result<bool, E> {
+        self.update_with(key, false, f)
+    }
+
+    /// Like [`Cache::update`], but only if the key holds a value; returns `Ok(false)` otherwise.
+    ///
+    /// # Errors
+    /// `f`'s error.
+    pub fn update_existing<E>(
+        &self,
+        key: K,
+        mut f: impl FnMut(&V) -> Result<V, E>,
+    ) -> Result<bool, E> {
+        self.update_with(key, true, |old| f(old.expect("only called with a value")))
+    }
+
+    fn update_with<E>(
+        &self,
+        key: K,
+        existing_only: bool,
+        mut f: impl FnMut(Option<&V>) -> Result<V, E>,
+    ) -> Result<bool, E> {
+        let inner = &*self.inner;
+        let stripe = inner.stripes.hash_one(&key) as usize % inner.update_locks.len();
+        let _serial = lock(&inner.update_locks[stripe]);
+        loop {
+            if !inner.coherent.load(Ordering::Acquire) {
+                return Ok(false);
+            }
+            let generation = inner.generation.load(Ordering::Acquire);
+            let old = inner
+                .entries
+                .get(&key)
+                .filter(|e| e.generation == generation);
+            let old_value = old.as_ref().and_then(|e| e.value.as_ref());
+            if existing_only && old_value.is_none() {
+                return Ok(false);
+            }
+            let new = f(old_value)?;
+            let replaced = {
+                let mut fence = lock(&inner.fence);
+                let now = inner
+                    .entries
+                    .get(&key)
+                    .filter(|e| e.generation == inner.generation.load(Ordering::Acquire));
+                let unchanged = match (&old, &now) {
+                    (Some(a), Some(b)) => a.id == b.id,
+                    (None, None) => true,
+                    _ => false,
+                };
+                if !unchanged || !inner.coherent.load(Ordering::Acquire) {
+                    continue;
+                }
+                let tags = old.as_ref().map(|e| e.tags.clone()).unwrap_or_default();
+                fence.invalidate_key(&key);
+                self.publish_epoch(&fence);
+                self.insert_locked(&mut fence, &key, Some(new.clone()), tags, inner.config.ttl)
+            };
+            self.after_write(&key, Some(&new), replaced);
+            return Ok(true);
+        }
+    }
+
+    /// Removes `key` (ConCache's delete), and keeps a load of it in flight from storing.
+    pub fn delete(&self, key: &K) {
+        self.remove_key(key, Cause::Delete);
+    }
+
+    /// Removes `key` because its row changed, and keeps a load of it in flight from storing.
+    pub fn invalidate(&self, key: &K) {
+        bump(&self.inner.counters.invalidations);
+        self.remove_key(key, Cause::Invalidation);
+    }
+
+    fn remove_key(&self, key: &K, cause: Cause) {
+        let inner = &*self.inner;
+        let removed = {
+            let mut fence = lock(&inner.fence);
+            fence.invalidate_key(key);
+            self.publish_epoch(&fence);
+            inner.entries.remove(key)
+        };
+        self.process_removals();
+        if let Some(entry) = removed.filter(|e| self.is_current(e)) {
+            if cause == Cause::Invalidation {
+                bump(&inner.counters.invalidated_entries);
+            }
+            self.notify(cause, Some(key), entry.value.as_ref());
+        }
+    }
+
+    /// Removes every entry that carries `tag`, through the tag index (no scan), and keeps loads
+    /// in flight that depend on it from storing.
+    pub fn invalidate_tag(&self, tag: &Tag) {
+        let inner = &*self.inner;
+        bump(&inner.counters.invalidations);
+        let removed: Vec<(K, Arc<Entry<V>>)> = {
+            let mut fence = lock(&inner.fence);
+            let carriers = fence.invalidate_tag(tag);
+            self.publish_epoch(&fence);
+            carriers
+                .into_keys()
+                .filter_map(|k| inner.entries.remove(&k).map(|e| (k, e)))
+                .collect()
+        };
+        self.process_removals();
+        for (key, entry) in removed.iter().filter(|(_, e)| self.is_current(e)) {
+            bump(&inner.counters.invalidated_entries);
+            self.notify(Cause::Invalidation, Some(key), entry.value.as_ref());
+        }
+    }
+
+    /// Empties the cache in O(1) and keeps every load in flight from storing.
+    pub fn flush(&self) {
+        {
+            let mut fence = lock(&self.inner.fence);
+            self.flush_locked(&mut fence);
+        }
+        self.process_removals();
+        self.notify(Cause::Flush, None, None);
+    }
+
+    fn flush_locked(&self, fence: &mut Fence<K>) {
+        let inner = &*self.inner;
+        fence.flush();
+        self.publish_epoch(fence);
+        // Entries of older generations are never served again; moka drops them lazily.
+        inner.generation.fetch_add(1, Ordering::AcqRel);
+        inner.entries.invalidate_all();
+        bump(&inner.counters.flushes);
+    }
+
+    fn publish_epoch(&self, fence: &Fence<K>) {
+        self.inner.epoch.store(fence.epoch(), Ordering::Release);
+    }
+
+    /// Switches the coherence gate. Entering [`Mode::Bypass`] flushes; leaving it does not
+    /// (nothing was stored meanwhile).
+    pub fn set_mode(&self, mode: Mode) {
+        let flushed = {
+            let mut fence = lock(&self.inner.fence);
+            let was = self.inner.coherent.load(Ordering::Acquire);
+            match mode {
+                Mode::Coherent => {
+                    self.inner.coherent.store(true, Ordering::Release);
+                    false
+                }
+                Mode::Bypass => {
+                    self.inner.coherent.store(false, Ordering::Release);
+                    self.flush_locked(&mut fence);
+                    was
+                }
+            }
+        };
+        self.process_removals();
+        if flushed {
+            self.notify(Cause::Flush, None, None);
+        }
+    }
+
+    /// The gate's mode.
+    pub fn mode(&self) -> Mode {
+        if self.inner.coherent.load(Ordering::Acquire) {
+            Mode::Coherent
+        } else {
+            Mode::Bypass
+        }
+    }
+
+    /// Marks `key` as read, which extends its time to idle (never past its TTL). Returns whether
+    /// the key has an entry.
+    pub fn touch(&self, key: &K) -> bool {
+        self.lookup(key).is_some()
+    }
+
+    /// The number of entries, after moka has caught up with pending work.
+    pub fn len(&self) -> u64 {
+        self.inner.entries.run_pending_tasks();
+        self.process_removals();
+        self.inner.entries.entry_count()
+    }
+
+    /// Whether [`Cache::len`] is 0.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Lets moka run its pending maintenance now (expiry, eviction), and the callbacks it
+    /// causes. moka otherwise does it as the cache is used.
+    pub fn run_pending_tasks(&self) {
+        self.inner.entries.run_pending_tasks();
+        self.process_removals();
+    }
+
+    /// The counters so far.
+    pub fn stats(&self) -> Stats {
+        self.inner.counters.snapshot()
+    }
+
+    /// The configuration the cache was made with.
+    pub fn config(&self) -> &CacheConfig {
+        &self.inner.config
+    }
+
+    #[cfg(test)]
+    pub(crate) fn fence_indexed_tags(&self) -> usize {
+        lock(&self.inner.fence).indexed_tags()
+    }
+
+    fn is_current(&self, entry: &Entry<V>) -> bool {
+        entry.generation == self.inner.generation.load(Ordering::Acquire)
+    }
+
+    fn process_removals(&self) {
+        let inner = &*self.inner;
+        if !inner.removals.pending.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let batch = std::mem::take(&mut *lock(&inner.removals.items));
+        if batch.is_empty() {
+            return;
+        }
+        {
+            let mut fence = lock(&inner.fence);
+            for r in &batch {
+                fence.unindex(&r.key, r.entry.id, &r.entry.tags);
+            }
+        }
+        for r in &batch {
+            let cause = match r.cause {
+                RemovalCause::Expired => {
+                    bump(&inner.counters.expired);
+                    Cause::Expiry
+                }
+                RemovalCause::Size => {
+                    bump(&inner.counters.evicted);
+                    Cause::Eviction
+                }
+                // Explicit removals and replacements were reported by the call that made them.
+                RemovalCause::Explicit | RemovalCause::Replaced => continue,
+            };
+            self.notify(cause, Some(&r.key), r.entry.value.as_ref());
+        }
+    }
+
+    fn notify(&self, cause: Cause, key: Option<&K>, value: Option<&V>) {
+        if let Some(callback) = &self.inner.callback {
+            callback(&Change { cause, key, value });
+        }
+    }
+}
+
+enum Role<V> {
+    Leader(watch::Sender<Option<Outcome<V>>>, u64),
+    Follower(Slot<V>),
+}
+
+/// Removes the leader's flight when the leader finishes or is cancelled; its waiters then load
+/// for themselves.
+struct FlightGuard<'a, K, V>
+where
+    K: Hash + Eq,
+{
+    cache: &'a Cache<K, V>,
+    key: &'a K,
+    id: u64,
+}
+
+impl<K: Hash + Eq, V> Drop for FlightGuard<'_, K, V> {
+    fn drop(&mut self) {
+        let mut flights = lock(&self.cache.inner.flights);
+        if flights.get(self.key).is_some_and(|f| f.id == self.id) {
+            flights.remove(self.key);
+        }
+    }
+}
+
+impl<K, V> std::fmt::Debug for Cache<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("coherent", &self.inner.coherent.load(Ordering::Relaxed))
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl<K, V> Store<K, V> for Cache<K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    async fn get_or_store(&self, key: K, loader: Loader<V>) -> Result<Option<V>, LoadError> {
+        Cache::get_or_store(self, key, || loader).await
+    }
+
+    fn invalidate(&self, key: &K) {
+        Cache::invalidate(self, key);
+    }
+
+    fn invalidate_tag(&self, tag: &Tag) {
+        Cache::invalidate_tag(self, tag);
+    }
+
+    fn flush(&self) {
+        Cache::flush(self);
+    }
+
+    fn mode(&self) -> Mode {
+        Cache::mode(self)
+    }
+}

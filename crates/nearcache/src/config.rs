@@ -1,0 +1,45 @@
+//! Knobs of a cache.
+
+use std::time::Duration;
+
+use crate::Mode;
+
+/// How a [`Cache`](crate::Cache) behaves. Start from `CacheConfig::default()` and change what
+/// you need.
+#[derive(Debug, Clone)]
+pub struct CacheConfig {
+    /// The most entries kept; past it moka evicts the least useful ones. Default 100 000.
+    pub capacity: u64,
+    /// Absolute time to live of an entry, counted from when it was stored. A backstop only:
+    /// invalidations keep entries fresh. Default 5 minutes.
+    pub ttl: Duration,
+    /// Time to idle (ConCache's touch-on-read): an entry not read for this long goes, but never
+    /// outlives its TTL. Default `None`.
+    pub tti: Option<Duration>,
+    /// Time to live of a negative entry ("no such row"). Default 5 seconds.
+    pub negative_ttl: Duration,
+    /// How long a caller of `get_or_store` waits for another caller's load of the same key
+    /// before it loads for itself, so a hung loader never holds everybody. Default 5 seconds.
+    pub fill_wait: Duration,
+    /// How many invalidated keys and tags the fence remembers. Past it the fence forgets them
+    /// all and instead discards every load in flight, which is always safe. Default 65 536.
+    pub fence_memory: usize,
+    /// The mode the cache starts in. A cache driven by a listener starts in
+    /// [`Mode::Bypass`] and is made coherent once the listener listens. Default
+    /// [`Mode::Coherent`].
+    pub initial_mode: Mode,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 100_000,
+            ttl: Duration::from_secs(300),
+            tti: None,
+            negative_ttl: Duration::from_secs(5),
+            fill_wait: Duration::from_secs(5),
+            fence_memory: 65_536,
+            initial_mode: Mode::Coherent,
+        }
+    }
+}

@@ -1,0 +1,156 @@
+//! The fence: what was invalidated after which ticket, and which entries carry which tag.
+//!
+//! Every invalidation and flush advances an epoch. A load takes the epoch as its ticket before
+//! it reads the database; its value may be stored only if nothing it depends on was invalidated
+//! at a later epoch. All of this lives behind one mutex, taken by writes (fills, invalidations,
+//! flushes) and never by hits, so that checking the fence and storing the entry are one step
+//! that no invalidation can fall between.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+
+use crate::Tag;
+
+pub(crate) struct Fence<K> {
+    /// Advanced by every invalidation and flush.
+    epoch: u64,
+    /// Tickets below this are stale: a flush happened, or the fence forgot details.
+    floor: u64,
+    /// The epoch of the latest invalidation of each key and tag still remembered.
+    keys: HashMap<K, u64>,
+    tags: HashMap<Tag, u64>,
+    /// Which entries (key and entry id) carry each tag.
+    index: HashMap<Tag, HashMap<K, u64>>,
+    memory: usize,
+}
+
+impl<K: Hash + Eq + Clone> Fence<K> {
+    pub(crate) fn new(memory: usize) -> Self {
+        Self {
+            epoch: 0,
+            floor: 0,
+            keys: HashMap::new(),
+            tags: HashMap::new(),
+            index: HashMap::new(),
+            memory: memory.max(1),
+        }
+    }
+
+    pub(crate) fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// Whether a value of `key` depending on `tags`, loaded under `ticket`, may be stored.
+    pub(crate) fn admits(&self, key: &K, tags: &[Tag], ticket: u64) -> bool {
+        ticket >= self.floor
+            && self.keys.get(key).is_none_or(|&e| e <= ticket)
+            && tags
+                .iter()
+                .all(|t| self.tags.get(t).is_none_or(|&e| e <= ticket))
+    }
+
+    /// Records a write or invalidation of `key`; returns the new epoch.
+    pub(crate) fn invalidate_key(&mut self, key: &K) -> u64 {
+        self.epoch += 1;
+        self.keys.insert(key.clone(), self.epoch);
+        self.forget_if_full();
+        self.epoch
+    }
+
+    /// Records an invalidation of `tag`; returns the entries that carried it.
+    pub(crate) fn invalidate_tag(&mut self, tag: &Tag) -> HashMap<K, u64> {
+        self.epoch += 1;
+        self.tags.insert(tag.clone(), self.epoch);
+        self.forget_if_full();
+        self.index.remove(tag).unwrap_or_default()
+    }
+
+    /// Records a flush: every ticket taken so far is stale.
+    pub(crate) fn flush(&mut self) {
+        self.epoch += 1;
+        self.floor = self.epoch;
+        self.keys.clear();
+        self.tags.clear();
+        self.index.clear();
+    }
+
+    pub(crate) fn index(&mut self, key: &K, id: u64, tags: &[Tag]) {
+        for tag in tags {
+            self.index
+                .entry(tag.clone())
+                .or_default()
+                .insert(key.clone(), id);
+        }
+    }
+
+    /// Drops the index rows of entry `id` of `key`, leaving a newer entry of the key alone.
+    pub(crate) fn unindex(&mut self, key: &K, id: u64, tags: &[Tag]) {
+        for tag in tags {
+            if let Some(entries) = self.index.get_mut(tag) {
+                if entries.get(key) == Some(&id) {
+                    entries.remove(key);
+                    if entries.is_empty() {
+                        self.index.remove(tag);
+                    }
+                }
+            }
+        }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn indexed_tags(&self) -> usize {
+        self.index.len()
+    }
+
+    fn forget_if_full(&mut self) {
+        // Forgetting which keys were invalidated is safe only if every ticket taken before now
+        // is treated as stale, which raising the floor does.
+        if self.keys.len() + self.tags.len() > self.memory {
+            self.floor = self.epoch;
+            self.keys.clear();
+            self.tags.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ticket_is_stale_after_an_invalidation_of_its_tags() {
+        let mut f = Fence::<u32>::new(100);
+        let t = Tag::new("a");
+        let ticket = f.epoch();
+        assert!(f.admits(&1, std::slice::from_ref(&t), ticket));
+        f.invalidate_tag(&Tag::new("b"));
+        assert!(f.admits(&1, std::slice::from_ref(&t), ticket));
+        f.invalidate_tag(&t);
+        assert!(!f.admits(&1, std::slice::from_ref(&t), ticket));
+        // A load that started after the invalidation is fine.
+        assert!(f.admits(&1, std::slice::from_ref(&t), f.epoch()));
+    }
+
+    #[test]
+    fn forgetting_raises_the_floor() {
+        let mut f = Fence::<u32>::new(2);
+        let ticket = f.epoch();
+        f.invalidate_key(&1);
+        f.invalidate_key(&2);
+        f.invalidate_key(&3);
+        // Key 9 was never invalidated, but the fence no longer knows that, so it refuses.
+        assert!(!f.admits(&9, &[], ticket));
+        assert!(f.admits(&9, &[], f.epoch()));
+    }
+
+    #[test]
+    fn unindex_leaves_a_newer_entry() {
+        let mut f = Fence::<u32>::new(10);
+        let t = Tag::new("t");
+        f.index(&1, 10, std::slice::from_ref(&t));
+        f.index(&1, 11, std::slice::from_ref(&t));
+        f.unindex(&1, 10, std::slice::from_ref(&t));
+        assert_eq!(f.invalidate_tag(&t).get(&1), Some(&11));
+        assert_eq!(f.indexed_tags(), 0);
+    }
+}
