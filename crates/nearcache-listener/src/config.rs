@@ -1,0 +1,115 @@
+//! Configuration of the listener.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The database URL does not parse.
+    #[error("invalid database url: {0}")]
+    Url(#[source] tokio_postgres::Error),
+    /// The channel is not a lowercase identifier.
+    #[error("invalid channel {0:?}: use 1 to 40 characters of a-z, 0-9 and _, starting with a letter")]
+    Channel(String),
+    /// The heartbeat timings make no sense.
+    #[error("heartbeat interval and timeout must be positive")]
+    Heartbeat,
+}
+
+/// How the listener connects and how it watches its connection.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub(crate) pg: tokio_postgres::Config,
+    pub(crate) channel: String,
+    /// How often the listener notifies itself. Default 1 s.
+    pub heartbeat_interval: Duration,
+    /// How long a heartbeat may take to come back before the connection is given up, and so
+    /// the longest a silently broken connection can leave the cache serving. Default 3 s.
+    pub heartbeat_timeout: Duration,
+    /// First delay before reconnecting. Default 100 ms.
+    pub backoff_min: Duration,
+    /// Largest delay before reconnecting. Default 10 s.
+    pub backoff_max: Duration,
+    /// How long connecting and LISTEN may take. Default 5 s.
+    pub connect_timeout: Duration,
+}
+
+impl ListenerConfig {
+    /// A configuration for the database at `url`, on the default channel `nearcache`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Url`] when the URL does not parse.
+    pub fn new(url: &str) -> Result<Self, ConfigError> {
+        let pg = tokio_postgres::Config::from_str(url).map_err(ConfigError::Url)?;
+        Ok(Self {
+            pg,
+            channel: "nearcache".into(),
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(3),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+        })
+    }
+
+    /// Listens on `channel` instead of `nearcache`; it must match the triggers' setting
+    /// `nearcache.channel`.
+    ///
+    /// # Errors
+    /// [`ConfigError::Channel`] unless it is a lowercase identifier of at most 40 characters
+    /// (the heartbeat channel adds a suffix within Postgres' 63).
+    pub fn with_channel(mut self, channel: &str) -> Result<Self, ConfigError> {
+        let ok = (1..=40).contains(&channel.len())
+            && channel.starts_with(|c: char| c.is_ascii_lowercase())
+            && channel
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !ok {
+            return Err(ConfigError::Channel(channel.into()));
+        }
+        self.channel = channel.into();
+        Ok(self)
+    }
+
+    /// The channel of the triggers.
+    pub fn channel(&self) -> &str {
+        &self.channel
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        if self.heartbeat_interval.is_zero() || self.heartbeat_timeout.is_zero() {
+            return Err(ConfigError::Heartbeat);
+        }
+        Ok(())
+    }
+
+    /// The connection settings with what the listener needs on top of the URL's.
+    pub(crate) fn connection(&self) -> tokio_postgres::Config {
+        let mut pg = self.pg.clone();
+        pg.application_name("nearcache-listener")
+            .connect_timeout(self.connect_timeout)
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3)
+            .target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
+        pg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn channels_are_lowercase_identifiers() {
+        let c = ListenerConfig::new("postgres://u@localhost/db").unwrap();
+        assert_eq!(c.channel(), "nearcache");
+        assert!(c.clone().with_channel("app_cache2").is_ok());
+        for bad in ["", "App", "1x", "a-b", "a b", &"x".repeat(41)] {
+            assert!(c.clone().with_channel(bad).is_err(), "{bad:?}");
+        }
+        assert!(ListenerConfig::new("not a url at all = =").is_err());
+    }
+}

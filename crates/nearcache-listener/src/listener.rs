@@ -1,0 +1,313 @@
+//! The listening loop: connect, LISTEN, serve notifications and heartbeats, reconnect.
+
+use std::future::Future;
+use std::pin::pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use rand::Rng;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, NoTls, Notification};
+
+use crate::{parse, ListenerConfig, ListenerState, ListenerStatus, Payload};
+
+/// What the listener tells the cache side. Calls come from one task, in protocol order.
+pub trait Handler: Send + Sync + 'static {
+    /// Stop serving from the cache and flush it: the listener can no longer be sure it hears
+    /// about changes.
+    fn bypass(&self);
+
+    /// Flush every cache the handler drives.
+    fn flush_all(&self);
+
+    /// Serve from the cache again: the listener is listening.
+    fn coherent(&self);
+
+    /// These rows of `table` changed. Returns `false` if the handler does not cache `table`.
+    fn invalidate(&self, table: &str, keys: &[String]) -> bool;
+
+    /// Any row of `table` may have changed. Returns `false` if the handler does not cache it.
+    fn flush_table(&self, table: &str) -> bool;
+}
+
+/// Why a session ended.
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("connecting: {0}")]
+    Connect(#[source] tokio_postgres::Error),
+    #[error("connecting timed out")]
+    ConnectTimeout,
+    #[error("LISTEN: {0}")]
+    Listen(#[source] tokio_postgres::Error),
+    #[error("connection lost: {0}")]
+    Lost(#[source] tokio_postgres::Error),
+    #[error("connection closed by the server")]
+    Closed,
+    #[error("heartbeat not back within {0:?}")]
+    HeartbeatTimeout(Duration),
+}
+
+/// Runs the listener until `shutdown` completes; see the crate docs for the protocol. Never
+/// returns early: every failure leads to [`Handler::bypass`] and a reconnect. On shutdown the
+/// handler is put in bypass too, since nobody will tell it about changes any more.
+///
+/// # Panics
+/// If `config` has a zero heartbeat interval or timeout.
+pub async fn run<H>(
+    config: ListenerConfig,
+    handler: Arc<H>,
+    status: ListenerStatus,
+    shutdown: impl Future<Output = ()>,
+) where
+    H: Handler + ?Sized,
+{
+    config.validate().expect("invalid listener configuration");
+    let mut shutdown = pin!(shutdown);
+    let heartbeat_channel = format!(
+        "{}_hb_{:08x}",
+        config.channel,
+        rand::thread_rng().gen::<u32>()
+    );
+    let mut backoff = config.backoff_min;
+    loop {
+        status.set_state(ListenerState::Connecting);
+        let session = session(&config, &*handler, &status, &heartbeat_channel);
+        let ended = tokio::select! {
+            biased;
+            () = &mut shutdown => None,
+            ended = session => Some(ended),
+        };
+        // Whatever happened, nobody guarantees the cache hears about changes now.
+        handler.bypass();
+        let Some((error, was_listening)) = ended else {
+            break;
+        };
+        if was_listening {
+            status.disconnected();
+            backoff = config.backoff_min;
+        }
+        tracing::warn!(error = %error, "listener: bypassing the cache and reconnecting in {backoff:?}");
+        // Full jitter between half and all of the backoff, so instances spread out.
+        let delay = backoff.mul_f64(rand::thread_rng().gen_range(0.5..=1.0));
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            () = tokio::time::sleep(delay) => {}
+        }
+        backoff = (backoff * 2).min(config.backoff_max);
+    }
+    status.set_state(ListenerState::Stopped);
+    tracing::info!("listener: stopped");
+}
+
+/// One connection's life. Returns why it ended and whether it got as far as listening.
+async fn session<H: Handler + ?Sized>(
+    config: &ListenerConfig,
+    handler: &H,
+    status: &ListenerStatus,
+    heartbeat_channel: &str,
+) -> (SessionError, bool) {
+    let pg = config.connection();
+    let connecting = pg.connect(NoTls);
+    let (client, mut connection) = match tokio::time::timeout(config.connect_timeout, connecting)
+        .await
+    {
+        Ok(Ok(pair)) => pair,
+        Ok(Err(e)) => return (SessionError::Connect(e), false),
+        Err(_) => return (SessionError::ConnectTimeout, false),
+    };
+    let client = Arc::new(client);
+
+    // The connection is driven by its own task, which forwards notifications and the error
+    // that ends it; dropping the guard aborts it and so closes the socket.
+    let (tx, mut rx) = mpsc::unbounded_channel::<Result<Notification, SessionError>>();
+    let driver = tokio::spawn(async move {
+        let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+        while let Some(message) = messages.next().await {
+            match message {
+                Ok(AsyncMessage::Notification(n)) => {
+                    if tx.send(Ok(n)).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let _ = tx.send(Err(SessionError::Lost(e)));
+                    return;
+                }
+            }
+        }
+        let _ = tx.send(Err(SessionError::Closed));
+    });
+    let _driver = AbortOnDrop(driver);
+
+    // LISTEN in autocommit (a simple query outside any transaction): it takes effect at once.
+    let listen = format!("LISTEN {}; LISTEN {}", config.channel, heartbeat_channel);
+    match tokio::time::timeout(config.connect_timeout, client.batch_execute(&listen)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return (SessionError::Listen(e), false),
+        Err(_) => return (SessionError::ConnectTimeout, false),
+    }
+    // Only now may the cache serve: anything committed before the LISTEN is flushed away,
+    // anything after it will be notified.
+    handler.flush_all();
+    handler.coherent();
+    status.connected();
+    status.set_state(ListenerState::Listening);
+    tracing::info!(channel = %config.channel, "listener: listening, cache coherent");
+
+    let mut ticker = tokio::time::interval(config.heartbeat_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sequence: u64 = 0;
+    let mut pending: Option<(u64, Instant)> = None;
+    loop {
+        let deadline = pending.map(|(_, sent)| tokio::time::Instant::from_std(sent + config.heartbeat_timeout));
+        tokio::select! {
+            message = rx.recv() => match message {
+                Some(Ok(n)) if n.channel() == heartbeat_channel => {
+                    if let Some((seq, sent)) = pending {
+                        if n.payload() == seq.to_string() {
+                            let rtt = u64::try_from(sent.elapsed().as_micros()).unwrap_or(u64::MAX);
+                            status.heartbeat(rtt);
+                            pending = None;
+                        }
+                    }
+                }
+                Some(Ok(n)) => dispatch(handler, status, n.payload()),
+                Some(Err(e)) => return (e, true),
+                None => return (SessionError::Closed, true),
+            },
+            _ = ticker.tick(), if pending.is_none() => {
+                sequence += 1;
+                pending = Some((sequence, Instant::now()));
+                let client = client.clone();
+                let channel = heartbeat_channel.to_string();
+                // Sent from a task of its own so that a server that stops answering cannot
+                // stall this loop; the deadline below catches it.
+                tokio::spawn(async move {
+                    if let Err(e) = client
+                        .execute("SELECT pg_notify($1, $2)", &[&channel, &sequence.to_string()])
+                        .await
+                    {
+                        tracing::debug!(error = %e, "listener: heartbeat not sent");
+                    }
+                });
+            }
+            () = sleep_until_opt(deadline) => {
+                status.heartbeat_timeout();
+                return (SessionError::HeartbeatTimeout(config.heartbeat_timeout), true);
+            }
+        }
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn dispatch<H: Handler + ?Sized>(handler: &H, status: &ListenerStatus, payload: &str) {
+    status.notification();
+    match parse(payload) {
+        Ok(Payload::Rows { table, keys, .. }) => {
+            if !handler.invalidate(&table, &keys) {
+                status.ignored();
+            }
+        }
+        Ok(Payload::Flush { table }) => {
+            if !handler.flush_table(&table) {
+                status.ignored();
+            }
+        }
+        Err(e) => {
+            // We cannot tell what changed, so everything may have.
+            status.malformed();
+            let shown: String = payload.chars().take(200).collect();
+            tracing::warn!(error = %e, payload = %shown, "listener: unreadable notification, flushing");
+            handler.flush_all();
+        }
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl Handler for Recorder {
+        fn bypass(&self) {
+            self.0.lock().unwrap().push("bypass".into());
+        }
+        fn flush_all(&self) {
+            self.0.lock().unwrap().push("flush".into());
+        }
+        fn coherent(&self) {
+            self.0.lock().unwrap().push("coherent".into());
+        }
+        fn invalidate(&self, table: &str, keys: &[String]) -> bool {
+            self.0.lock().unwrap().push(format!("{table}:{}", keys.join(",")));
+            table == "users"
+        }
+        fn flush_table(&self, table: &str) -> bool {
+            self.0.lock().unwrap().push(format!("{table}:*"));
+            table == "users"
+        }
+    }
+
+    #[test]
+    fn dispatch_maps_payloads_to_handler_calls() {
+        let h = Recorder::default();
+        let s = ListenerStatus::default();
+        dispatch(&h, &s, r#"{"v":1,"table":"users","op":"update","keys":["a","b"]}"#);
+        dispatch(&h, &s, r#"{"v":1,"table":"users","op":"flush"}"#);
+        dispatch(&h, &s, r#"{"v":1,"table":"other","op":"delete","keys":["c"]}"#);
+        dispatch(&h, &s, "garbage");
+        dispatch(&h, &s, r#"{"v":9,"table":"users","op":"flush"}"#);
+        assert_eq!(
+            *h.0.lock().unwrap(),
+            ["users:a,b", "users:*", "other:c", "flush", "flush"]
+        );
+        let snap = s.snapshot();
+        assert_eq!((snap.notifications, snap.ignored, snap.malformed), (5, 1, 2));
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_server_keeps_the_handler_in_bypass_until_shutdown() {
+        let config = ListenerConfig::new("postgres://nobody@127.0.0.1:1/none").unwrap();
+        let handler = Arc::new(Recorder::default());
+        let status = ListenerStatus::default();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run(config, handler.clone(), status.clone(), async {
+            let _ = stopped.await;
+        }));
+        // Wait for two failed attempts, then stop.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while handler.0.lock().unwrap().len() < 2 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("stops promptly")
+            .unwrap();
+        let calls = handler.0.lock().unwrap().clone();
+        assert!(calls.len() >= 2);
+        assert!(calls.iter().all(|c| c == "bypass"), "{calls:?}");
+        assert_eq!(status.snapshot().state, ListenerState::Stopped);
+    }
+}
