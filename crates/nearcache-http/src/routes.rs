@@ -1,0 +1,245 @@
+//! Routing and handlers.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Body;
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use nearcache_pg::{Principal, ProfileUpdate, RepoError, UserId, UserRepo};
+use nearcache_store::{Fill, LoadError, Store, Tag};
+use serde::{Deserialize, Serialize};
+
+use crate::{ApiError, Authenticator, Metrics};
+
+/// The store of principals, keyed by user id: a real cache, the pass-through stub, or a mock.
+pub type PrincipalStore = Arc<dyn Store<UserId, Arc<Principal>>>;
+
+/// Readiness as `/healthz` reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Health {
+    /// Whether the service can answer requests (the database is reachable).
+    pub ready: bool,
+    /// The cache's state: `coherent`, `bypass`, `ttl` or `off`.
+    pub cache: String,
+}
+
+/// What the composing binary tells the HTTP layer about the parts it cannot see.
+pub trait Probe: Send + Sync {
+    /// Readiness and cache state.
+    fn health(&self) -> Health;
+    /// Appends cache and listener metrics in Prometheus text format.
+    fn render_metrics(&self, out: &mut String);
+}
+
+/// Everything a request needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: PrincipalStore,
+    repo: Arc<dyn UserRepo>,
+    auth: Authenticator,
+    probe: Arc<dyn Probe>,
+    metrics: Metrics,
+    body_limit: usize,
+}
+
+impl AppState {
+    /// The largest request body accepted, in bytes.
+    pub const BODY_LIMIT: usize = 16 * 1024;
+
+    /// State for the service.
+    pub fn new(
+        store: PrincipalStore,
+        repo: Arc<dyn UserRepo>,
+        auth: Authenticator,
+        probe: Arc<dyn Probe>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                repo,
+                auth,
+                probe,
+                metrics: Metrics::default(),
+                body_limit: Self::BODY_LIMIT,
+            }),
+        }
+    }
+
+    /// The request metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The principal of `id` through the store; 401 if missing or inactive.
+    async fn principal(&self, id: UserId) -> Result<Arc<Principal>, ApiError> {
+        let repo = self.inner.repo.clone();
+        let loader = Box::pin(async move {
+            match repo.principal(id).await {
+                Ok(Some(p)) => {
+                    let org = Tag::row("organizations", p.organization.id);
+                    Ok(Fill::found(Arc::new(p))
+                        .with_tag(Tag::row("users", id))
+                        .with_tag(org))
+                }
+                // Remembered briefly, so a flood of tokens for a deleted user costs little.
+                Ok(None) => Ok(Fill::absent().with_tag(Tag::row("users", id))),
+                Err(e) => Err(LoadError::new(e)),
+            }
+        });
+        match self.inner.store.get_or_store(id, loader).await {
+            Ok(Some(p)) if p.user.active => Ok(p),
+            Ok(_) => Err(ApiError::Unauthorized),
+            Err(e) => Err(match e.downcast_ref::<RepoError>() {
+                Some(repo) => ApiError::from_repo(repo),
+                None => {
+                    tracing::error!(error = %e, "loading a principal");
+                    ApiError::Internal
+                }
+            }),
+        }
+    }
+
+    async fn authenticate<B>(&self, req: &Request<B>) -> Result<Arc<Principal>, ApiError> {
+        let header = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
+        let id = self.inner.auth.verify(header).map_err(|reason| {
+            tracing::debug!(%reason, "authentication failed");
+            ApiError::Unauthorized
+        })?;
+        self.principal(id).await
+    }
+}
+
+/// Answers one request. Never fails: errors become JSON error responses.
+pub async fn handle<B>(state: &AppState, req: Request<B>) -> Response<Full<Bytes>>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let start = Instant::now();
+    let (route, result) = route(state, req).await;
+    let response = result.unwrap_or_else(ApiError::into_response);
+    state
+        .inner
+        .metrics
+        .record(route, response.status().as_u16(), start.elapsed());
+    response
+}
+
+async fn route<B>(state: &AppState, req: Request<B>) -> (usize, Result<Response<Full<Bytes>>, ApiError>)
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let method = req.method().clone();
+    match (req.uri().path(), method) {
+        ("/healthz", Method::GET) => (0, Ok(healthz(state))),
+        ("/metrics", Method::GET) => (1, Ok(metrics(state))),
+        ("/me", Method::GET) => (2, get_me(state, req).await),
+        ("/me", Method::PATCH) => (3, patch_me(state, req).await),
+        ("/me/organization", Method::GET) => (4, get_organization(state, req).await),
+        ("/healthz" | "/metrics" | "/me" | "/me/organization", _) => {
+            (5, Err(ApiError::MethodNotAllowed))
+        }
+        _ => (5, Err(ApiError::NotFound)),
+    }
+}
+
+fn healthz(state: &AppState) -> Response<Full<Bytes>> {
+    let health = state.inner.probe.health();
+    let (status, word) = if health.ready {
+        (StatusCode::OK, "ok")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+    };
+    json(status, &serde_json::json!({"status": word, "cache": health.cache}))
+}
+
+fn metrics(state: &AppState) -> Response<Full<Bytes>> {
+    let mut out = String::with_capacity(4096);
+    state.inner.metrics.render(&mut out);
+    state.inner.probe.render_metrics(&mut out);
+    let mut response = Response::new(Full::new(Bytes::from(out)));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+async fn get_me<B>(state: &AppState, req: Request<B>) -> Result<Response<Full<Bytes>>, ApiError> {
+    let principal = state.authenticate(&req).await?;
+    Ok(json(StatusCode::OK, &*principal))
+}
+
+async fn get_organization<B>(
+    state: &AppState,
+    req: Request<B>,
+) -> Result<Response<Full<Bytes>>, ApiError> {
+    let principal = state.authenticate(&req).await?;
+    Ok(json(StatusCode::OK, &principal.organization))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PatchMe {
+    name: Option<String>,
+    email: Option<String>,
+}
+
+async fn patch_me<B>(state: &AppState, req: Request<B>) -> Result<Response<Full<Bytes>>, ApiError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    let principal = state.authenticate(&req).await?;
+    let is_json = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|v| v.trim_start().starts_with("application/json"));
+    if !is_json {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let limit = state.inner.body_limit;
+    let body = Limited::new(req.into_body(), limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                ApiError::PayloadTooLarge(limit)
+            } else {
+                ApiError::BadRequest("could not read the request body".into())
+            }
+        })?
+        .to_bytes();
+    let patch: PatchMe = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+    let change = ProfileUpdate::new(patch.name.as_deref(), patch.email.as_deref())?;
+    let id = principal.user.id;
+    let written = state.inner.repo.update_profile(id, &change).await;
+    // Read-your-writes: forget the old principal before answering, whatever the outcome (a
+    // write that reported an error may still have committed). The notification that follows
+    // does the same, harmlessly.
+    state.inner.store.invalidate_tag(&Tag::row("users", id));
+    written.map_err(|e| ApiError::from_repo(&e))?;
+    let principal = state.principal(id).await?;
+    Ok(json(StatusCode::OK, &*principal))
+}
+
+/// A JSON response.
+pub(crate) fn json(status: StatusCode, value: &impl Serialize) -> Response<Full<Bytes>> {
+    let body = serde_json::to_vec(value).expect("our types serialize");
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
