@@ -1,0 +1,250 @@
+//! Command-line flags, each with an environment variable, and their validation.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use nearcache_http::{AuthConfig, Authenticator, Key};
+
+/// How principals are cached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CacheMode {
+    /// Cache plus LISTEN/NOTIFY invalidation: safe with any number of instances.
+    Coherent,
+    /// Cache with TTL only, no listener: a single instance only; with several, an instance
+    /// serves another's superseded writes until the TTL ends.
+    Ttl,
+    /// No cache: every request queries the database (what tests use).
+    Off,
+}
+
+impl CacheMode {
+    /// The flag's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheMode::Coherent => "coherent",
+            CacheMode::Ttl => "ttl",
+            CacheMode::Off => "off",
+        }
+    }
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 2s, 5m)"))
+}
+
+/// The flags of `nearcache-server`.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "nearcache-server", version, about = "The nearcache reference service")]
+pub struct Config {
+    /// Postgres URL (the primary: LISTEN does not work on standbys).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: String,
+    /// Address to listen on.
+    #[arg(long, env = "NEARCACHE_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// HS256 secret for JWTs.
+    #[arg(long, env = "NEARCACHE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// PEM public key for JWTs (RS256 or EdDSA): a file path, or the PEM itself.
+    #[arg(long, env = "NEARCACHE_JWT_PUBLIC_KEY", allow_hyphen_values = true)]
+    pub jwt_public_key: Option<String>,
+    /// Required `iss` claim.
+    #[arg(long, env = "NEARCACHE_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// Required `aud` claim.
+    #[arg(long, env = "NEARCACHE_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    #[arg(long, env = "NEARCACHE_JWT_LEEWAY", default_value = "30s", value_parser = duration)]
+    pub jwt_leeway: Duration,
+    /// Cache mode.
+    #[arg(long, env = "NEARCACHE_CACHE", value_enum, default_value = "coherent")]
+    pub cache: CacheMode,
+    /// Absolute time to live of a cached principal (a backstop in coherent mode).
+    #[arg(long, env = "NEARCACHE_CACHE_TTL", default_value = "5m", value_parser = duration)]
+    pub cache_ttl: Duration,
+    /// Time to idle of a cached principal (touch on read), capped by the TTL.
+    #[arg(long, env = "NEARCACHE_CACHE_TTI", value_parser = duration)]
+    pub cache_tti: Option<Duration>,
+    /// Most principals cached.
+    #[arg(long, env = "NEARCACHE_CACHE_CAPACITY", default_value_t = 100_000)]
+    pub cache_capacity: u64,
+    /// How often the listener checks its connection with a notification to itself.
+    #[arg(long, env = "NEARCACHE_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = duration)]
+    pub heartbeat_interval: Duration,
+    /// How long a heartbeat may take before the cache bypasses and the listener reconnects.
+    #[arg(long, env = "NEARCACHE_HEARTBEAT_TIMEOUT", default_value = "3s", value_parser = duration)]
+    pub heartbeat_timeout: Duration,
+    /// Notification channel of the triggers (`nearcache.channel`).
+    #[arg(long, env = "NEARCACHE_CHANNEL", default_value = "nearcache")]
+    pub channel: String,
+    /// Database connections in the pool.
+    #[arg(long, env = "NEARCACHE_DB_POOL_SIZE", default_value_t = 16)]
+    pub db_pool_size: u32,
+    /// How long a request waits for a database connection before answering 503.
+    #[arg(long, env = "NEARCACHE_DB_TIMEOUT", default_value = "2s", value_parser = duration)]
+    pub db_timeout: Duration,
+}
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Neither or both of the JWT secret and public key.
+    #[error("give exactly one of --jwt-secret (NEARCACHE_JWT_SECRET) and --jwt-public-key (NEARCACHE_JWT_PUBLIC_KEY)")]
+    JwtKey,
+    /// The public key file cannot be read.
+    #[error("cannot read the JWT public key {path}: {source}")]
+    KeyFile {
+        /// The path given.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The key does not work.
+    #[error("{0}")]
+    Key(#[from] nearcache_http::AuthConfigError),
+    /// Zero or inconsistent timings.
+    #[error("{0}")]
+    Timing(&'static str),
+    /// A bad channel name.
+    #[error("{0}")]
+    Channel(#[from] nearcache_listener::ConfigError),
+    /// A bad listen address.
+    #[error("--listen {0:?} is not an address like 127.0.0.1:8080")]
+    Listen(String),
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Postgres URL.
+    pub database_url: String,
+    /// Address to listen on.
+    pub listen: std::net::SocketAddr,
+    /// Cache mode.
+    pub cache: CacheMode,
+    /// TTL.
+    pub cache_ttl: Duration,
+    /// TTI.
+    pub cache_tti: Option<Duration>,
+    /// Capacity.
+    pub cache_capacity: u64,
+    /// Heartbeat interval.
+    pub heartbeat_interval: Duration,
+    /// Heartbeat timeout.
+    pub heartbeat_timeout: Duration,
+    /// Channel.
+    pub channel: String,
+    /// Pool size.
+    pub db_pool_size: u32,
+    /// Pool acquire timeout.
+    pub db_timeout: Duration,
+    auth: AuthConfig,
+}
+
+impl Config {
+    /// Checks everything that can be checked without the database.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the first problem.
+    pub fn validate(self) -> Result<Settings, ConfigError> {
+        let key = match (self.jwt_secret, self.jwt_public_key) {
+            (Some(secret), None) => Key::Secret(secret.into_bytes()),
+            (None, Some(pem)) if pem.trim_start().starts_with("-----BEGIN") => {
+                Key::PublicPem(pem.into_bytes())
+            }
+            (None, Some(path)) => {
+                let path = PathBuf::from(path);
+                Key::PublicPem(
+                    std::fs::read(&path).map_err(|source| ConfigError::KeyFile { path, source })?,
+                )
+            }
+            _ => return Err(ConfigError::JwtKey),
+        };
+        let auth = AuthConfig {
+            key,
+            issuer: self.jwt_issuer,
+            audience: self.jwt_audience,
+            leeway_secs: self.jwt_leeway.as_secs(),
+        };
+        // Fail now, not at the first request.
+        Authenticator::new(&auth)?;
+        if self.cache_ttl.is_zero() || self.cache_tti.is_some_and(|d| d.is_zero()) {
+            return Err(ConfigError::Timing("--cache-ttl and --cache-tti must be positive"));
+        }
+        if self.heartbeat_interval.is_zero() || self.heartbeat_timeout.is_zero() {
+            return Err(ConfigError::Timing(
+                "--heartbeat-interval and --heartbeat-timeout must be positive",
+            ));
+        }
+        if self.db_timeout.is_zero() || self.db_pool_size == 0 {
+            return Err(ConfigError::Timing("--db-timeout and --db-pool-size must be positive"));
+        }
+        // Validate the channel with the listener's own rules.
+        nearcache_listener::ListenerConfig::new("postgres://localhost/x")?.with_channel(&self.channel)?;
+        let listen = self
+            .listen
+            .parse()
+            .map_err(|_| ConfigError::Listen(self.listen.clone()))?;
+        Ok(Settings {
+            database_url: self.database_url,
+            listen,
+            cache: self.cache,
+            cache_ttl: self.cache_ttl,
+            cache_tti: self.cache_tti,
+            cache_capacity: self.cache_capacity,
+            heartbeat_interval: self.heartbeat_interval,
+            heartbeat_timeout: self.heartbeat_timeout,
+            channel: self.channel,
+            db_pool_size: self.db_pool_size,
+            db_timeout: self.db_timeout,
+            auth,
+        })
+    }
+}
+
+impl Settings {
+    pub(crate) fn authenticator(&self) -> Result<Authenticator, ConfigError> {
+        Ok(Authenticator::new(&self.auth)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Settings, String> {
+        let mut all = vec!["nearcache-server", "--database-url", "postgres://localhost/db"];
+        all.extend_from_slice(args);
+        Config::try_parse_from(all)
+            .map_err(|e| e.to_string())?
+            .validate()
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let s = parse(&["--jwt-secret", "s"]).unwrap();
+        assert_eq!(s.cache, CacheMode::Coherent);
+        assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.channel, "nearcache");
+        assert_eq!(s.cache_ttl, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn bad_configurations_are_refused_with_one_clear_line() {
+        let cases: [(&[&str], &str); 6] = [
+            (&[], "give exactly one of --jwt-secret"),
+            (&["--jwt-secret", "s", "--jwt-public-key", "k"], "give exactly one"),
+            (&["--jwt-public-key", "/nonexistent.pem"], "cannot read the JWT public key"),
+            (&["--jwt-public-key", "-----BEGIN PUBLIC KEY-----\nxx\n-----END PUBLIC KEY-----"], "not an RSA or Ed25519"),
+            (&["--jwt-secret", "s", "--cache-ttl", "soon"], "invalid value 'soon'"),
+            (&["--jwt-secret", "s", "--channel", "Bad-Name"], "invalid channel"),
+        ];
+        for (args, want) in cases {
+            let err = parse(args).unwrap_err();
+            assert!(err.contains(want), "{args:?}: {err}");
+        }
+    }
+}
