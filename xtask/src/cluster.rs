@@ -278,10 +278,12 @@ impl Cluster {
                 detail: output_text(&out),
             });
         }
-        // Settings for a throwaway test cluster: durability off, enough connections for
-        // parallel tests, and the server reachable on loopback only.
+        // Settings for a throwaway test cluster: no fsync (a crash of the machine may lose
+        // it, which is fine), but commits still reach the kernel before they return, so that
+        // tests that crash the server (pg_ctl stop -m immediate) keep their committed data.
+        // Enough connections for parallel tests; reachable on loopback only.
         let conf = "\n# nearcache ephemeral cluster\nlisten_addresses = '127.0.0.1'\n\
-                    max_connections = 400\nfsync = off\nsynchronous_commit = off\n\
+                    max_connections = 400\nfsync = off\nsynchronous_commit = on\n\
                     full_page_writes = off\nshared_buffers = 128MB\n\
                     unix_socket_directories = ''\nlog_min_messages = warning\n";
         let path = data.join("postgresql.conf");

@@ -79,6 +79,7 @@ pub async fn run<H>(
             ended = session => Some(ended),
         };
         // Whatever happened, nobody guarantees the cache hears about changes now.
+        status.set_state(ListenerState::Connecting);
         handler.bypass();
         let Some((error, was_listening)) = ended else {
             break;

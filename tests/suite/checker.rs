@@ -1,0 +1,149 @@
+//! A randomized checker: concurrent writers and readers across three instances, with listener
+//! connections killed at random, and every read checked for staleness.
+//!
+//! Each user has one writer, which writes versions 1, 2, 3, … in order (through a random
+//! instance, or by SQL) and records when each write returned. A read of a user that started
+//! more than `BOUND` after version `v` was committed must return `v` or newer. The bound is the
+//! delivery time of a notification with slack for a loaded machine; the cache's TTL is five
+//! minutes, so without invalidation reads would be stale for far longer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nearcache_tests::app::{spawn_app, token};
+use nearcache_tests::TestDb;
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+
+use crate::support::{seed, terminate_listeners};
+
+const BOUND: Duration = Duration::from_millis(1000);
+const RUN_FOR: Duration = Duration::from_secs(6);
+
+#[derive(Debug, Clone)]
+struct Read {
+    user: usize,
+    instance: usize,
+    started: Instant,
+    version: u64,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn no_read_is_stale() {
+    let seed_value: u64 = rand::random();
+    println!("checker seed {seed_value}");
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let (_, users) = seed(&pool, 6).await;
+    let mut apps = Vec::new();
+    for _ in 0..3 {
+        let app = spawn_app(db.url(), &[]).await;
+        app.ready("coherent").await;
+        apps.push(app);
+    }
+    let apps = Arc::new(apps);
+    let tokens: Arc<Vec<String>> = Arc::new(users.iter().map(|u| token(u.id, json!({}))).collect());
+    // Version 0 is the seeded name.
+    let commits: Arc<Mutex<HashMap<usize, Vec<(u64, Instant)>>>> = Arc::default();
+    let reads: Arc<Mutex<Vec<Read>>> = Arc::default();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+
+    for (u, user) in users.iter().enumerate() {
+        let (apps, tokens, commits, pool) = (apps.clone(), tokens.clone(), commits.clone(), pool.clone());
+        let id = user.id;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed_value ^ u as u64);
+        tasks.push(tokio::spawn(async move {
+            let mut version = 0u64;
+            while start.elapsed() < RUN_FOR {
+                version += 1;
+                let name = format!("v{version}");
+                if rng.gen_bool(0.5) {
+                    let app = &apps[rng.gen_range(0..apps.len())];
+                    let (status, _) = app.patch_me(&tokens[u], &json!({"name": name})).await;
+                    assert_eq!(status, 200);
+                } else {
+                    sqlx::query("UPDATE users SET name = $2 WHERE id = $1")
+                        .bind(id)
+                        .bind(&name)
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                }
+                commits.lock().unwrap().entry(u).or_default().push((version, Instant::now()));
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(5..60))).await;
+            }
+        }));
+    }
+    for r in 0..6 {
+        let (apps, tokens, reads) = (apps.clone(), tokens.clone(), reads.clone());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed_value.wrapping_add(1000 + r));
+        tasks.push(tokio::spawn(async move {
+            while start.elapsed() < RUN_FOR {
+                let (user, instance) = (rng.gen_range(0..tokens.len()), rng.gen_range(0..apps.len()));
+                let started = Instant::now();
+                let (status, body) = apps[instance].get("/me", Some(&tokens[user])).await;
+                assert_eq!(status, 200);
+                let name = body["user"]["name"].as_str().unwrap().to_string();
+                let version = name.strip_prefix('v').and_then(|v| v.parse().ok()).unwrap_or(0);
+                reads.lock().unwrap().push(Read { user, instance, started, version });
+            }
+        }));
+    }
+    // Faults: kill every listener connection now and then.
+    let faults = {
+        let pool = pool.clone();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed_value.wrapping_add(7));
+        tokio::spawn(async move {
+            let mut killed = 0;
+            while start.elapsed() < RUN_FOR {
+                tokio::time::sleep(Duration::from_millis(rng.gen_range(500..1500))).await;
+                killed += terminate_listeners(&pool).await;
+            }
+            killed
+        })
+    };
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let killed = faults.await.unwrap();
+
+    let commits = commits.lock().unwrap().clone();
+    let reads = reads.lock().unwrap().clone();
+    let writes: usize = commits.values().map(Vec::len).sum();
+    let mut stale = Vec::new();
+    for read in &reads {
+        let must_see = commits
+            .get(&read.user)
+            .into_iter()
+            .flatten()
+            .filter(|(_, at)| *at + BOUND <= read.started)
+            .map(|(v, _)| *v)
+            .max()
+            .unwrap_or(0);
+        if read.version < must_see {
+            stale.push((read.clone(), must_see));
+        }
+    }
+    println!(
+        "checker: {} reads, {writes} writes, {killed} listener connections killed, {} stale",
+        reads.len(),
+        stale.len()
+    );
+    assert!(reads.len() > 100 && writes > 50, "the run did too little");
+    if !stale.is_empty() {
+        let (read, must) = &stale[0];
+        let history = &commits[&read.user];
+        panic!(
+            "{} stale reads; first: user {} on instance {} read v{} but v{must} was committed \
+             {:?} before the read began; commits of that user: {:?}",
+            stale.len(),
+            read.user,
+            read.instance,
+            read.version,
+            history.iter().find(|(v, _)| v == must).map(|(_, at)| read.started - *at),
+            history.iter().map(|(v, at)| (v, at.duration_since(start))).collect::<Vec<_>>(),
+        );
+    }
+}

@@ -1,0 +1,145 @@
+//! Three instances of the service against one database, each with its own listener.
+
+use std::time::{Duration, Instant};
+
+use nearcache_tests::app::{spawn_app, token, App};
+use nearcache_tests::{wait_until, PrivateCluster, TestDb};
+use serde_json::json;
+
+use crate::support::{exec, seed, terminate_listeners};
+
+/// How long a notification may take to reach every instance in these tests; on a LAN it is
+/// well under a millisecond, the rest is slack for a loaded machine. The cache TTL is five
+/// minutes, so only invalidation can meet it.
+const BOUND: Duration = Duration::from_secs(5);
+
+async fn three(url: &str) -> Vec<App> {
+    let mut apps = Vec::new();
+    for _ in 0..3 {
+        let app = spawn_app(url, &[]).await;
+        app.ready("coherent").await;
+        apps.push(app);
+    }
+    apps
+}
+
+async fn all_see(apps: &[App], what: &str, t: &str, path: &str, pointer: &str, want: &serde_json::Value) {
+    for app in apps {
+        let deadline = Instant::now() + BOUND;
+        loop {
+            let (status, body) = app.get(path, Some(t)).await;
+            if status == 200 && body.pointer(pointer) == Some(want) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what} on {}: still {status} {body} after {BOUND:?}",
+                app.addr
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+async fn warm(apps: &[App], t: &str) {
+    for app in apps {
+        assert_eq!(app.get("/me", Some(t)).await.0, 200);
+    }
+}
+
+#[tokio::test]
+async fn writes_through_one_instance_and_by_sql_reach_the_others() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let (_, users) = seed(&pool, 1).await;
+    let apps = three(db.url()).await;
+    let t = token(users[0].id, json!({}));
+    warm(&apps, &t).await;
+    let (status, _) = apps[0].patch_me(&t, &json!({"name": "Via A"})).await;
+    assert_eq!(status, 200);
+    all_see(&apps, "the write through A", &t, "/me", "/user/name", &json!("Via A")).await;
+    exec(&pool, &format!("UPDATE users SET name = 'Via SQL' WHERE id = '{}'", users[0].id)).await;
+    all_see(&apps, "the write by SQL", &t, "/me", "/user/name", &json!("Via SQL")).await;
+}
+
+#[tokio::test]
+async fn renaming_an_organization_refreshes_all_its_users_everywhere() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let (org, users) = seed(&pool, 3).await;
+    let apps = three(db.url()).await;
+    let tokens: Vec<String> = users.iter().map(|u| token(u.id, json!({}))).collect();
+    for t in &tokens {
+        warm(&apps, t).await;
+    }
+    exec(&pool, &format!("UPDATE organizations SET name = 'Renamed' WHERE id = '{}'", org.id)).await;
+    for t in &tokens {
+        all_see(&apps, "the new organization name", t, "/me/organization", "/name", &json!("Renamed")).await;
+    }
+}
+
+#[tokio::test]
+async fn a_deactivated_user_gets_401_everywhere() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let (_, users) = seed(&pool, 1).await;
+    let apps = three(db.url()).await;
+    let t = token(users[0].id, json!({}));
+    warm(&apps, &t).await;
+    exec(&pool, &format!("UPDATE users SET active = false WHERE id = '{}'", users[0].id)).await;
+    for app in &apps {
+        wait_until(BOUND, "401", || async { app.get("/me", Some(&t)).await.0 == 401 }).await;
+    }
+}
+
+#[tokio::test]
+async fn an_instance_whose_listener_is_killed_stays_fresh_and_recovers() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let (_, users) = seed(&pool, 1).await;
+    let apps = three(db.url()).await;
+    let t = token(users[0].id, json!({}));
+    warm(&apps, &t).await;
+    // Every instance's listener goes; each must bypass, then recover.
+    assert_eq!(terminate_listeners(&pool).await, 3);
+    for (i, name) in ["one", "two", "three"].iter().enumerate() {
+        exec(&pool, &format!("UPDATE users SET name = '{name}' WHERE id = '{}'", users[0].id)).await;
+        // Whether bypassing or coherent again, a fresh value: a write committed after the
+        // kill is never hidden by an entry cached before it.
+        all_see(&apps, "the write after the kill", &t, "/me", "/user/name", &json!(name)).await;
+        assert!(i < 3);
+    }
+    for app in &apps {
+        app.ready("coherent").await;
+    }
+    exec(&pool, &format!("UPDATE users SET name = 'after' WHERE id = '{}'", users[0].id)).await;
+    all_see(&apps, "a write after recovery", &t, "/me", "/user/name", &json!("after")).await;
+}
+
+#[tokio::test]
+async fn every_instance_recovers_from_a_cluster_restart() {
+    let cluster = PrivateCluster::start();
+    let db = TestDb::on(&cluster.url()).await;
+    let (t, user) = {
+        let pool = db.pool().await;
+        let (_, users) = seed(&pool, 1).await;
+        pool.close().await;
+        (token(users[0].id, json!({})), users[0].id)
+    };
+    let apps = three(db.url()).await;
+    warm(&apps, &t).await;
+    cluster.cluster().crash().unwrap();
+    for app in &apps {
+        wait_until(BOUND, "bypass after the crash", || async {
+            app.get("/healthz", None).await.1["cache"] == "bypass"
+        })
+        .await;
+    }
+    cluster.cluster().up().unwrap();
+    for app in &apps {
+        app.ready("coherent").await;
+    }
+    let pool = db.pool().await;
+    exec(&pool, &format!("UPDATE users SET name = 'restarted' WHERE id = '{user}'")).await;
+    all_see(&apps, "a write after the restart", &t, "/me", "/user/name", &json!("restarted")).await;
+}

@@ -1,0 +1,237 @@
+//! The listener against a real Postgres: invalidations, faults, bad payloads, shutdown.
+
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nearcache_listener::{run, Handler, ListenerConfig, ListenerState, ListenerStatus};
+use nearcache_tests::{wait_until, PrivateCluster, TestDb};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+use crate::support::{exec, seed, terminate_listeners};
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<String>>);
+
+impl Recorder {
+    fn push(&self, e: impl Into<String>) {
+        self.0.lock().unwrap().push(e.into());
+    }
+    fn events(&self) -> Vec<String> {
+        self.0.lock().unwrap().clone()
+    }
+    fn position_after(&self, from: usize, e: &str) -> Option<usize> {
+        self.events()
+            .iter()
+            .skip(from)
+            .position(|x| x == e)
+            .map(|p| p + from)
+    }
+}
+
+impl Handler for Recorder {
+    fn bypass(&self) {
+        self.push("bypass");
+    }
+    fn flush_all(&self) {
+        self.push("flush");
+    }
+    fn coherent(&self) {
+        self.push("coherent");
+    }
+    fn invalidate(&self, table: &str, keys: &[String]) -> bool {
+        for k in keys {
+            self.push(format!("{table}:{k}"));
+        }
+        true
+    }
+    fn flush_table(&self, table: &str) -> bool {
+        self.push(format!("{table}:*"));
+        true
+    }
+}
+
+struct Running {
+    handler: Arc<Recorder>,
+    status: ListenerStatus,
+    stop: Option<oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+fn start(url: &str, heartbeat: Duration, timeout: Duration) -> Running {
+    let mut config = ListenerConfig::new(url).unwrap();
+    config.heartbeat_interval = heartbeat;
+    config.heartbeat_timeout = timeout;
+    config.backoff_max = Duration::from_millis(500);
+    let handler = Arc::new(Recorder::default());
+    let status = ListenerStatus::default();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(run(config, handler.clone(), status.clone(), async {
+        let _ = stopped.await;
+    }));
+    Running {
+        handler,
+        status,
+        stop: Some(stop),
+        task,
+    }
+}
+
+impl Running {
+    async fn until(&self, what: &str, from: usize, event: &str) -> usize {
+        let mut at = 0;
+        wait_until(Duration::from_secs(20), what, || {
+            let found = self.handler.position_after(from, event);
+            if let Some(p) = found {
+                at = p;
+            }
+            std::future::ready(found.is_some())
+        })
+        .await;
+        at
+    }
+}
+
+const SLOW: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn committed_changes_reach_the_handler_as_invalidations() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let (org, users) = seed(&pool, 1).await;
+    let l = start(db.url(), Duration::from_secs(1), Duration::from_secs(3));
+    let ready = l.until("coherent", 0, "coherent").await;
+    assert_eq!(&l.handler.events()[..=ready], ["flush", "coherent"], "LISTEN, flush, coherent");
+    let u = users[0].id;
+    exec(&pool, &format!("UPDATE users SET name = 'Grace' WHERE id = '{u}'")).await;
+    l.until("the user's invalidation", ready, &format!("users:{u}")).await;
+    exec(&pool, &format!("UPDATE organizations SET name = 'Acme 2' WHERE id = '{}'", org.id)).await;
+    l.until("the organization's invalidation", ready, &format!("organizations:{}", org.id))
+        .await;
+    exec(&pool, "TRUNCATE users").await;
+    l.until("the table flush", ready, "users:*").await;
+}
+
+#[tokio::test]
+async fn a_terminated_backend_bypasses_at_once_and_recovers_with_a_flush() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let (_, users) = seed(&pool, 1).await;
+    let l = start(db.url(), Duration::from_secs(1), Duration::from_secs(3));
+    let ready = l.until("coherent", 0, "coherent").await;
+    assert_eq!(terminate_listeners(&pool).await, 1);
+    let down = l.until("bypass", ready, "bypass").await;
+    // A change committed while the listener is away.
+    let u = users[0].id;
+    exec(&pool, &format!("UPDATE users SET name = 'While down' WHERE id = '{u}'")).await;
+    l.handler.push("committed");
+    let committed = l.handler.position_after(down, "committed").unwrap();
+    let back = l.until("coherent again", down, "coherent").await;
+    let events = l.handler.events();
+    assert_eq!(events[back - 1], "flush", "flush comes right before coherent: {events:?}");
+    // Either the flush after LISTEN or the notification covers the change.
+    let covered = events[committed..]
+        .iter()
+        .any(|e| e == "flush" || *e == format!("users:{u}"));
+    assert!(covered, "{events:?}");
+    assert_eq!(l.status.snapshot().connections, 2);
+}
+
+#[tokio::test]
+async fn a_crashed_and_restarted_cluster_is_recovered_from() {
+    let cluster = PrivateCluster::start();
+    let db = TestDb::on(&cluster.url()).await;
+    let l = start(db.url(), Duration::from_millis(200), Duration::from_secs(1));
+    let ready = l.until("coherent", 0, "coherent").await;
+    cluster.cluster().crash().unwrap();
+    let down = l.until("bypass", ready, "bypass").await;
+    assert_ne!(l.status.snapshot().state, ListenerState::Listening);
+    cluster.cluster().up().unwrap();
+    l.until("coherent after the restart", down, "coherent").await;
+    let pool = db.pool().await;
+    let (_, users) = seed(&pool, 1).await;
+    let u = users[0].id;
+    exec(&pool, &format!("UPDATE users SET name = 'After' WHERE id = '{u}'")).await;
+    l.until("an invalidation after the restart", down, &format!("users:{u}")).await;
+}
+
+/// Sends SIGCONT to a stopped backend when dropped, even if the test fails.
+struct Stopped(i32);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-CONT", &self.0.to_string()]).status();
+    }
+}
+
+#[tokio::test]
+async fn a_backend_that_stops_answering_bypasses_within_the_heartbeat_timeout() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let timeout = Duration::from_millis(800);
+    let interval = Duration::from_millis(100);
+    let l = start(db.url(), interval, timeout);
+    let ready = l.until("coherent", 0, "coherent").await;
+    wait_until(SLOW, "a first heartbeat", || {
+        std::future::ready(l.status.snapshot().heartbeats > 0)
+    })
+    .await;
+    let pid: i32 = sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity
+          WHERE application_name = 'nearcache-listener' AND datname = current_database()",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(Command::new("kill").args(["-STOP", &pid.to_string()]).status().unwrap().success());
+    let _cont = Stopped(pid);
+    let stopped_at = Instant::now();
+    l.until("bypass", ready, "bypass").await;
+    let took = stopped_at.elapsed();
+    // At most one interval until the next heartbeat, then the timeout; plus scheduling slack.
+    assert!(
+        took < interval + timeout + Duration::from_secs(2),
+        "bypass after {took:?}"
+    );
+    assert!(l.status.snapshot().heartbeat_timeouts >= 1);
+}
+
+#[tokio::test]
+async fn bad_payloads_are_counted_and_flushed_and_listening_goes_on() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let (_, users) = seed(&pool, 1).await;
+    let l = start(db.url(), Duration::from_secs(1), Duration::from_secs(3));
+    let ready = l.until("coherent", 0, "coherent").await;
+    for bad in ["garbage", "{\"v\":2,\"table\":\"users\",\"op\":\"flush\"}", "{\"v\":1}", ""] {
+        sqlx::query("SELECT pg_notify('nearcache', $1)")
+            .bind(bad)
+            .execute(&pool)
+            .await
+            .unwrap();
+    }
+    let u = users[0].id;
+    exec(&pool, &format!("UPDATE users SET name = 'Still' WHERE id = '{u}'")).await;
+    l.until("a good notification after the bad ones", ready, &format!("users:{u}")).await;
+    let events = l.handler.events();
+    let flushes = events[ready..].iter().filter(|e| *e == "flush").count();
+    assert_eq!(flushes, 4, "{events:?}");
+    let s = l.status.snapshot();
+    assert_eq!((s.malformed, s.connections, s.state), (4, 1, ListenerState::Listening));
+    assert!(!events.contains(&"bypass".to_string()));
+}
+
+#[tokio::test]
+async fn shutdown_stops_the_listener_promptly() {
+    let db = TestDb::new().await;
+    let mut l = start(db.url(), Duration::from_secs(1), Duration::from_secs(3));
+    l.until("coherent", 0, "coherent").await;
+    l.stop.take().unwrap().send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(2), &mut l.task)
+        .await
+        .expect("stopped within 2 s")
+        .unwrap();
+    assert_eq!(l.handler.events().last().unwrap(), "bypass");
+    assert_eq!(l.status.snapshot().state, ListenerState::Stopped);
+}

@@ -1,0 +1,177 @@
+//! The service over real TCP against a real database: tokens, deactivation, read-your-writes,
+//! starting without a database, shutdown.
+
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use nearcache_tests::app::{now, spawn_app, token, SECRET};
+use nearcache_tests::{wait_until, PrivateCluster, TestDb};
+use serde_json::json;
+
+use crate::support::{exec, seed};
+
+fn b64(v: &serde_json::Value) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let bytes = v.to_string().into_bytes();
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        for i in 0..=chunk.len() {
+            out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn the_token_battery() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let (_, users) = seed(&pool, 1).await;
+    let id = users[0].id;
+    let app = spawn_app(db.url(), &["--jwt-issuer", "issuer", "--jwt-audience", "api"]).await;
+    app.ready("coherent").await;
+    let good = json!({"iss": "issuer", "aud": "api"});
+    let sign = |claims: serde_json::Value, alg: Algorithm, secret: &[u8]| {
+        encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret)).unwrap()
+    };
+    let claims = |extra: serde_json::Value| {
+        let mut c = json!({"sub": id.to_string(), "exp": now() + 600, "iss": "issuer", "aud": "api"});
+        c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        c
+    };
+    let valid = token(id, good.clone());
+    assert_eq!(app.get("/me", Some(&valid)).await.0, 200);
+
+    let alg_none = format!(
+        "{}.{}.",
+        b64(&json!({"alg": "none", "typ": "JWT"})),
+        b64(&claims(json!({})))
+    );
+    let cases: Vec<(&str, String)> = vec![
+        ("expired", sign(claims(json!({"exp": now() - 3600})), Algorithm::HS256, SECRET.as_bytes())),
+        ("not yet valid", sign(claims(json!({"nbf": now() + 3600})), Algorithm::HS256, SECRET.as_bytes())),
+        ("no exp", sign(json!({"sub": id.to_string(), "iss": "issuer", "aud": "api"}), Algorithm::HS256, SECRET.as_bytes())),
+        ("wrong signature", sign(claims(json!({})), Algorithm::HS256, b"another secret")),
+        ("wrong algorithm", sign(claims(json!({})), Algorithm::HS512, SECRET.as_bytes())),
+        ("alg none", alg_none),
+        ("wrong issuer", sign(claims(json!({"iss": "mallory"})), Algorithm::HS256, SECRET.as_bytes())),
+        ("wrong audience", sign(claims(json!({"aud": "other"})), Algorithm::HS256, SECRET.as_bytes())),
+        ("sub not a user id", sign(claims(json!({"sub": "admin"})), Algorithm::HS256, SECRET.as_bytes())),
+        ("unknown user", token(nearcache_pg::UserId::new(uuid::Uuid::new_v4()), good.clone())),
+        ("malformed", "abc.def".into()),
+    ];
+    let mut bodies = Vec::new();
+    for (what, t) in &cases {
+        let (status, body) = app.get("/me", Some(t)).await;
+        assert_eq!(status, 401, "{what}");
+        bodies.push(body);
+    }
+    let (status, body) = app.get("/me", None).await;
+    assert_eq!(status, 401, "missing header");
+    bodies.push(body);
+    let (status, body) = app.get_with_header("/me", &format!("Basic {valid}")).await;
+    assert_eq!(status, 401, "not Bearer");
+    bodies.push(body);
+    // One body for every failure: nothing that tells an attacker which check failed.
+    let expected = json!({"error": "unauthorized", "message": "authentication required"});
+    assert!(bodies.iter().all(|b| *b == expected), "{bodies:?}");
+}
+
+#[tokio::test]
+async fn a_user_deactivated_by_sql_gets_401_in_coherent_mode() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let (_, users) = seed(&pool, 1).await;
+    let app = spawn_app(db.url(), &[]).await;
+    app.ready("coherent").await;
+    let t = token(users[0].id, json!({}));
+    assert_eq!(app.get("/me", Some(&t)).await.0, 200);
+    assert_eq!(app.get("/me", Some(&t)).await.0, 200, "now served from the cache");
+    exec(&pool, &format!("UPDATE users SET active = false WHERE id = '{}'", users[0].id)).await;
+    let took = wait_until(Duration::from_secs(5), "401 after deactivation", || async {
+        app.get("/me", Some(&t)).await.0 == 401
+    })
+    .await;
+    // The cache's TTL is five minutes: only the notification can explain this.
+    assert!(took < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn patch_me_is_seen_by_the_next_get_at_once() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let (_, users) = seed(&pool, 2).await;
+    let app = spawn_app(db.url(), &[]).await;
+    app.ready("coherent").await;
+    let t = token(users[0].id, json!({}));
+    assert_eq!(app.get("/me", Some(&t)).await.1["user"]["name"], "User 0");
+    for name in ["Ada", "Ada L.", "Countess"] {
+        let (status, body) = app.patch_me(&t, &json!({"name": name})).await;
+        assert_eq!(status, 200);
+        assert_eq!(body["user"]["name"], name);
+        // No waiting: read-your-writes.
+        assert_eq!(app.get("/me", Some(&t)).await.1["user"]["name"], name);
+    }
+    let taken = users[1].email.clone();
+    let (status, body) = app.patch_me(&t, &json!({"email": taken})).await;
+    assert_eq!((status, body["error"].as_str()), (409, Some("conflict")));
+    let (status, _) = app.patch_me(&t, &json!({"email": "not an email"})).await;
+    assert_eq!(status, 400);
+    assert_eq!(app.get("/me", Some(&t)).await.1["user"]["name"], "Countess");
+}
+
+#[tokio::test]
+async fn every_cache_mode_serves_the_same_answers() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let (org, users) = seed(&pool, 1).await;
+    let t = token(users[0].id, json!({}));
+    for mode in ["coherent", "ttl", "off"] {
+        let app = spawn_app(db.url(), &["--cache", mode]).await;
+        app.ready(mode).await;
+        let (status, body) = app.get("/me/organization", Some(&t)).await;
+        assert_eq!((status, body["id"].as_str()), (200, Some(org.id.to_string().as_str())));
+        let (_, metrics) = (0, reqwest::get(app.url("/metrics")).await.unwrap().text().await.unwrap());
+        assert!(metrics.contains("nearcache_http_requests_total{route=\"/me/organization\",status=\"200\"} 1"));
+        assert_eq!(metrics.contains("nearcache_cache_hits_total"), mode != "off", "{mode}");
+        assert_eq!(metrics.contains("nearcache_listener_listening 1"), mode == "coherent", "{mode}");
+        app.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn starts_without_a_database_and_recovers_by_itself() {
+    let cluster = PrivateCluster::start();
+    let db = TestDb::on(&cluster.url()).await;
+    let t = {
+        let pool = db.pool().await;
+        let (_, users) = seed(&pool, 1).await;
+        pool.close().await;
+        token(users[0].id, json!({}))
+    };
+    cluster.cluster().down().unwrap();
+    let app = spawn_app(db.url(), &[]).await;
+    let (status, body) = app.get("/healthz", None).await;
+    assert_eq!((status, body["cache"].as_str()), (503, Some("bypass")));
+    let start = Instant::now();
+    let (status, body) = app.get("/me", Some(&t)).await;
+    assert_eq!((status, body["error"].as_str()), (503, Some("unavailable")));
+    assert!(start.elapsed() < Duration::from_secs(5), "a 503, not a hang");
+    cluster.cluster().up().unwrap();
+    app.ready("coherent").await;
+    assert_eq!(app.get("/me", Some(&t)).await.0, 200);
+    app.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_drains_and_stops_everything() {
+    let db = TestDb::new().await;
+    let app = spawn_app(db.url(), &[]).await;
+    app.ready("coherent").await;
+    let addr = app.addr;
+    let started = Instant::now();
+    app.stop().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
+}

@@ -1,0 +1,40 @@
+//! Seed data and small helpers shared by the suite.
+
+use nearcache_pg::{NewUser, Organization, PgUserRepo, User, UserRepo};
+use sqlx::PgPool;
+
+/// An organization with `n` users.
+pub(crate) async fn seed(pool: &PgPool, n: usize) -> (Organization, Vec<User>) {
+    let repo = PgUserRepo::new(pool.clone());
+    let org = repo.create_organization("Acme", "pro").await.unwrap();
+    let mut users = Vec::new();
+    for i in 0..n {
+        let email = format!("user{i}-{}@acme.io", uuid::Uuid::new_v4().simple());
+        users.push(
+            repo.create_user(&NewUser {
+                org_id: org.id,
+                email,
+                name: format!("User {i}"),
+            })
+            .await
+            .unwrap(),
+        );
+    }
+    (org, users)
+}
+
+/// Runs one statement.
+pub(crate) async fn exec(pool: &PgPool, sql: &str) {
+    sqlx::raw_sql(sql).execute(pool).await.unwrap();
+}
+
+/// Terminates the listener backends of the pool's database; returns how many.
+pub(crate) async fn terminate_listeners(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+          WHERE application_name = 'nearcache-listener' AND datname = current_database()",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}

@@ -1,0 +1,81 @@
+//! Tidy checks of the workspace itself: file headers and dependency directions.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if path.is_dir() {
+            if name != "target" && !name.starts_with('.') {
+                rust_files(&path, out);
+            }
+        } else if name.ends_with(".rs") {
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn every_rust_file_starts_with_a_module_doc() {
+    let root = xtask::workspace_root();
+    let mut files = Vec::new();
+    for dir in ["crates", "xtask", "tests"] {
+        rust_files(&root.join(dir), &mut files);
+    }
+    assert!(files.len() > 20, "found only {} files", files.len());
+    let missing: Vec<_> = files
+        .iter()
+        .filter(|f| !std::fs::read_to_string(f).unwrap().starts_with("//!"))
+        .collect();
+    assert!(missing.is_empty(), "files without a leading //! doc: {missing:?}");
+}
+
+#[test]
+fn dependencies_point_inward() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let out = std::process::Command::new(cargo)
+        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .current_dir(xtask::workspace_root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // Normal (non-dev) dependencies of each package.
+    let mut deps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for pkg in meta["packages"].as_array().unwrap() {
+        let names = pkg["dependencies"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d["kind"].is_null())
+            .map(|d| d["name"].as_str().unwrap().to_string())
+            .collect();
+        deps.insert(pkg["name"].as_str().unwrap().to_string(), names);
+    }
+    let ours = |p: &str| -> BTreeSet<String> {
+        deps[p].iter().filter(|d| d.starts_with("nearcache")).cloned().collect()
+    };
+    let set = |v: &[&str]| -> BTreeSet<String> { v.iter().map(|s| s.to_string()).collect() };
+    assert_eq!(ours("nearcache-store"), set(&[]));
+    assert_eq!(ours("nearcache"), set(&["nearcache-store"]));
+    assert_eq!(ours("nearcache-pg"), set(&[]));
+    assert_eq!(ours("nearcache-listener"), set(&[]));
+    assert_eq!(ours("nearcache-http"), set(&["nearcache-store", "nearcache-pg"]));
+    // The core does no I/O.
+    for core in ["nearcache", "nearcache-store"] {
+        for io in ["sqlx", "tokio-postgres", "hyper", "hyper-util"] {
+            assert!(!deps[core].contains(io), "{core} depends on {io}");
+        }
+    }
+    for (adapter, foreign) in [
+        ("nearcache-pg", ["tokio-postgres", "hyper"]),
+        ("nearcache-listener", ["sqlx", "hyper"]),
+        ("nearcache-http", ["tokio-postgres", "moka"]),
+    ] {
+        for f in foreign {
+            assert!(!deps[adapter].contains(f), "{adapter} depends on {f}");
+        }
+    }
+}
