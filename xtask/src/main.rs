@@ -196,7 +196,7 @@ fn test(args: &[String]) -> Result<()> {
         if let Some(bin) = xtask::find_pg_bin() {
             cmd.env("NEARCACHE_PG_BIN", bin);
         }
-        check(&mut cmd, "cargo test --workspace")
+        run_tests(&mut cmd)
     })();
     if let Some(cluster) = started {
         if let Err(e) = cluster.down() {
@@ -204,6 +204,42 @@ fn test(args: &[String]) -> Result<()> {
         }
     }
     result
+}
+
+/// Runs `cargo test`, passing its output through, and closes with one line that sums up every
+/// test binary's result (cargo prints one result line per binary, the last often of an empty
+/// doc-test run).
+fn run_tests(cmd: &mut Command) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    eprintln!("==> cargo test --workspace");
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running cargo test")?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(';') {
+                let mut words = part.split_whitespace().rev();
+                let (Some(what), Some(n)) = (words.next(), words.next()) else { continue };
+                let n: u64 = n.parse().unwrap_or(0);
+                match what {
+                    "passed" => passed += n,
+                    "failed" => failed += n,
+                    "ignored" => ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let status = child.wait()?;
+    println!("tests: {passed} passed, {failed} failed, {ignored} skipped");
+    if !status.success() {
+        bail!("cargo test failed ({status})");
+    }
+    Ok(())
 }
 
 fn ci() -> Result<()> {
