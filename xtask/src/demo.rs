@@ -1,14 +1,108 @@
 //! `cargo xtask demo`: the whole system on this machine.
 
-use anyhow::Result;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use serde_json::json;
+
+use crate::seed::{self, Instance};
 
 /// Options of the demo.
 #[derive(clap::Args)]
-pub(crate) struct Args {}
+pub(crate) struct Args {
+    /// Run the scenario, then stop everything and exit instead of waiting for Ctrl-C.
+    #[arg(long)]
+    exit: bool,
+}
 
-pub(crate) fn run(_args: Args) -> Result<()> {
-    let (url, _) = crate::database()?;
-    crate::migrate(&url)?;
-    println!("database up and migrated: {url}");
-    Ok(())
+pub(crate) fn run(args: Args) -> Result<()> {
+    let (url, started) = crate::database()?;
+    let result = demo(&url, &args);
+    if let Some(cluster) = started {
+        match cluster.down() {
+            Ok(_) => eprintln!("==> database stopped"),
+            Err(e) => eprintln!("xtask: could not stop the database: {e}"),
+        }
+    }
+    result
+}
+
+fn demo(url: &str, args: &Args) -> Result<()> {
+    crate::migrate(url)?;
+    let binary = seed::build_server(false)?;
+    let rt = crate::runtime()?;
+    rt.block_on(async {
+        seed::seed(url).await?;
+        println!("==> database {url}");
+        println!("    migrated and seeded: {} organizations, {} users", seed::ORGS, seed::USERS);
+        let client = reqwest::Client::new();
+        let mut a = Instance::start(&binary, "a", url, seed::port_near(8081)?, &[])?;
+        let mut b = Instance::start(&binary, "b", url, seed::port_near(8082)?, &[])?;
+        a.ready(&client, "coherent").await?;
+        b.ready(&client, "coherent").await?;
+        for i in [&a, &b] {
+            println!("==> instance {}: {}  (log: {})", i.name, i.url(""), i.log.display());
+        }
+        println!("\n==> tokens (HS256, secret {:?}, valid for an hour)", seed::SECRET);
+        let tokens: Vec<String> = (1..=3).map(seed::token).collect();
+        for (i, t) in tokens.iter().enumerate() {
+            println!("T{}={t}   # user {}", i + 1, seed::user_id(i as u32 + 1));
+        }
+        println!("\n==> try");
+        println!("curl -s -H \"Authorization: Bearer $T1\" {}", a.url("/me"));
+        println!("curl -s -H \"Authorization: Bearer $T2\" {}", b.url("/me/organization"));
+        println!(
+            "curl -s -X PATCH -H \"Authorization: Bearer $T1\" -H 'content-type: application/json' -d '{{\"name\":\"Ada\"}}' {}",
+            a.url("/me")
+        );
+        println!("curl -s {}", b.url("/healthz"));
+        println!("curl -s {} | grep -E '^nearcache_(cache|listener)'", b.url("/metrics"));
+
+        println!("\n==> a change through A, seen through B");
+        let get_name = |inst: &Instance, t: &str| {
+            let req = client.get(inst.url("/me")).bearer_auth(t.to_string());
+            async move {
+                let body: serde_json::Value = req.send().await?.json().await?;
+                anyhow::Ok(body["user"]["name"].as_str().unwrap_or("?").to_string())
+            }
+        };
+        let before = get_name(&b, &tokens[0]).await?;
+        println!("GET   B /me        -> name {before:?} (now cached on B)");
+        let again = get_name(&b, &tokens[0]).await?;
+        println!("GET   B /me        -> name {again:?} (a cache hit)");
+        let new_name = format!("Ada {}", std::process::id());
+        let patched = client
+            .patch(a.url("/me"))
+            .bearer_auth(&tokens[0])
+            .json(&json!({"name": new_name}))
+            .send()
+            .await?;
+        println!("PATCH A /me        -> {} (name {new_name:?})", patched.status().as_u16());
+        let start = Instant::now();
+        loop {
+            let seen = get_name(&b, &tokens[0]).await?;
+            if seen == new_name {
+                println!(
+                    "GET   B /me        -> name {seen:?} (B evicted its copy on A's notification; seen {:.1} ms after the PATCH returned)",
+                    start.elapsed().as_secs_f64() * 1000.0
+                );
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(5) {
+                bail!("B still serves {seen:?} 5 s after the change: coherence is broken");
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if args.exit {
+            println!("\n==> stopping (--exit)");
+        } else {
+            println!("\n==> running; press Ctrl-C to stop");
+            tokio::signal::ctrl_c().await?;
+            println!("\n==> stopping");
+        }
+        a.stop();
+        b.stop();
+        println!("==> instances stopped");
+        anyhow::Ok(())
+    })
 }

@@ -2,12 +2,14 @@
 
 mod bench;
 mod demo;
+mod seed;
 
 use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use xtask::{workspace_root, Cluster, ClusterError};
+pub(crate) use xtask::workspace_root;
+use xtask::{Cluster, ClusterError};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "nearcache's tooling")]
@@ -170,13 +172,13 @@ fn db(action: DbCmd) -> Result<()> {
     Ok(())
 }
 
-fn cargo() -> Command {
+pub(crate) fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(workspace_root());
     cmd
 }
 
-fn check(cmd: &mut Command, what: &str) -> Result<()> {
+pub(crate) fn check(cmd: &mut Command, what: &str) -> Result<()> {
     eprintln!("==> {what}");
     let status = cmd.status().with_context(|| format!("running {what}"))?;
     if !status.success() {
