@@ -1,74 +1,95 @@
 -- Change notifications for near caches.
 --
--- nearcache_notify() is generic: attach it to any table with
+-- Attach them to any table with
 --
 --     SELECT nearcache_attach('my_table', 'id', '{updated_at,last_seen_at}');
 --
 -- naming the table, its key column (any type; keys travel as text) and the columns whose changes
--- must not notify. It adds four statement-level AFTER triggers (INSERT, UPDATE, DELETE,
--- TRUNCATE). Each statement sends compact JSON payloads, never rows:
+-- must not notify. Each statement then sends, at commit, compact JSON payloads, never rows:
 --
 --     {"v":1,"table":"users","op":"update","keys":["7f0c…","1b2d…"]}
 --     {"v":1,"table":"users","op":"flush"}          -- TRUNCATE, or too many keys
 --
 -- * An UPDATE notifies only for rows where a column outside the ignored list changed; a no-op
 --   update sends nothing. A changed key notifies both the old and the new key.
--- * Keys are batched: each payload stays under nearcache.max_payload bytes (default 6000, well
---   under Postgres' 8000-byte limit, past which NOTIFY would abort the writer's transaction).
--- * Past nearcache.max_keys keys in one statement (default 1000) a single table-wide flush is
---   sent instead.
+-- * Keys are batched per statement: each payload stays under nearcache.max_payload bytes
+--   (default 6000, well under Postgres' 8000-byte limit, past which NOTIFY would abort the
+--   writer's transaction).
+-- * Past nearcache.max_batch bytes of keys in one statement (default 40000, about 1000 UUIDs)
+--   a single table-wide flush is sent instead.
 -- * The channel is the setting nearcache.channel (default 'nearcache'), e.g.
 --   ALTER DATABASE app SET nearcache.channel = 'app_cache'. Listeners must use the same name.
 -- * Payloads name the table without its schema.
 -- * Notifications are delivered at commit; a rolled-back transaction sends nothing.
+--
+-- How: a row-level BEFORE trigger collects the keys of changed rows in a transaction-local
+-- setting, and a statement-level AFTER trigger sends them. The row trigger's WHEN clause
+-- compares the non-ignored columns in C, so an update that changes only ignored columns (a
+-- login recording last_seen_at) or nothing at all never calls a function; the statement
+-- trigger's WHEN clause skips statements that collected nothing. Adding a column to an attached
+-- table? Run nearcache_attach again so that its changes notify too.
 
-CREATE FUNCTION nearcache_notify() RETURNS trigger
+-- Appends the row's key(s) to the statement's collection. Arguments: key column.
+CREATE FUNCTION nearcache_collect() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-    key_column  text := TG_ARGV[0];
-    ignored     text[] := coalesce(TG_ARGV[1], '{}')::text[];
+    setting   text := 'nearcache.pending_' || TG_RELID::oid::text;
+    max_batch int := coalesce(nullif(current_setting('nearcache.max_batch', true), '')::int, 40000);
+    pending   text := coalesce(current_setting(setting, true), '');
+    old_key   text;
+    new_key   text;
+BEGIN
+    IF pending = '*' THEN
+        -- Already too many: the statement will flush the table.
+        RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+    END IF;
+    IF TG_OP <> 'INSERT' THEN
+        old_key := to_json(to_jsonb(OLD) ->> TG_ARGV[0])::text;
+        pending := pending || CASE WHEN pending = '' THEN '' ELSE ',' END || old_key;
+    END IF;
+    IF TG_OP <> 'DELETE' THEN
+        new_key := to_json(to_jsonb(NEW) ->> TG_ARGV[0])::text;
+        IF new_key IS DISTINCT FROM old_key THEN
+            pending := pending || CASE WHEN pending = '' THEN '' ELSE ',' END || new_key;
+        END IF;
+    END IF;
+    IF octet_length(pending) > max_batch THEN
+        pending := '*';
+    END IF;
+    PERFORM set_config(setting, pending, true);
+    RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
+END
+$$;
+
+-- Sends what the statement collected, batched, or a flush.
+CREATE FUNCTION nearcache_send() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    setting     text := 'nearcache.pending_' || TG_RELID::oid::text;
     channel     text := coalesce(nullif(current_setting('nearcache.channel', true), ''), 'nearcache');
-    max_keys    int := coalesce(nullif(current_setting('nearcache.max_keys', true), '')::int, 1000);
     max_payload int := coalesce(nullif(current_setting('nearcache.max_payload', true), '')::int, 6000);
+    pending     text := coalesce(current_setting(setting, true), '');
     op          text := lower(TG_OP);
-    keys        text[];
+    flush       text := json_build_object('v', 1, 'table', TG_TABLE_NAME, 'op', 'flush')::text;
     batch       text[] := '{}';
     batch_bytes int := 0;
     k           text;
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
-        PERFORM pg_notify(channel, json_build_object('v', 1, 'table', TG_TABLE_NAME, 'op', 'flush')::text);
-        RETURN NULL;
-    ELSIF TG_OP = 'INSERT' THEN
-        EXECUTE format('SELECT array_agg(DISTINCT (%I)::text) FROM nearcache_new', key_column)
-            INTO keys;
-    ELSIF TG_OP = 'DELETE' THEN
-        EXECUTE format('SELECT array_agg(DISTINCT (%I)::text) FROM nearcache_old', key_column)
-            INTO keys;
-    ELSE
-        -- Old and new rows paired by key; a row whose key changed shows up on both sides alone
-        -- and so notifies both keys.
-        EXECUTE format(
-            'SELECT array_agg(DISTINCT coalesce(n.k, o.k))
-               FROM (SELECT (%1$I)::text AS k, to_jsonb(t) - $1 AS j FROM nearcache_new t) n
-               FULL JOIN (SELECT (%1$I)::text AS k, to_jsonb(t) - $1 AS j FROM nearcache_old t) o
-                 ON n.k = o.k
-              WHERE n.j IS DISTINCT FROM o.j', key_column)
-            INTO keys USING ignored;
-    END IF;
-
-    IF keys IS NULL THEN
+        PERFORM pg_notify(channel, flush);
         RETURN NULL;
     END IF;
-    IF cardinality(keys) > max_keys THEN
-        PERFORM pg_notify(channel, json_build_object('v', 1, 'table', TG_TABLE_NAME, 'op', 'flush')::text);
+    PERFORM set_config(setting, '', true);
+    IF pending = '' THEN
+        RETURN NULL;
+    ELSIF pending = '*' THEN
+        PERFORM pg_notify(channel, flush);
         RETURN NULL;
     END IF;
-
-    FOREACH k IN ARRAY keys LOOP
+    FOR k IN SELECT DISTINCT jsonb_array_elements_text(('[' || pending || ']')::jsonb) LOOP
         IF octet_length(k) > max_payload - 100 THEN
             -- A key too long for any payload: only a flush covers it.
-            PERFORM pg_notify(channel, json_build_object('v', 1, 'table', TG_TABLE_NAME, 'op', 'flush')::text);
+            PERFORM pg_notify(channel, flush);
             RETURN NULL;
         END IF;
         IF batch_bytes + octet_length(k) + 4 > max_payload - 100 THEN
@@ -84,36 +105,61 @@ BEGIN
 END
 $$;
 
--- Attaches nearcache_notify() to a table: one statement-level trigger per event, since a
--- trigger with transition tables may name only one event.
+-- Attaches the notification triggers to a table (replacing earlier ones).
 CREATE FUNCTION nearcache_attach(tbl regclass, key_column text, ignore_columns text[] DEFAULT '{}')
 RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    args text := format('%L, %L', key_column, ignore_columns::text);
+    old_cols text;
+    new_cols text;
+    pending text := format('coalesce(current_setting(%L, true), %L) <> %L',
+                           'nearcache.pending_' || tbl::oid::text, '', '');
 BEGIN
-    EXECUTE format('CREATE TRIGGER nearcache_notify_insert AFTER INSERT ON %s
-                    REFERENCING NEW TABLE AS nearcache_new
-                    FOR EACH STATEMENT EXECUTE FUNCTION nearcache_notify(%s)', tbl, args);
-    EXECUTE format('CREATE TRIGGER nearcache_notify_update AFTER UPDATE ON %s
-                    REFERENCING OLD TABLE AS nearcache_old NEW TABLE AS nearcache_new
-                    FOR EACH STATEMENT EXECUTE FUNCTION nearcache_notify(%s)', tbl, args);
-    EXECUTE format('CREATE TRIGGER nearcache_notify_delete AFTER DELETE ON %s
-                    REFERENCING OLD TABLE AS nearcache_old
-                    FOR EACH STATEMENT EXECUTE FUNCTION nearcache_notify(%s)', tbl, args);
-    EXECUTE format('CREATE TRIGGER nearcache_notify_truncate AFTER TRUNCATE ON %s
-                    FOR EACH STATEMENT EXECUTE FUNCTION nearcache_notify(%s)', tbl, args);
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute
+                    WHERE attrelid = tbl AND attname = key_column AND attnum > 0 AND NOT attisdropped) THEN
+        RAISE EXCEPTION 'nearcache_attach: % has no column %', tbl, key_column;
+    END IF;
+    SELECT string_agg('OLD.' || quote_ident(attname), ', ' ORDER BY attnum),
+           string_agg('NEW.' || quote_ident(attname), ', ' ORDER BY attnum)
+      INTO old_cols, new_cols
+      FROM pg_attribute
+     WHERE attrelid = tbl AND attnum > 0 AND NOT attisdropped
+       AND NOT (attname = ANY (ignore_columns));
+    IF old_cols IS NULL THEN
+        RAISE EXCEPTION 'nearcache_attach: every column of % is ignored', tbl;
+    END IF;
+    PERFORM nearcache_detach(tbl);
+    EXECUTE format('CREATE TRIGGER nearcache_collect_insert BEFORE INSERT ON %s
+                    FOR EACH ROW EXECUTE FUNCTION nearcache_collect(%L)', tbl, key_column);
+    EXECUTE format('CREATE TRIGGER nearcache_collect_update BEFORE UPDATE ON %s
+                    FOR EACH ROW WHEN ((%s) IS DISTINCT FROM (%s))
+                    EXECUTE FUNCTION nearcache_collect(%L)',
+                   tbl, old_cols, new_cols, key_column);
+    EXECUTE format('CREATE TRIGGER nearcache_collect_delete BEFORE DELETE ON %s
+                    FOR EACH ROW EXECUTE FUNCTION nearcache_collect(%L)', tbl, key_column);
+    EXECUTE format('CREATE TRIGGER nearcache_send_insert AFTER INSERT ON %s
+                    FOR EACH STATEMENT WHEN (%s) EXECUTE FUNCTION nearcache_send()', tbl, pending);
+    EXECUTE format('CREATE TRIGGER nearcache_send_update AFTER UPDATE ON %s
+                    FOR EACH STATEMENT WHEN (%s) EXECUTE FUNCTION nearcache_send()', tbl, pending);
+    EXECUTE format('CREATE TRIGGER nearcache_send_delete AFTER DELETE ON %s
+                    FOR EACH STATEMENT WHEN (%s) EXECUTE FUNCTION nearcache_send()', tbl, pending);
+    EXECUTE format('CREATE TRIGGER nearcache_send_truncate AFTER TRUNCATE ON %s
+                    FOR EACH STATEMENT EXECUTE FUNCTION nearcache_send()', tbl);
 END
 $$;
 
 -- Removes what nearcache_attach added.
 CREATE FUNCTION nearcache_detach(tbl regclass) RETURNS void
 LANGUAGE plpgsql AS $$
+DECLARE
+    t text;
 BEGIN
-    EXECUTE format('DROP TRIGGER IF EXISTS nearcache_notify_insert ON %s', tbl);
-    EXECUTE format('DROP TRIGGER IF EXISTS nearcache_notify_update ON %s', tbl);
-    EXECUTE format('DROP TRIGGER IF EXISTS nearcache_notify_delete ON %s', tbl);
-    EXECUTE format('DROP TRIGGER IF EXISTS nearcache_notify_truncate ON %s', tbl);
+    FOREACH t IN ARRAY ARRAY['nearcache_collect_insert', 'nearcache_collect_update',
+                             'nearcache_collect_delete', 'nearcache_send_insert',
+                             'nearcache_send_update', 'nearcache_send_delete',
+                             'nearcache_send_truncate'] LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', t, tbl);
+    END LOOP;
 END
 $$;
 

@@ -27,9 +27,14 @@ fn base_url() -> String {
 }
 
 fn with_database(url: &str, db: &str) -> String {
-    let (base, _) = url.rsplit_once('/').expect("a database url ends in /dbname");
+    let (base, _) = url
+        .rsplit_once('/')
+        .expect("a database url ends in /dbname");
     // Keep query parameters, if any.
-    let params = url.split_once('?').map(|(_, p)| format!("?{p}")).unwrap_or_default();
+    let params = url
+        .split_once('?')
+        .map(|(_, p)| format!("?{p}"))
+        .unwrap_or_default();
     format!("{base}/{db}{params}")
 }
 
@@ -155,7 +160,10 @@ where
         if cond().await {
             return start.elapsed();
         }
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

@@ -51,7 +51,8 @@ async fn no_read_is_stale() {
     let mut tasks = Vec::new();
 
     for (u, user) in users.iter().enumerate() {
-        let (apps, tokens, commits, pool) = (apps.clone(), tokens.clone(), commits.clone(), pool.clone());
+        let (apps, tokens, commits, pool) =
+            (apps.clone(), tokens.clone(), commits.clone(), pool.clone());
         let id = user.id;
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed_value ^ u as u64);
         tasks.push(tokio::spawn(async move {
@@ -71,7 +72,12 @@ async fn no_read_is_stale() {
                         .await
                         .unwrap();
                 }
-                commits.lock().unwrap().entry(u).or_default().push((version, Instant::now()));
+                commits
+                    .lock()
+                    .unwrap()
+                    .entry(u)
+                    .or_default()
+                    .push((version, Instant::now()));
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(5..60))).await;
             }
         }));
@@ -81,13 +87,22 @@ async fn no_read_is_stale() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed_value.wrapping_add(1000 + r));
         tasks.push(tokio::spawn(async move {
             while start.elapsed() < RUN_FOR {
-                let (user, instance) = (rng.gen_range(0..tokens.len()), rng.gen_range(0..apps.len()));
+                let (user, instance) =
+                    (rng.gen_range(0..tokens.len()), rng.gen_range(0..apps.len()));
                 let started = Instant::now();
                 let (status, body) = apps[instance].get("/me", Some(&tokens[user])).await;
                 assert_eq!(status, 200);
                 let name = body["user"]["name"].as_str().unwrap().to_string();
-                let version = name.strip_prefix('v').and_then(|v| v.parse().ok()).unwrap_or(0);
-                reads.lock().unwrap().push(Read { user, instance, started, version });
+                let version = name
+                    .strip_prefix('v')
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                reads.lock().unwrap().push(Read {
+                    user,
+                    instance,
+                    started,
+                    version,
+                });
             }
         }));
     }
@@ -142,8 +157,14 @@ async fn no_read_is_stale() {
             read.user,
             read.instance,
             read.version,
-            history.iter().find(|(v, _)| v == must).map(|(_, at)| read.started - *at),
-            history.iter().map(|(v, at)| (v, at.duration_since(start))).collect::<Vec<_>>(),
+            history
+                .iter()
+                .find(|(v, _)| v == must)
+                .map(|(_, at)| read.started - *at),
+            history
+                .iter()
+                .map(|(v, at)| (v, at.duration_since(start)))
+                .collect::<Vec<_>>(),
         );
     }
 }

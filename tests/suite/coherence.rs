@@ -23,7 +23,14 @@ async fn three(url: &str) -> Vec<App> {
     apps
 }
 
-async fn all_see(apps: &[App], what: &str, t: &str, path: &str, pointer: &str, want: &serde_json::Value) {
+async fn all_see(
+    apps: &[App],
+    what: &str,
+    t: &str,
+    path: &str,
+    pointer: &str,
+    want: &serde_json::Value,
+) {
     for app in apps {
         let deadline = Instant::now() + BOUND;
         loop {
@@ -57,9 +64,32 @@ async fn writes_through_one_instance_and_by_sql_reach_the_others() {
     warm(&apps, &t).await;
     let (status, _) = apps[0].patch_me(&t, &json!({"name": "Via A"})).await;
     assert_eq!(status, 200);
-    all_see(&apps, "the write through A", &t, "/me", "/user/name", &json!("Via A")).await;
-    exec(&pool, &format!("UPDATE users SET name = 'Via SQL' WHERE id = '{}'", users[0].id)).await;
-    all_see(&apps, "the write by SQL", &t, "/me", "/user/name", &json!("Via SQL")).await;
+    all_see(
+        &apps,
+        "the write through A",
+        &t,
+        "/me",
+        "/user/name",
+        &json!("Via A"),
+    )
+    .await;
+    exec(
+        &pool,
+        &format!(
+            "UPDATE users SET name = 'Via SQL' WHERE id = '{}'",
+            users[0].id
+        ),
+    )
+    .await;
+    all_see(
+        &apps,
+        "the write by SQL",
+        &t,
+        "/me",
+        "/user/name",
+        &json!("Via SQL"),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -72,9 +102,24 @@ async fn renaming_an_organization_refreshes_all_its_users_everywhere() {
     for t in &tokens {
         warm(&apps, t).await;
     }
-    exec(&pool, &format!("UPDATE organizations SET name = 'Renamed' WHERE id = '{}'", org.id)).await;
+    exec(
+        &pool,
+        &format!(
+            "UPDATE organizations SET name = 'Renamed' WHERE id = '{}'",
+            org.id
+        ),
+    )
+    .await;
     for t in &tokens {
-        all_see(&apps, "the new organization name", t, "/me/organization", "/name", &json!("Renamed")).await;
+        all_see(
+            &apps,
+            "the new organization name",
+            t,
+            "/me/organization",
+            "/name",
+            &json!("Renamed"),
+        )
+        .await;
     }
 }
 
@@ -86,9 +131,19 @@ async fn a_deactivated_user_gets_401_everywhere() {
     let apps = three(db.url()).await;
     let t = token(users[0].id, json!({}));
     warm(&apps, &t).await;
-    exec(&pool, &format!("UPDATE users SET active = false WHERE id = '{}'", users[0].id)).await;
+    exec(
+        &pool,
+        &format!(
+            "UPDATE users SET active = false WHERE id = '{}'",
+            users[0].id
+        ),
+    )
+    .await;
     for app in &apps {
-        wait_until(BOUND, "401", || async { app.get("/me", Some(&t)).await.0 == 401 }).await;
+        wait_until(BOUND, "401", || async {
+            app.get("/me", Some(&t)).await.0 == 401
+        })
+        .await;
     }
 }
 
@@ -103,17 +158,47 @@ async fn an_instance_whose_listener_is_killed_stays_fresh_and_recovers() {
     // Every instance's listener goes; each must bypass, then recover.
     assert_eq!(terminate_listeners(&pool).await, 3);
     for (i, name) in ["one", "two", "three"].iter().enumerate() {
-        exec(&pool, &format!("UPDATE users SET name = '{name}' WHERE id = '{}'", users[0].id)).await;
+        exec(
+            &pool,
+            &format!(
+                "UPDATE users SET name = '{name}' WHERE id = '{}'",
+                users[0].id
+            ),
+        )
+        .await;
         // Whether bypassing or coherent again, a fresh value: a write committed after the
         // kill is never hidden by an entry cached before it.
-        all_see(&apps, "the write after the kill", &t, "/me", "/user/name", &json!(name)).await;
+        all_see(
+            &apps,
+            "the write after the kill",
+            &t,
+            "/me",
+            "/user/name",
+            &json!(name),
+        )
+        .await;
         assert!(i < 3);
     }
     for app in &apps {
         app.ready("coherent").await;
     }
-    exec(&pool, &format!("UPDATE users SET name = 'after' WHERE id = '{}'", users[0].id)).await;
-    all_see(&apps, "a write after recovery", &t, "/me", "/user/name", &json!("after")).await;
+    exec(
+        &pool,
+        &format!(
+            "UPDATE users SET name = 'after' WHERE id = '{}'",
+            users[0].id
+        ),
+    )
+    .await;
+    all_see(
+        &apps,
+        "a write after recovery",
+        &t,
+        "/me",
+        "/user/name",
+        &json!("after"),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -140,6 +225,18 @@ async fn every_instance_recovers_from_a_cluster_restart() {
         app.ready("coherent").await;
     }
     let pool = db.pool().await;
-    exec(&pool, &format!("UPDATE users SET name = 'restarted' WHERE id = '{user}'")).await;
-    all_see(&apps, "a write after the restart", &t, "/me", "/user/name", &json!("restarted")).await;
+    exec(
+        &pool,
+        &format!("UPDATE users SET name = 'restarted' WHERE id = '{user}'"),
+    )
+    .await;
+    all_see(
+        &apps,
+        "a write after the restart",
+        &t,
+        "/me",
+        "/user/name",
+        &json!("restarted"),
+    )
+    .await;
 }

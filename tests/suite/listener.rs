@@ -102,13 +102,33 @@ async fn committed_changes_reach_the_handler_as_invalidations() {
     let (org, users) = seed(&pool, 1).await;
     let l = start(db.url(), Duration::from_secs(1), Duration::from_secs(3));
     let ready = l.until("coherent", 0, "coherent").await;
-    assert_eq!(&l.handler.events()[..=ready], ["flush", "coherent"], "LISTEN, flush, coherent");
+    assert_eq!(
+        &l.handler.events()[..=ready],
+        ["flush", "coherent"],
+        "LISTEN, flush, coherent"
+    );
     let u = users[0].id;
-    exec(&pool, &format!("UPDATE users SET name = 'Grace' WHERE id = '{u}'")).await;
-    l.until("the user's invalidation", ready, &format!("users:{u}")).await;
-    exec(&pool, &format!("UPDATE organizations SET name = 'Acme 2' WHERE id = '{}'", org.id)).await;
-    l.until("the organization's invalidation", ready, &format!("organizations:{}", org.id))
+    exec(
+        &pool,
+        &format!("UPDATE users SET name = 'Grace' WHERE id = '{u}'"),
+    )
+    .await;
+    l.until("the user's invalidation", ready, &format!("users:{u}"))
         .await;
+    exec(
+        &pool,
+        &format!(
+            "UPDATE organizations SET name = 'Acme 2' WHERE id = '{}'",
+            org.id
+        ),
+    )
+    .await;
+    l.until(
+        "the organization's invalidation",
+        ready,
+        &format!("organizations:{}", org.id),
+    )
+    .await;
     exec(&pool, "TRUNCATE users").await;
     l.until("the table flush", ready, "users:*").await;
 }
@@ -124,12 +144,20 @@ async fn a_terminated_backend_bypasses_at_once_and_recovers_with_a_flush() {
     let down = l.until("bypass", ready, "bypass").await;
     // A change committed while the listener is away.
     let u = users[0].id;
-    exec(&pool, &format!("UPDATE users SET name = 'While down' WHERE id = '{u}'")).await;
+    exec(
+        &pool,
+        &format!("UPDATE users SET name = 'While down' WHERE id = '{u}'"),
+    )
+    .await;
     l.handler.push("committed");
     let committed = l.handler.position_after(down, "committed").unwrap();
     let back = l.until("coherent again", down, "coherent").await;
     let events = l.handler.events();
-    assert_eq!(events[back - 1], "flush", "flush comes right before coherent: {events:?}");
+    assert_eq!(
+        events[back - 1],
+        "flush",
+        "flush comes right before coherent: {events:?}"
+    );
     // Either the flush after LISTEN or the notification covers the change.
     let covered = events[committed..]
         .iter()
@@ -148,12 +176,22 @@ async fn a_crashed_and_restarted_cluster_is_recovered_from() {
     let down = l.until("bypass", ready, "bypass").await;
     assert_ne!(l.status.snapshot().state, ListenerState::Listening);
     cluster.cluster().up().unwrap();
-    l.until("coherent after the restart", down, "coherent").await;
+    l.until("coherent after the restart", down, "coherent")
+        .await;
     let pool = db.pool().await;
     let (_, users) = seed(&pool, 1).await;
     let u = users[0].id;
-    exec(&pool, &format!("UPDATE users SET name = 'After' WHERE id = '{u}'")).await;
-    l.until("an invalidation after the restart", down, &format!("users:{u}")).await;
+    exec(
+        &pool,
+        &format!("UPDATE users SET name = 'After' WHERE id = '{u}'"),
+    )
+    .await;
+    l.until(
+        "an invalidation after the restart",
+        down,
+        &format!("users:{u}"),
+    )
+    .await;
 }
 
 /// Sends SIGCONT to a stopped backend when dropped, even if the test fails.
@@ -161,7 +199,9 @@ struct Stopped(i32);
 
 impl Drop for Stopped {
     fn drop(&mut self) {
-        let _ = Command::new("kill").args(["-CONT", &self.0.to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
     }
 }
 
@@ -184,7 +224,11 @@ async fn a_backend_that_stops_answering_bypasses_within_the_heartbeat_timeout() 
     .fetch_one(&pool)
     .await
     .unwrap();
-    assert!(Command::new("kill").args(["-STOP", &pid.to_string()]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-STOP", &pid.to_string()])
+        .status()
+        .unwrap()
+        .success());
     let _cont = Stopped(pid);
     let stopped_at = Instant::now();
     l.until("bypass", ready, "bypass").await;
@@ -204,7 +248,12 @@ async fn bad_payloads_are_counted_and_flushed_and_listening_goes_on() {
     let (_, users) = seed(&pool, 1).await;
     let l = start(db.url(), Duration::from_secs(1), Duration::from_secs(3));
     let ready = l.until("coherent", 0, "coherent").await;
-    for bad in ["garbage", "{\"v\":2,\"table\":\"users\",\"op\":\"flush\"}", "{\"v\":1}", ""] {
+    for bad in [
+        "garbage",
+        "{\"v\":2,\"table\":\"users\",\"op\":\"flush\"}",
+        "{\"v\":1}",
+        "",
+    ] {
         sqlx::query("SELECT pg_notify('nearcache', $1)")
             .bind(bad)
             .execute(&pool)
@@ -212,13 +261,25 @@ async fn bad_payloads_are_counted_and_flushed_and_listening_goes_on() {
             .unwrap();
     }
     let u = users[0].id;
-    exec(&pool, &format!("UPDATE users SET name = 'Still' WHERE id = '{u}'")).await;
-    l.until("a good notification after the bad ones", ready, &format!("users:{u}")).await;
+    exec(
+        &pool,
+        &format!("UPDATE users SET name = 'Still' WHERE id = '{u}'"),
+    )
+    .await;
+    l.until(
+        "a good notification after the bad ones",
+        ready,
+        &format!("users:{u}"),
+    )
+    .await;
     let events = l.handler.events();
     let flushes = events[ready..].iter().filter(|e| *e == "flush").count();
     assert_eq!(flushes, 4, "{events:?}");
     let s = l.status.snapshot();
-    assert_eq!((s.malformed, s.connections, s.state), (4, 1, ListenerState::Listening));
+    assert_eq!(
+        (s.malformed, s.connections, s.state),
+        (4, 1, ListenerState::Listening)
+    );
     assert!(!events.contains(&"bypass".to_string()));
 }
 

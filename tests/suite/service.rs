@@ -15,7 +15,10 @@ fn b64(v: &serde_json::Value) -> String {
     let bytes = v.to_string().into_bytes();
     let mut out = String::new();
     for chunk in bytes.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
         for i in 0..=chunk.len() {
             out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
         }
@@ -29,15 +32,27 @@ async fn the_token_battery() {
     let pool = db.pool().await;
     let (_, users) = seed(&pool, 1).await;
     let id = users[0].id;
-    let app = spawn_app(db.url(), &["--jwt-issuer", "issuer", "--jwt-audience", "api"]).await;
+    let app = spawn_app(
+        db.url(),
+        &["--jwt-issuer", "issuer", "--jwt-audience", "api"],
+    )
+    .await;
     app.ready("coherent").await;
     let good = json!({"iss": "issuer", "aud": "api"});
     let sign = |claims: serde_json::Value, alg: Algorithm, secret: &[u8]| {
-        encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret)).unwrap()
+        encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
     };
     let claims = |extra: serde_json::Value| {
-        let mut c = json!({"sub": id.to_string(), "exp": now() + 600, "iss": "issuer", "aud": "api"});
-        c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        let mut c =
+            json!({"sub": id.to_string(), "exp": now() + 600, "iss": "issuer", "aud": "api"});
+        c.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
         c
     };
     let valid = token(id, good.clone());
@@ -49,16 +64,70 @@ async fn the_token_battery() {
         b64(&claims(json!({})))
     );
     let cases: Vec<(&str, String)> = vec![
-        ("expired", sign(claims(json!({"exp": now() - 3600})), Algorithm::HS256, SECRET.as_bytes())),
-        ("not yet valid", sign(claims(json!({"nbf": now() + 3600})), Algorithm::HS256, SECRET.as_bytes())),
-        ("no exp", sign(json!({"sub": id.to_string(), "iss": "issuer", "aud": "api"}), Algorithm::HS256, SECRET.as_bytes())),
-        ("wrong signature", sign(claims(json!({})), Algorithm::HS256, b"another secret")),
-        ("wrong algorithm", sign(claims(json!({})), Algorithm::HS512, SECRET.as_bytes())),
+        (
+            "expired",
+            sign(
+                claims(json!({"exp": now() - 3600})),
+                Algorithm::HS256,
+                SECRET.as_bytes(),
+            ),
+        ),
+        (
+            "not yet valid",
+            sign(
+                claims(json!({"nbf": now() + 3600})),
+                Algorithm::HS256,
+                SECRET.as_bytes(),
+            ),
+        ),
+        (
+            "no exp",
+            sign(
+                json!({"sub": id.to_string(), "iss": "issuer", "aud": "api"}),
+                Algorithm::HS256,
+                SECRET.as_bytes(),
+            ),
+        ),
+        (
+            "wrong signature",
+            sign(claims(json!({})), Algorithm::HS256, b"another secret"),
+        ),
+        (
+            "wrong algorithm",
+            sign(claims(json!({})), Algorithm::HS512, SECRET.as_bytes()),
+        ),
         ("alg none", alg_none),
-        ("wrong issuer", sign(claims(json!({"iss": "mallory"})), Algorithm::HS256, SECRET.as_bytes())),
-        ("wrong audience", sign(claims(json!({"aud": "other"})), Algorithm::HS256, SECRET.as_bytes())),
-        ("sub not a user id", sign(claims(json!({"sub": "admin"})), Algorithm::HS256, SECRET.as_bytes())),
-        ("unknown user", token(nearcache_pg::UserId::new(uuid::Uuid::new_v4()), good.clone())),
+        (
+            "wrong issuer",
+            sign(
+                claims(json!({"iss": "mallory"})),
+                Algorithm::HS256,
+                SECRET.as_bytes(),
+            ),
+        ),
+        (
+            "wrong audience",
+            sign(
+                claims(json!({"aud": "other"})),
+                Algorithm::HS256,
+                SECRET.as_bytes(),
+            ),
+        ),
+        (
+            "sub not a user id",
+            sign(
+                claims(json!({"sub": "admin"})),
+                Algorithm::HS256,
+                SECRET.as_bytes(),
+            ),
+        ),
+        (
+            "unknown user",
+            token(
+                nearcache_pg::UserId::new(uuid::Uuid::new_v4()),
+                good.clone(),
+            ),
+        ),
         ("malformed", "abc.def".into()),
     ];
     let mut bodies = Vec::new();
@@ -87,8 +156,19 @@ async fn a_user_deactivated_by_sql_gets_401_in_coherent_mode() {
     app.ready("coherent").await;
     let t = token(users[0].id, json!({}));
     assert_eq!(app.get("/me", Some(&t)).await.0, 200);
-    assert_eq!(app.get("/me", Some(&t)).await.0, 200, "now served from the cache");
-    exec(&pool, &format!("UPDATE users SET active = false WHERE id = '{}'", users[0].id)).await;
+    assert_eq!(
+        app.get("/me", Some(&t)).await.0,
+        200,
+        "now served from the cache"
+    );
+    exec(
+        &pool,
+        &format!(
+            "UPDATE users SET active = false WHERE id = '{}'",
+            users[0].id
+        ),
+    )
+    .await;
     let took = wait_until(Duration::from_secs(5), "401 after deactivation", || async {
         app.get("/me", Some(&t)).await.0 == 401
     })
@@ -131,11 +211,32 @@ async fn every_cache_mode_serves_the_same_answers() {
         let app = spawn_app(db.url(), &["--cache", mode]).await;
         app.ready(mode).await;
         let (status, body) = app.get("/me/organization", Some(&t)).await;
-        assert_eq!((status, body["id"].as_str()), (200, Some(org.id.to_string().as_str())));
-        let (_, metrics) = (0, reqwest::get(app.url("/metrics")).await.unwrap().text().await.unwrap());
-        assert!(metrics.contains("nearcache_http_requests_total{route=\"/me/organization\",status=\"200\"} 1"));
-        assert_eq!(metrics.contains("nearcache_cache_hits_total"), mode != "off", "{mode}");
-        assert_eq!(metrics.contains("nearcache_listener_listening 1"), mode == "coherent", "{mode}");
+        assert_eq!(
+            (status, body["id"].as_str()),
+            (200, Some(org.id.to_string().as_str()))
+        );
+        let (_, metrics) = (
+            0,
+            reqwest::get(app.url("/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap(),
+        );
+        assert!(metrics.contains(
+            "nearcache_http_requests_total{route=\"/me/organization\",status=\"200\"} 1"
+        ));
+        assert_eq!(
+            metrics.contains("nearcache_cache_hits_total"),
+            mode != "off",
+            "{mode}"
+        );
+        assert_eq!(
+            metrics.contains("nearcache_listener_listening 1"),
+            mode == "coherent",
+            "{mode}"
+        );
         app.stop().await.unwrap();
     }
 }
@@ -157,7 +258,10 @@ async fn starts_without_a_database_and_recovers_by_itself() {
     let start = Instant::now();
     let (status, body) = app.get("/me", Some(&t)).await;
     assert_eq!((status, body["error"].as_str()), (503, Some("unavailable")));
-    assert!(start.elapsed() < Duration::from_secs(5), "a 503, not a hang");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "a 503, not a hang"
+    );
     cluster.cluster().up().unwrap();
     app.ready("coherent").await;
     assert_eq!(app.get("/me", Some(&t)).await.0, 200);
@@ -173,5 +277,8 @@ async fn shutdown_drains_and_stops_everything() {
     let started = Instant::now();
     app.stop().await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(10));
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer accepting");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no longer accepting"
+    );
 }

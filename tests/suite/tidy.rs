@@ -29,18 +29,31 @@ fn every_rust_file_starts_with_a_module_doc() {
         .iter()
         .filter(|f| !std::fs::read_to_string(f).unwrap().starts_with("//!"))
         .collect();
-    assert!(missing.is_empty(), "files without a leading //! doc: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "files without a leading //! doc: {missing:?}"
+    );
 }
 
 #[test]
 fn dependencies_point_inward() {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let out = std::process::Command::new(cargo)
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .current_dir(xtask::workspace_root())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let meta: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     // Normal (non-dev) dependencies of each package.
     let mut deps: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
@@ -55,14 +68,21 @@ fn dependencies_point_inward() {
         deps.insert(pkg["name"].as_str().unwrap().to_string(), names);
     }
     let ours = |p: &str| -> BTreeSet<String> {
-        deps[p].iter().filter(|d| d.starts_with("nearcache")).cloned().collect()
+        deps[p]
+            .iter()
+            .filter(|d| d.starts_with("nearcache"))
+            .cloned()
+            .collect()
     };
     let set = |v: &[&str]| -> BTreeSet<String> { v.iter().map(|s| s.to_string()).collect() };
     assert_eq!(ours("nearcache-store"), set(&[]));
     assert_eq!(ours("nearcache"), set(&["nearcache-store"]));
     assert_eq!(ours("nearcache-pg"), set(&[]));
     assert_eq!(ours("nearcache-listener"), set(&[]));
-    assert_eq!(ours("nearcache-http"), set(&["nearcache-store", "nearcache-pg"]));
+    assert_eq!(
+        ours("nearcache-http"),
+        set(&["nearcache-store", "nearcache-pg"])
+    );
     // The core does no I/O.
     for core in ["nearcache", "nearcache-store"] {
         for io in ["sqlx", "tokio-postgres", "hyper", "hyper-util"] {

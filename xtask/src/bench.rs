@@ -39,6 +39,15 @@ pub(crate) struct Args {
     /// Skip the criterion benchmark of the cache core.
     #[arg(long)]
     no_criterion: bool,
+    /// Run only these parts (http, latency, writes, core); all by default.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+impl Args {
+    fn runs(&self, part: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| p == part)
+    }
 }
 
 pub(crate) fn run(args: Args) -> Result<()> {
@@ -62,46 +71,91 @@ fn bench(url: &str, args: &Args) -> Result<()> {
     writeln!(report, "# nearcache benchmark\n\n{machine}\n")?;
 
     rt.block_on(seed::seed(url))?;
-    eprintln!("==> HTTP: wrk -c{} -d{}s, tokens rotating over {} users", args.connections, args.seconds, seed::USERS);
-    let http = rt.block_on(http(url, &binary, args))?;
-    writeln!(report, "## HTTP\n\nwrk, {} connections, 2 threads, {} s per run, tokens rotating over {} users; one instance at a time, on the same machine as wrk and Postgres.\n", args.connections, args.seconds, seed::USERS)?;
-    writeln!(report, "| run | requests/s | p50 | p99 | x ceiling | x cache off |\n|---|---|---|---|---|---|")?;
-    let ceiling = http[0].rps;
-    let off = http.iter().find(|r| r.name.contains("off")).map_or(1.0, |r| r.rps);
-    for r in &http {
+    if args.runs("http") {
+        eprintln!(
+            "==> HTTP: wrk -c{} -d{}s, tokens rotating over {} users",
+            args.connections,
+            args.seconds,
+            seed::USERS
+        );
+        let http = rt.block_on(http(url, &binary, args))?;
+        writeln!(report, "## HTTP\n\nwrk, {} connections, 2 threads, {} s per run, tokens rotating over {} users; one instance at a time, on the same machine as wrk and Postgres.\n", args.connections, args.seconds, seed::USERS)?;
         writeln!(
             report,
-            "| {} | {:.0} | {} | {} | {:.2} | {:.2} |",
-            r.name, r.rps, r.p50, r.p99, r.rps / ceiling, r.rps / off
+            "| run | requests/s | p50 | p99 | x ceiling | x cache off |\n|---|---|---|---|---|---|"
         )?;
+        let ceiling = http[0].rps;
+        let off = http
+            .iter()
+            .find(|r| r.name.contains("off"))
+            .map_or(1.0, |r| r.rps);
+        for r in &http {
+            writeln!(
+                report,
+                "| {} | {:.0} | {} | {} | {:.2} | {:.2} |",
+                r.name,
+                r.rps,
+                r.p50,
+                r.p99,
+                r.rps / ceiling,
+                r.rps / off
+            )?;
+        }
     }
 
-    eprintln!("==> invalidation latency: 1000 updates, two instances");
-    let lat = rt.block_on(invalidation_latency(url))?;
-    writeln!(report, "\n## Invalidation latency\n\nFrom the UPDATE's return (commit acknowledged) to the eviction, over 1000 updates, two in-process instances each with its own cache and listener.\n")?;
-    writeln!(report, "| measure | p50 | p99 | max |\n|---|---|---|---|")?;
-    for (name, v) in &lat {
-        writeln!(report, "| {name} | {} | {} | {} |", ms(pct(v, 50.0)), ms(pct(v, 99.0)), ms(pct(v, 100.0)))?;
+    if args.runs("latency") {
+        eprintln!("==> invalidation latency: 1000 updates, two instances");
+        let lat = rt.block_on(invalidation_latency(url))?;
+        writeln!(report, "\n## Invalidation latency\n\nFrom the UPDATE's return (commit acknowledged) to the eviction, over 1000 updates, two in-process instances each with its own cache and listener.\n")?;
+        writeln!(report, "| measure | p50 | p99 | max |\n|---|---|---|---|")?;
+        for (name, v) in &lat {
+            writeln!(
+                report,
+                "| {name} | {} | {} | {} |",
+                ms(pct(v, 50.0)),
+                ms(pct(v, 99.0)),
+                ms(pct(v, 100.0))
+            )?;
+        }
     }
 
-    eprintln!("==> write throughput with and without triggers");
-    let writes = rt.block_on(write_throughput(url, Duration::from_secs(args.write_seconds)))?;
-    writeln!(report, "\n## Write throughput on users\n\n{} s per run, random users; with triggers a listener drains the notifications.\n", args.write_seconds)?;
-    writeln!(report, "| statement | writers | without triggers (tx/s) | with triggers (tx/s) | ratio |\n|---|---|---|---|---|")?;
-    for w in &writes {
-        writeln!(report, "| {} | {} | {:.0} | {:.0} | {:.2} |", w.0, w.1, w.2, w.3, w.3 / w.2)?;
+    if args.runs("writes") {
+        eprintln!("==> write throughput with and without triggers");
+        let writes = rt.block_on(write_throughput(
+            url,
+            Duration::from_secs(args.write_seconds),
+        ))?;
+        writeln!(report, "\n## Write throughput on users\n\n{} s per run, random users; with triggers a listener drains the notifications.\n", args.write_seconds)?;
+        writeln!(report, "| statement | writers | without triggers (tx/s) | with triggers (tx/s) | ratio |\n|---|---|---|---|---|")?;
+        for w in &writes {
+            writeln!(
+                report,
+                "| {} | {} | {:.0} | {:.0} | {:.2} |",
+                w.0,
+                w.1,
+                w.2,
+                w.3,
+                w.3 / w.2
+            )?;
+        }
     }
 
-    if !args.no_criterion {
+    if !args.no_criterion && args.runs("core") {
         eprintln!("==> cache core: criterion against raw moka");
         let core = criterion()?;
         writeln!(report, "\n## Cache core (criterion, ns per operation)\n\n| operation | nearcache | raw moka | ratio |\n|---|---|---|---|")?;
         for (name, ours, theirs) in core {
-            writeln!(report, "| {name} | {ours:.0} | {theirs:.0} | {:.2} |", ours / theirs)?;
+            writeln!(
+                report,
+                "| {name} | {ours:.0} | {theirs:.0} | {:.2} |",
+                ours / theirs
+            )?;
         }
     }
 
-    let path = crate::workspace_root().join("target").join("bench-report.md");
+    let path = crate::workspace_root()
+        .join("target")
+        .join("bench-report.md");
     std::fs::write(&path, &report)?;
     println!("{report}");
     eprintln!("==> report written to {}", path.display());
@@ -111,10 +165,19 @@ fn bench(url: &str, args: &Args) -> Result<()> {
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let date = Command::new("date").arg("-u").arg("+%Y-%m-%d").output().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let date = Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     format!("Run on {date}: {cores} cores ({cpu}), wrk, the service and PostgreSQL (fsync off) on the same machine.")
 }
 
@@ -147,19 +210,31 @@ async fn http(url: &str, binary: &std::path::PathBuf, args: &Args) -> Result<Vec
         ("GET /healthz (ceiling)", &[], "coherent", false),
         ("GET /me, cache coherent", &[], "coherent", true),
         ("GET /me, cache off", &["--cache", "off"], "off", true),
-        ("GET /me, ttl mode, 2 s TTL", &["--cache", "ttl", "--cache-ttl", "2s"], "ttl", true),
+        (
+            "GET /me, ttl mode, 2 s TTL",
+            &["--cache", "ttl", "--cache-ttl", "2s"],
+            "ttl",
+            true,
+        ),
     ];
     for (name, flags, mode, me) in plan {
         let port = seed::port_near(0)?;
         let mut inst = Instance::start(binary, "bench", url, port, flags)?;
         inst.ready(&client, mode).await?;
         let target = inst.url(if me { "/" } else { "/healthz" });
-        let script_args: Vec<String> = if me { vec!["-s".into(), script.display().to_string()] } else { vec![] };
+        let script_args: Vec<String> = if me {
+            vec!["-s".into(), script.display().to_string()]
+        } else {
+            vec![]
+        };
         // Warm up (fills the cache where there is one), then measure.
         wrk(&target, &script_args, args.connections, 3)?;
         let out = wrk(&target, &script_args, args.connections, args.seconds)?;
         let run = parse_wrk(name, &out)?;
-        eprintln!("    {name}: {:.0} requests/s, p50 {}, p99 {}", run.rps, run.p50, run.p99);
+        eprintln!(
+            "    {name}: {:.0} requests/s, p50 {}, p99 {}",
+            run.rps, run.p50, run.p99
+        );
         runs.push(run);
         inst.stop();
     }
@@ -168,7 +243,14 @@ async fn http(url: &str, binary: &std::path::PathBuf, args: &Args) -> Result<Vec
 
 fn wrk(target: &str, script: &[String], connections: u32, seconds: u64) -> Result<String> {
     let out = Command::new("wrk")
-        .args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s"), "--latency", "--timeout", "5s"])
+        .args([
+            "-t2",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            "--timeout",
+            "5s",
+        ])
         .args(script)
         .arg(target)
         .output()
@@ -194,13 +276,19 @@ fn parse_wrk(name: &str, out: &str) -> Result<HttpRun> {
             .find_map(|l| l.trim().strip_prefix(p).map(|v| v.trim().to_string()))
             .unwrap_or_else(|| "?".into())
     };
-    Ok(HttpRun { name: name.into(), rps, p50: pct("50%"), p99: pct("99%") })
+    Ok(HttpRun {
+        name: name.into(),
+        rps,
+        p50: pct("50%"),
+        p99: pct("99%"),
+    })
 }
 
 /// A listener handler on a cache that records when each key was evicted.
 struct Timed {
     cache: Cache<String, u32>,
     seen: Mutex<HashMap<String, Instant>>,
+    changed: tokio::sync::Notify,
 }
 
 impl Handler for Timed {
@@ -222,6 +310,7 @@ impl Handler for Timed {
         for k in keys {
             seen.insert(k.clone(), now);
         }
+        self.changed.notify_waiters();
         true
     }
     fn flush_table(&self, _: &str) -> bool {
@@ -231,23 +320,38 @@ impl Handler for Timed {
 }
 
 async fn invalidation_latency(url: &str) -> Result<Vec<(String, Vec<Duration>)>> {
-    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(2).connect(url).await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(url)
+        .await?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut instances = Vec::new();
     for _ in 0..2 {
         let handler = Arc::new(Timed {
-            cache: Cache::new(CacheConfig { initial_mode: Mode::Bypass, ..CacheConfig::default() }),
+            cache: Cache::new(CacheConfig {
+                initial_mode: Mode::Bypass,
+                ..CacheConfig::default()
+            }),
             seen: Mutex::default(),
+            changed: tokio::sync::Notify::new(),
         });
         let status = ListenerStatus::default();
         let mut stop = stop_rx.clone();
-        tokio::spawn(nearcache_listener::run(ListenerConfig::new(url)?, handler.clone(), status.clone(), async move {
-            let _ = stop.wait_for(|s| *s).await;
-        }));
+        tokio::spawn(nearcache_listener::run(
+            ListenerConfig::new(url)?,
+            handler.clone(),
+            status.clone(),
+            async move {
+                let _ = stop.wait_for(|s| *s).await;
+            },
+        ));
         instances.push((handler, status));
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while instances.iter().any(|(h, _)| h.cache.mode() != Mode::Coherent) {
+    while instances
+        .iter()
+        .any(|(h, _)| h.cache.mode() != Mode::Coherent)
+    {
         if Instant::now() > deadline {
             bail!("the listeners did not start");
         }
@@ -271,6 +375,10 @@ async fn invalidation_latency(url: &str) -> Result<Vec<(String, Vec<Duration>)>>
         let mut worst = Duration::ZERO;
         for (h, _) in &instances {
             loop {
+                // Register for the wake-up before looking, so that none is missed.
+                let changed = h.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
                 let at = h.seen.lock().unwrap().get(&key).copied();
                 if let Some(at) = at {
                     let d = at.saturating_duration_since(committed);
@@ -278,10 +386,12 @@ async fn invalidation_latency(url: &str) -> Result<Vec<(String, Vec<Duration>)>>
                     worst = worst.max(d);
                     break;
                 }
-                if Instant::now() > wait_deadline {
+                if tokio::time::timeout_at(wait_deadline.into(), changed)
+                    .await
+                    .is_err()
+                {
                     bail!("update {n} did not reach an instance within 5 s");
                 }
-                tokio::task::yield_now().await;
             }
         }
         all.push(worst);
@@ -295,21 +405,34 @@ async fn invalidation_latency(url: &str) -> Result<Vec<(String, Vec<Duration>)>>
 }
 
 async fn write_throughput(url: &str, each: Duration) -> Result<Vec<(String, usize, f64, f64)>> {
-    let pool = sqlx::postgres::PgPoolOptions::new().max_connections(10).connect(url).await?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(10)
+        .connect(url)
+        .await?;
     // A listener drains notifications, as instances would.
     let mut drain = sqlx::postgres::PgListener::connect_with(&pool).await?;
     drain.listen("nearcache").await?;
     let drainer = tokio::spawn(async move { while drain.recv().await.is_ok() {} });
     let statements = [
-        ("UPDATE users SET name (profile)", "UPDATE users SET name = 'w' || $2 WHERE id = $1::uuid"),
-        ("UPDATE users SET last_seen_at", "UPDATE users SET last_seen_at = now() + ($2 || ' ms')::interval WHERE id = $1::uuid"),
+        (
+            "UPDATE users SET name (profile)",
+            "UPDATE users SET name = 'w' || $2 WHERE id = $1::uuid",
+        ),
+        (
+            "UPDATE users SET last_seen_at",
+            "UPDATE users SET last_seen_at = now() + ($2 || ' ms')::interval WHERE id = $1::uuid",
+        ),
     ];
     let mut rows = Vec::new();
     for (label, sql) in statements {
         for writers in [1usize, 8] {
-            sqlx::query("SELECT nearcache_detach('users')").execute(&pool).await?;
+            sqlx::query("SELECT nearcache_detach('users')")
+                .execute(&pool)
+                .await?;
             let without = writes(&pool, sql, writers, each).await?;
-            sqlx::query("SELECT nearcache_attach('users', 'id', '{updated_at,last_seen_at}')").execute(&pool).await?;
+            sqlx::query("SELECT nearcache_attach('users', 'id', '{updated_at,last_seen_at}')")
+                .execute(&pool)
+                .await?;
             let with = writes(&pool, sql, writers, each).await?;
             eprintln!("    {label}, {writers} writers: {without:.0} tx/s without triggers, {with:.0} with");
             rows.push((label.to_string(), writers, without, with));
@@ -320,7 +443,12 @@ async fn write_throughput(url: &str, each: Duration) -> Result<Vec<(String, usiz
     Ok(rows)
 }
 
-async fn writes(pool: &sqlx::PgPool, sql: &'static str, writers: usize, each: Duration) -> Result<f64> {
+async fn writes(
+    pool: &sqlx::PgPool,
+    sql: &'static str,
+    writers: usize,
+    each: Duration,
+) -> Result<f64> {
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..writers {
@@ -330,7 +458,11 @@ async fn writes(pool: &sqlx::PgPool, sql: &'static str, writers: usize, each: Du
             let mut rng = rand::rngs::StdRng::from_entropy();
             while start.elapsed() < each {
                 let key = seed::user_id(rand::Rng::gen_range(&mut rng, 1..=seed::USERS));
-                sqlx::query(sql).bind(key).bind(n.to_string()).execute(&pool).await?;
+                sqlx::query(sql)
+                    .bind(key)
+                    .bind(n.to_string())
+                    .execute(&pool)
+                    .await?;
                 n += 1;
             }
             anyhow::Ok(n)
@@ -347,21 +479,60 @@ use rand::SeedableRng;
 
 fn criterion() -> Result<Vec<(String, f64, f64)>> {
     crate::check(
-        crate::cargo().args(["bench", "-p", "nearcache", "--bench", "cache", "--", "--warm-up-time", "1", "--measurement-time", "3"]),
+        crate::cargo().args([
+            "bench",
+            "-p",
+            "nearcache",
+            "--bench",
+            "cache",
+            "--",
+            "--warm-up-time",
+            "1",
+            "--measurement-time",
+            "3",
+        ]),
         "cargo bench -p nearcache",
     )?;
     let dir = crate::workspace_root().join("target").join("criterion");
     let mean = |group: &str, name: &str| -> Result<f64> {
-        let path = dir.join(group).join(name).join("new").join("estimates.json");
-        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path).with_context(|| path.display().to_string())?)?;
-        v["mean"]["point_estimate"].as_f64().context("no mean in criterion's estimates")
+        let path = dir
+            .join(group)
+            .join(name)
+            .join("new")
+            .join("estimates.json");
+        let v: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(&path).with_context(|| path.display().to_string())?,
+        )?;
+        v["mean"]["point_estimate"]
+            .as_f64()
+            .context("no mean in criterion's estimates")
     };
     Ok(vec![
-        ("hit: get vs moka get".into(), mean("hit", "nearcache_get")?, mean("hit", "moka_get")?),
-        ("hit: get_or_store vs moka get".into(), mean("hit", "nearcache_get_or_store")?, mean("hit", "moka_get")?),
-        ("hit: get_or_store vs moka get_with".into(), mean("hit", "nearcache_get_or_store")?, mean("hit", "moka_get_with")?),
-        ("100 misses + fills vs moka get_with".into(), mean("miss", "nearcache_get_or_store")?, mean("miss", "moka_get_with")?),
-        ("invalidate_tag vs moka invalidate".into(), mean("invalidate", "nearcache_invalidate_tag")?, mean("invalidate", "moka_invalidate")?),
+        (
+            "hit: get vs moka get".into(),
+            mean("hit", "nearcache_get")?,
+            mean("hit", "moka_get")?,
+        ),
+        (
+            "hit: get_or_store vs moka get".into(),
+            mean("hit", "nearcache_get_or_store")?,
+            mean("hit", "moka_get")?,
+        ),
+        (
+            "hit: get_or_store vs moka get_with".into(),
+            mean("hit", "nearcache_get_or_store")?,
+            mean("hit", "moka_get_with")?,
+        ),
+        (
+            "100 misses + fills vs moka get_with".into(),
+            mean("miss", "nearcache_get_or_store")?,
+            mean("miss", "moka_get_with")?,
+        ),
+        (
+            "invalidate_tag vs moka invalidate".into(),
+            mean("invalidate", "nearcache_invalidate_tag")?,
+            mean("invalidate", "moka_invalidate")?,
+        ),
     ])
 }
 

@@ -298,7 +298,14 @@ impl Cluster {
         let out = Command::new(self.bin.join("psql"))
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p"])
             .arg(self.port()?.to_string())
-            .args(["-U", "nearcache", "-d", "postgres", "-c", "CREATE DATABASE nearcache"])
+            .args([
+                "-U",
+                "nearcache",
+                "-d",
+                "postgres",
+                "-c",
+                "CREATE DATABASE nearcache",
+            ])
             .output();
         match out {
             Ok(o) if o.status.success() => Ok(()),
@@ -328,7 +335,8 @@ impl Cluster {
         };
         cmd.args(args.iter().map(OsString::from));
         // Run from a folder the postgres user can read, and detach stdin.
-        cmd.current_dir(&self.dir).stdin(std::process::Stdio::null());
+        cmd.current_dir(&self.dir)
+            .stdin(std::process::Stdio::null());
         cmd.output().map_err(|e| ClusterError::Command {
             what: exe.display().to_string(),
             detail: e.to_string(),

@@ -118,9 +118,7 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
 }
 
 fn db(action: DbCmd) -> Result<()> {
-    let external = std::env::var("DATABASE_URL")
-        .ok()
-        .filter(|u| !u.is_empty());
+    let external = std::env::var("DATABASE_URL").ok().filter(|u| !u.is_empty());
     match action {
         DbCmd::Up => {
             let (url, _) = database()?;
@@ -153,7 +151,12 @@ fn db(action: DbCmd) -> Result<()> {
         }
         DbCmd::Url => match external {
             Some(url) => println!("{url}"),
-            None => println!("{}", cluster()?.url().context("no cluster yet: run `cargo xtask db up`")?),
+            None => println!(
+                "{}",
+                cluster()?
+                    .url()
+                    .context("no cluster yet: run `cargo xtask db up`")?
+            ),
         },
         DbCmd::Status => {
             if let Some(url) = external {
@@ -162,7 +165,10 @@ fn db(action: DbCmd) -> Result<()> {
             }
             let c = cluster()?;
             let state = if c.is_running() { "running" } else { "stopped" };
-            let port = c.port().map(|p| p.to_string()).unwrap_or_else(|_| "-".into());
+            let port = c
+                .port()
+                .map(|p| p.to_string())
+                .unwrap_or_else(|_| "-".into());
             println!("{state}\nfolder: {}\nport: {port}", c.dir().display());
             if let Ok(url) = c.url() {
                 println!("url: {url}");
@@ -225,7 +231,9 @@ fn run_tests(cmd: &mut Command) -> Result<()> {
         if let Some(rest) = line.strip_prefix("test result: ") {
             for part in rest.split(';') {
                 let mut words = part.split_whitespace().rev();
-                let (Some(what), Some(n)) = (words.next(), words.next()) else { continue };
+                let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                    continue;
+                };
                 let n: u64 = n.parse().unwrap_or(0);
                 match what {
                     "passed" => passed += n,
@@ -245,7 +253,10 @@ fn run_tests(cmd: &mut Command) -> Result<()> {
 }
 
 fn ci() -> Result<()> {
-    check(cargo().args(["fmt", "--all", "--check"]), "cargo fmt --check")?;
+    check(
+        cargo().args(["fmt", "--all", "--check"]),
+        "cargo fmt --check",
+    )?;
     check(
         cargo().args([
             "clippy",

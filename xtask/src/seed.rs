@@ -77,7 +77,7 @@ pub(crate) fn token(i: u32) -> String {
 
 /// `port` if it is free, else any free port.
 pub(crate) fn port_near(port: u16) -> Result<u16> {
-    if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+    if port != 0 && TcpListener::bind(("127.0.0.1", port)).is_ok() {
         return Ok(port);
     }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -90,9 +90,19 @@ pub(crate) fn build_server(release: bool) -> Result<PathBuf> {
     if release {
         cmd.arg("--release");
     }
-    crate::check(&mut cmd, if release { "cargo build --release (server)" } else { "cargo build (server)" })?;
+    crate::check(
+        &mut cmd,
+        if release {
+            "cargo build --release (server)"
+        } else {
+            "cargo build (server)"
+        },
+    )?;
     let dir = if release { "release" } else { "debug" };
-    Ok(crate::workspace_root().join("target").join(dir).join("nearcache-server"))
+    Ok(crate::workspace_root()
+        .join("target")
+        .join(dir)
+        .join("nearcache-server"))
 }
 
 /// A running instance of the server, stopped with SIGTERM when dropped.
@@ -143,7 +153,11 @@ impl Instance {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait()? {
-                bail!("{} exited ({status}); see {}", self.name, self.log.display());
+                bail!(
+                    "{} exited ({status}); see {}",
+                    self.name,
+                    self.log.display()
+                );
             }
             if let Ok(r) = client.get(self.url("/healthz")).send().await {
                 if r.status() == 200 {
@@ -154,7 +168,11 @@ impl Instance {
                 }
             }
             if Instant::now() > deadline {
-                bail!("{} not ready after 30 s; see {}", self.name, self.log.display());
+                bail!(
+                    "{} not ready after 30 s; see {}",
+                    self.name,
+                    self.log.display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

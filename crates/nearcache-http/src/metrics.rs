@@ -132,6 +132,8 @@ mod tests {
         assert!(out.contains(
             "nearcache_http_request_duration_seconds_bucket{route=\"GET /me\",le=\"0.005\"} 3\n"
         ));
-        assert!(out.contains("nearcache_http_request_duration_seconds_count{route=\"GET /me\"} 3\n"));
+        assert!(
+            out.contains("nearcache_http_request_duration_seconds_count{route=\"GET /me\"} 3\n")
+        );
     }
 }

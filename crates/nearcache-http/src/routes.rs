@@ -132,7 +132,10 @@ where
     response
 }
 
-async fn route<B>(state: &AppState, req: Request<B>) -> (usize, Result<Response<Full<Bytes>>, ApiError>)
+async fn route<B>(
+    state: &AppState,
+    req: Request<B>,
+) -> (usize, Result<Response<Full<Bytes>>, ApiError>)
 where
     B: Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
@@ -158,7 +161,10 @@ fn healthz(state: &AppState) -> Response<Full<Bytes>> {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
     };
-    json(status, &serde_json::json!({"status": word, "cache": health.cache}))
+    json(
+        status,
+        &serde_json::json!({"status": word, "cache": health.cache}),
+    )
 }
 
 fn metrics(state: &AppState) -> Response<Full<Bytes>> {
@@ -212,7 +218,9 @@ where
         .collect()
         .await
         .map_err(|e| {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
                 ApiError::PayloadTooLarge(limit)
             } else {
                 ApiError::BadRequest("could not read the request body".into())

@@ -113,7 +113,10 @@ async fn me_returns_the_user_with_its_organization() {
 async fn inactive_missing_and_unauthenticated_users_get_the_same_401() {
     let id = UserId::new(Uuid::new_v4());
     let cases = [
-        (state(repo_with(Some(principal(id, false)))), Some(token(id))),
+        (
+            state(repo_with(Some(principal(id, false)))),
+            Some(token(id)),
+        ),
         (state(repo_with(None)), Some(token(id))),
         (state(MockUserRepo::new()), None),
         (state(MockUserRepo::new()), Some("not.a.jwt".into())),
@@ -121,7 +124,10 @@ async fn inactive_missing_and_unauthenticated_users_get_the_same_401() {
     for (s, t) in cases {
         let (status, body) = call(&s, request("GET", "/me", t.as_deref(), "")).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
-        assert_eq!(body, json!({"error": "unauthorized", "message": "authentication required"}));
+        assert_eq!(
+            body,
+            json!({"error": "unauthorized", "message": "authentication required"})
+        );
     }
 }
 
@@ -157,8 +163,10 @@ async fn patch_validates_its_input() {
     let (status, _) = call(&s, request("PATCH", "/me", Some(&t), &big)).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     let mut req = request("PATCH", "/me", Some(&t), "name=x");
-    req.headers_mut()
-        .insert("content-type", "application/x-www-form-urlencoded".parse().unwrap());
+    req.headers_mut().insert(
+        "content-type",
+        "application/x-www-form-urlencoded".parse().unwrap(),
+    );
     assert_eq!(call(&s, req).await.0, StatusCode::UNSUPPORTED_MEDIA_TYPE);
 }
 
@@ -209,7 +217,11 @@ async fn patch_invalidates_the_user_before_answering() {
     store.expect_mode().return_const(Mode::Coherent);
     let auth = Authenticator::new(&AuthConfig::new(Key::Secret(SECRET.to_vec()))).unwrap();
     let s = AppState::new(Arc::new(store), Arc::new(repo), auth, Arc::new(Ready(true)));
-    let (status, _) = call(&s, request("PATCH", "/me", Some(&token(id)), r#"{"name":"Ada L."}"#)).await;
+    let (status, _) = call(
+        &s,
+        request("PATCH", "/me", Some(&token(id)), r#"{"name":"Ada L."}"#),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
 }
 
@@ -217,15 +229,21 @@ async fn patch_invalidates_the_user_before_answering() {
 async fn health_metrics_and_unknown_routes() {
     let s = state(MockUserRepo::new());
     let (status, body) = call(&s, request("GET", "/healthz", None, "")).await;
-    assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok", "cache": "off"})));
-    assert_eq!(call(&s, request("GET", "/nope", None, "")).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        (status, body),
+        (StatusCode::OK, json!({"status": "ok", "cache": "off"}))
+    );
+    assert_eq!(
+        call(&s, request("GET", "/nope", None, "")).await.0,
+        StatusCode::NOT_FOUND
+    );
     assert_eq!(
         call(&s, request("DELETE", "/me", None, "")).await.0,
         StatusCode::METHOD_NOT_ALLOWED
     );
     let res = handle(&s, request("GET", "/metrics", None, "")).await;
-    let text = String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec())
-        .unwrap();
+    let text =
+        String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
     assert!(text.contains("nearcache_http_requests_total{route=\"/healthz\",status=\"200\"} 1"));
     assert!(text.contains("probe_metric 1"));
 
@@ -237,5 +255,8 @@ async fn health_metrics_and_unknown_routes() {
         Arc::new(Ready(false)),
     );
     let (status, body) = call(&down, request("GET", "/healthz", None, "")).await;
-    assert_eq!((status, body["status"].clone()), (StatusCode::SERVICE_UNAVAILABLE, json!("unavailable")));
+    assert_eq!(
+        (status, body["status"].clone()),
+        (StatusCode::SERVICE_UNAVAILABLE, json!("unavailable"))
+    );
 }

@@ -10,7 +10,9 @@ pub enum ConfigError {
     #[error("invalid database url: {0}")]
     Url(#[source] tokio_postgres::Error),
     /// The channel is not a lowercase identifier.
-    #[error("invalid channel {0:?}: use 1 to 40 characters of a-z, 0-9 and _, starting with a letter")]
+    #[error(
+        "invalid channel {0:?}: use 1 to 40 characters of a-z, 0-9 and _, starting with a letter"
+    )]
     Channel(String),
     /// The heartbeat timings make no sense.
     #[error("heartbeat interval and timeout must be positive")]

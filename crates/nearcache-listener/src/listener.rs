@@ -111,13 +111,12 @@ async fn session<H: Handler + ?Sized>(
 ) -> (SessionError, bool) {
     let pg = config.connection();
     let connecting = pg.connect(NoTls);
-    let (client, mut connection) = match tokio::time::timeout(config.connect_timeout, connecting)
-        .await
-    {
-        Ok(Ok(pair)) => pair,
-        Ok(Err(e)) => return (SessionError::Connect(e), false),
-        Err(_) => return (SessionError::ConnectTimeout, false),
-    };
+    let (client, mut connection) =
+        match tokio::time::timeout(config.connect_timeout, connecting).await {
+            Ok(Ok(pair)) => pair,
+            Ok(Err(e)) => return (SessionError::Connect(e), false),
+            Err(_) => return (SessionError::ConnectTimeout, false),
+        };
     let client = Arc::new(client);
 
     // The connection is driven by its own task, which forwards notifications and the error
@@ -163,7 +162,8 @@ async fn session<H: Handler + ?Sized>(
     let mut sequence: u64 = 0;
     let mut pending: Option<(u64, Instant)> = None;
     loop {
-        let deadline = pending.map(|(_, sent)| tokio::time::Instant::from_std(sent + config.heartbeat_timeout));
+        let deadline = pending
+            .map(|(_, sent)| tokio::time::Instant::from_std(sent + config.heartbeat_timeout));
         tokio::select! {
             message = rx.recv() => match message {
                 Some(Ok(n)) if n.channel() == heartbeat_channel => {
@@ -261,7 +261,10 @@ mod tests {
             self.0.lock().unwrap().push("coherent".into());
         }
         fn invalidate(&self, table: &str, keys: &[String]) -> bool {
-            self.0.lock().unwrap().push(format!("{table}:{}", keys.join(",")));
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("{table}:{}", keys.join(",")));
             table == "users"
         }
         fn flush_table(&self, table: &str) -> bool {
@@ -274,9 +277,17 @@ mod tests {
     fn dispatch_maps_payloads_to_handler_calls() {
         let h = Recorder::default();
         let s = ListenerStatus::default();
-        dispatch(&h, &s, r#"{"v":1,"table":"users","op":"update","keys":["a","b"]}"#);
+        dispatch(
+            &h,
+            &s,
+            r#"{"v":1,"table":"users","op":"update","keys":["a","b"]}"#,
+        );
         dispatch(&h, &s, r#"{"v":1,"table":"users","op":"flush"}"#);
-        dispatch(&h, &s, r#"{"v":1,"table":"other","op":"delete","keys":["c"]}"#);
+        dispatch(
+            &h,
+            &s,
+            r#"{"v":1,"table":"other","op":"delete","keys":["c"]}"#,
+        );
         dispatch(&h, &s, "garbage");
         dispatch(&h, &s, r#"{"v":9,"table":"users","op":"flush"}"#);
         assert_eq!(
@@ -284,7 +295,10 @@ mod tests {
             ["users:a,b", "users:*", "other:c", "flush", "flush"]
         );
         let snap = s.snapshot();
-        assert_eq!((snap.notifications, snap.ignored, snap.malformed), (5, 1, 2));
+        assert_eq!(
+            (snap.notifications, snap.ignored, snap.malformed),
+            (5, 1, 2)
+        );
     }
 
     #[tokio::test]

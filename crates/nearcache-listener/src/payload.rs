@@ -112,8 +112,15 @@ mod tests {
 
     #[test]
     fn reads_every_op() {
-        for (op, want) in [("insert", Op::Insert), ("update", Op::Update), ("delete", Op::Delete)] {
-            let p = parse(&format!(r#"{{"v":1,"table":"t","op":"{op}","keys":["1"]}}"#)).unwrap();
+        for (op, want) in [
+            ("insert", Op::Insert),
+            ("update", Op::Update),
+            ("delete", Op::Delete),
+        ] {
+            let p = parse(&format!(
+                r#"{{"v":1,"table":"t","op":"{op}","keys":["1"]}}"#
+            ))
+            .unwrap();
             assert_eq!(
                 p,
                 Payload::Rows {
@@ -146,7 +153,10 @@ mod tests {
             r#"{"v":1,"table":"t","op":"update","keys":[1]}"#,
             r#"{"v":1,"table":"t","op":"update","keys":["1"],"row":{}}"#,
         ] {
-            assert!(matches!(parse(bad), Err(PayloadError::Malformed(_))), "{bad:?}");
+            assert!(
+                matches!(parse(bad), Err(PayloadError::Malformed(_))),
+                "{bad:?}"
+            );
         }
         assert_eq!(
             parse(r#"{"v":2,"table":"t","op":"flush","new":true}"#),

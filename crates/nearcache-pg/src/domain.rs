@@ -201,9 +201,15 @@ mod tests {
     #[test]
     fn profile_updates_are_validated() {
         let u = ProfileUpdate::new(Some("  Ada "), Some(" Ada@Example.COM ")).unwrap();
-        assert_eq!((u.name(), u.email()), (Some("Ada"), Some("ada@example.com")));
+        assert_eq!(
+            (u.name(), u.email()),
+            (Some("Ada"), Some("ada@example.com"))
+        );
         assert_eq!(ProfileUpdate::new(None, None), Err(ValidationError::Empty));
-        assert!(matches!(ProfileUpdate::new(Some(" "), None), Err(ValidationError::Name { .. })));
+        assert!(matches!(
+            ProfileUpdate::new(Some(" "), None),
+            Err(ValidationError::Name { .. })
+        ));
         let long = "x".repeat(201);
         assert!(ProfileUpdate::new(Some(&long), None).is_err());
         for bad in ["", "a", "a@", "@b", "a b@c", "a@b@c"] {

@@ -20,8 +20,7 @@ pub trait UserRepo: Send + Sync {
     ///
     /// # Errors
     /// As for any write.
-    async fn create_organization(&self, name: &str, plan: &str)
-        -> Result<Organization, RepoError>;
+    async fn create_organization(&self, name: &str, plan: &str) -> Result<Organization, RepoError>;
 
     /// Creates a user.
     ///
@@ -143,11 +142,7 @@ impl UserRepo for PgUserRepo {
         Ok(row.map(Principal::from))
     }
 
-    async fn create_organization(
-        &self,
-        name: &str,
-        plan: &str,
-    ) -> Result<Organization, RepoError> {
+    async fn create_organization(&self, name: &str, plan: &str) -> Result<Organization, RepoError> {
         Ok(sqlx::query_as(&format!(
             "INSERT INTO organizations (name, plan) VALUES ($1, $2) RETURNING {ORG_COLUMNS}"
         ))

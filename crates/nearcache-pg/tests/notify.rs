@@ -32,7 +32,11 @@ impl Probe {
             if n.payload() == "sentinel" {
                 return got;
             }
-            assert!(n.payload().len() < 8000, "payload too long: {}", n.payload().len());
+            assert!(
+                n.payload().len() < 8000,
+                "payload too long: {}",
+                n.payload().len()
+            );
             got.push(serde_json::from_str(n.payload()).unwrap());
         }
     }
@@ -100,13 +104,12 @@ async fn last_seen_only_and_no_op_updates_send_nothing(pool: PgPool) {
     }
     assert_eq!(probe.drain(&pool).await, Vec::<Value>::new());
     // And updated_at was left alone by the login, so cached copies stay exact.
-    let touched: bool = sqlx::query_scalar(
-        "SELECT updated_at = created_at FROM users WHERE id = $1::uuid",
-    )
-    .bind(&u)
-    .fetch_one(&pool)
-    .await
-    .unwrap();
+    let touched: bool =
+        sqlx::query_scalar("SELECT updated_at = created_at FROM users WHERE id = $1::uuid")
+            .bind(&u)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert!(touched);
 }
 
@@ -210,7 +213,11 @@ async fn a_statement_on_many_rows_batches_its_keys(pool: PgPool) {
         .await
         .unwrap();
     let got = probe.drain(&pool).await;
-    assert!(got.len() > 1 && got.len() <= 5, "{} notifications", got.len());
+    assert!(
+        got.len() > 1 && got.len() <= 5,
+        "{} notifications",
+        got.len()
+    );
     let mut keys = BTreeSet::new();
     for n in &got {
         assert_eq!(n["op"], "update");
@@ -289,7 +296,10 @@ async fn the_channel_is_configurable(pool: PgPool) {
     tx.commit().await.unwrap();
     let n = other.recv().await.unwrap();
     let v: Value = serde_json::from_str(n.payload()).unwrap();
-    assert_eq!(v, json!({"v": 1, "table": "organizations", "op": "update", "keys": [o]}));
+    assert_eq!(
+        v,
+        json!({"v": 1, "table": "organizations", "op": "update", "keys": [o]})
+    );
 }
 
 #[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]

@@ -30,8 +30,14 @@ async fn a_missing_user_is_none(pool: PgPool) {
     let repo = PgUserRepo::new(pool);
     let id = UserId::new(uuid::Uuid::new_v4());
     assert!(repo.principal(id).await.unwrap().is_none());
-    assert!(matches!(repo.set_active(id, false).await, Err(RepoError::NotFound)));
-    assert!(matches!(repo.delete_user(id).await, Err(RepoError::NotFound)));
+    assert!(matches!(
+        repo.set_active(id, false).await,
+        Err(RepoError::NotFound)
+    ));
+    assert!(matches!(
+        repo.delete_user(id).await,
+        Err(RepoError::NotFound)
+    ));
 }
 
 #[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
@@ -42,7 +48,10 @@ async fn a_duplicate_email_is_a_conflict(pool: PgPool) {
         email: "ada@acme.io".into(),
         name: "Other".into(),
     };
-    assert!(matches!(repo.create_user(&dup).await, Err(RepoError::Conflict(_))));
+    assert!(matches!(
+        repo.create_user(&dup).await,
+        Err(RepoError::Conflict(_))
+    ));
     let other = repo
         .create_user(&NewUser {
             email: "grace@acme.io".into(),
@@ -62,7 +71,10 @@ async fn writes_change_what_the_principal_shows(pool: PgPool) {
     let (repo, org, user) = seeded(&pool).await;
     let change = ProfileUpdate::new(Some("Ada L."), Some("ADA@lovelace.io")).unwrap();
     let updated = repo.update_profile(user.id, &change).await.unwrap();
-    assert_eq!((updated.name.as_str(), updated.email.as_str()), ("Ada L.", "ada@lovelace.io"));
+    assert_eq!(
+        (updated.name.as_str(), updated.email.as_str()),
+        ("Ada L.", "ada@lovelace.io")
+    );
     assert!(updated.updated_at >= user.updated_at);
     repo.rename_organization(org.id, "Acme 2").await.unwrap();
     repo.set_active(user.id, false).await.unwrap();

@@ -35,7 +35,11 @@ fn duration(s: &str) -> Result<Duration, String> {
 
 /// The flags of `nearcache-server`.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "nearcache-server", version, about = "The nearcache reference service")]
+#[command(
+    name = "nearcache-server",
+    version,
+    about = "The nearcache reference service"
+)]
 pub struct Config {
     /// Postgres URL (the primary: LISTEN does not work on standbys).
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
@@ -171,7 +175,9 @@ impl Config {
         // Fail now, not at the first request.
         Authenticator::new(&auth)?;
         if self.cache_ttl.is_zero() || self.cache_tti.is_some_and(|d| d.is_zero()) {
-            return Err(ConfigError::Timing("--cache-ttl and --cache-tti must be positive"));
+            return Err(ConfigError::Timing(
+                "--cache-ttl and --cache-tti must be positive",
+            ));
         }
         if self.heartbeat_interval.is_zero() || self.heartbeat_timeout.is_zero() {
             return Err(ConfigError::Timing(
@@ -179,10 +185,13 @@ impl Config {
             ));
         }
         if self.db_timeout.is_zero() || self.db_pool_size == 0 {
-            return Err(ConfigError::Timing("--db-timeout and --db-pool-size must be positive"));
+            return Err(ConfigError::Timing(
+                "--db-timeout and --db-pool-size must be positive",
+            ));
         }
         // Validate the channel with the listener's own rules.
-        nearcache_listener::ListenerConfig::new("postgres://localhost/x")?.with_channel(&self.channel)?;
+        nearcache_listener::ListenerConfig::new("postgres://localhost/x")?
+            .with_channel(&self.channel)?;
         let listen = self
             .listen
             .parse()
@@ -215,7 +224,11 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Settings, String> {
-        let mut all = vec!["nearcache-server", "--database-url", "postgres://localhost/db"];
+        let mut all = vec![
+            "nearcache-server",
+            "--database-url",
+            "postgres://localhost/db",
+        ];
         all.extend_from_slice(args);
         Config::try_parse_from(all)
             .map_err(|e| e.to_string())?
@@ -236,11 +249,29 @@ mod tests {
     fn bad_configurations_are_refused_with_one_clear_line() {
         let cases: [(&[&str], &str); 6] = [
             (&[], "give exactly one of --jwt-secret"),
-            (&["--jwt-secret", "s", "--jwt-public-key", "k"], "give exactly one"),
-            (&["--jwt-public-key", "/nonexistent.pem"], "cannot read the JWT public key"),
-            (&["--jwt-public-key", "-----BEGIN PUBLIC KEY-----\nxx\n-----END PUBLIC KEY-----"], "not an RSA or Ed25519"),
-            (&["--jwt-secret", "s", "--cache-ttl", "soon"], "invalid value 'soon'"),
-            (&["--jwt-secret", "s", "--channel", "Bad-Name"], "invalid channel"),
+            (
+                &["--jwt-secret", "s", "--jwt-public-key", "k"],
+                "give exactly one",
+            ),
+            (
+                &["--jwt-public-key", "/nonexistent.pem"],
+                "cannot read the JWT public key",
+            ),
+            (
+                &[
+                    "--jwt-public-key",
+                    "-----BEGIN PUBLIC KEY-----\nxx\n-----END PUBLIC KEY-----",
+                ],
+                "not an RSA or Ed25519",
+            ),
+            (
+                &["--jwt-secret", "s", "--cache-ttl", "soon"],
+                "invalid value 'soon'",
+            ),
+            (
+                &["--jwt-secret", "s", "--channel", "Bad-Name"],
+                "invalid channel",
+            ),
         ];
         for (args, want) in cases {
             let err = parse(args).unwrap_err();

@@ -101,23 +101,48 @@ impl Probe for ServerProbe {
 
     fn render_metrics(&self, out: &mut String) {
         let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+            );
         };
         if let Some(cache) = &self.cache {
             let s = cache.stats();
             let coherent = u64::from(cache.mode() == Mode::Coherent);
-            metric("nearcache_cache_coherent", "gauge", "1 if the cache serves entries.", coherent);
-            metric("nearcache_cache_entries", "gauge", "Entries in the cache.", cache.len());
+            metric(
+                "nearcache_cache_coherent",
+                "gauge",
+                "1 if the cache serves entries.",
+                coherent,
+            );
+            metric(
+                "nearcache_cache_entries",
+                "gauge",
+                "Entries in the cache.",
+                cache.len(),
+            );
             for (name, help, v) in [
                 ("hits", "Lookups answered from the cache.", s.hits),
                 ("misses", "Lookups not in the cache.", s.misses),
                 ("bypassed", "Lookups made in bypass mode.", s.bypassed),
                 ("loads", "Loader calls.", s.loads),
                 ("load_errors", "Loader calls that failed.", s.load_errors),
-                ("coalesced", "Lookups served by another caller's load.", s.coalesced),
-                ("discarded_fills", "Loads not stored because of a later invalidation.", s.discarded_fills),
+                (
+                    "coalesced",
+                    "Lookups served by another caller's load.",
+                    s.coalesced,
+                ),
+                (
+                    "discarded_fills",
+                    "Loads not stored because of a later invalidation.",
+                    s.discarded_fills,
+                ),
                 ("invalidations", "Invalidations received.", s.invalidations),
-                ("invalidated_entries", "Entries removed by invalidations.", s.invalidated_entries),
+                (
+                    "invalidated_entries",
+                    "Entries removed by invalidations.",
+                    s.invalidated_entries,
+                ),
                 ("flushes", "Flushes.", s.flushes),
                 ("expired", "Entries expired.", s.expired),
                 ("evicted", "Entries evicted for capacity.", s.evicted),
@@ -128,7 +153,12 @@ impl Probe for ServerProbe {
         if let Some(listener) = &self.listener {
             let s = listener.snapshot();
             let listening = u64::from(s.state == ListenerState::Listening);
-            metric("nearcache_listener_listening", "gauge", "1 while the listener listens.", listening);
+            metric(
+                "nearcache_listener_listening",
+                "gauge",
+                "1 while the listener listens.",
+                listening,
+            );
             metric(
                 "nearcache_listener_heartbeat_rtt_seconds_micros",
                 "gauge",
@@ -136,15 +166,36 @@ impl Probe for ServerProbe {
                 s.heartbeat_rtt_micros,
             );
             for (name, help, v) in [
-                ("connections", "Connections that reached LISTEN.", s.connections),
-                ("disconnects", "Connections lost or given up.", s.disconnects),
+                (
+                    "connections",
+                    "Connections that reached LISTEN.",
+                    s.connections,
+                ),
+                (
+                    "disconnects",
+                    "Connections lost or given up.",
+                    s.disconnects,
+                ),
                 ("notifications", "Notifications received.", s.notifications),
-                ("malformed", "Unreadable payloads (each flushed the cache).", s.malformed),
+                (
+                    "malformed",
+                    "Unreadable payloads (each flushed the cache).",
+                    s.malformed,
+                ),
                 ("ignored", "Notifications for tables not cached.", s.ignored),
                 ("heartbeats", "Heartbeats that came back.", s.heartbeats),
-                ("heartbeat_timeouts", "Heartbeats that did not come back in time.", s.heartbeat_timeouts),
+                (
+                    "heartbeat_timeouts",
+                    "Heartbeats that did not come back in time.",
+                    s.heartbeat_timeouts,
+                ),
             ] {
-                metric(&format!("nearcache_listener_{name}_total"), "counter", help, v);
+                metric(
+                    &format!("nearcache_listener_{name}_total"),
+                    "counter",
+                    help,
+                    v,
+                );
             }
         }
     }

@@ -72,8 +72,8 @@ pub async fn run(
 
     let listener_status = match (&cache, settings.cache) {
         (Some(c), CacheMode::Coherent) => {
-            let mut lc = ListenerConfig::new(&settings.database_url)?
-                .with_channel(&settings.channel)?;
+            let mut lc =
+                ListenerConfig::new(&settings.database_url)?.with_channel(&settings.channel)?;
             lc.heartbeat_interval = settings.heartbeat_interval;
             lc.heartbeat_timeout = settings.heartbeat_timeout;
             let status = ListenerStatus::default();
@@ -102,7 +102,8 @@ pub async fn run(
             "database probe",
             tokio::spawn(async move {
                 loop {
-                    let ping = tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&pool));
+                    let ping =
+                        tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&pool));
                     let ok = matches!(ping.await, Ok(Ok(_)));
                     if db_ok.swap(ok, Ordering::Relaxed) != ok {
                         if ok {

@@ -391,7 +391,11 @@ where
 
     fn after_write(&self, key: &K, value: Option<&V>, replaced: bool) {
         self.process_removals();
-        let cause = if replaced { Cause::Update } else { Cause::Insert };
+        let cause = if replaced {
+            Cause::Update
+        } else {
+            Cause::Insert
+        };
         self.notify(cause, Some(key), value);
     }
 
@@ -425,7 +429,13 @@ where
             let tags = existing.map(|e| e.tags.clone()).unwrap_or_default();
             fence.invalidate_key(&key);
             self.publish_epoch(&fence);
-            self.insert_locked(&mut fence, &key, Some(value.clone()), tags, inner.config.ttl)
+            self.insert_locked(
+                &mut fence,
+                &key,
+                Some(value.clone()),
+                tags,
+                inner.config.ttl,
+            )
         };
         self.after_write(&key, Some(&value), replaced);
         true

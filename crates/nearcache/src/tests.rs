@@ -57,12 +57,24 @@ fn insert_new_only_inserts_when_absent() {
 #[test]
 fn update_and_update_existing() {
     let c = cache();
-    assert_eq!(c.update_existing(1, |v| Ok::<_, ()>(format!("{v}!"))), Ok(false));
+    assert_eq!(
+        c.update_existing(1, |v| Ok::<_, ()>(format!("{v}!"))),
+        Ok(false)
+    );
     assert_eq!(c.get(&1), None);
-    assert_eq!(c.update(1, |v| Ok::<_, ()>(format!("{}x", v.map_or("", |v| v)))), Ok(true));
-    assert_eq!(c.update(1, |v| Ok::<_, ()>(format!("{}x", v.unwrap()))), Ok(true));
+    assert_eq!(
+        c.update(1, |v| Ok::<_, ()>(format!("{}x", v.map_or("", |v| v)))),
+        Ok(true)
+    );
+    assert_eq!(
+        c.update(1, |v| Ok::<_, ()>(format!("{}x", v.unwrap()))),
+        Ok(true)
+    );
     assert_eq!(c.get(&1), Some(s("xx")));
-    assert_eq!(c.update_existing(1, |v| Ok::<_, ()>(format!("{v}!"))), Ok(true));
+    assert_eq!(
+        c.update_existing(1, |v| Ok::<_, ()>(format!("{v}!"))),
+        Ok(true)
+    );
     assert_eq!(c.get(&1), Some(s("xx!")));
     // An error leaves the entry alone.
     assert_eq!(c.update(1, |_| Err("no")), Err("no"));
@@ -78,7 +90,8 @@ async fn updates_of_one_key_are_isolated() {
         let c = c.clone();
         tasks.push(tokio::task::spawn_blocking(move || {
             for _ in 0..500 {
-                c.update(1, |v| Ok::<_, ()>(v.copied().unwrap_or(0) + 1)).unwrap();
+                c.update(1, |v| Ok::<_, ()>(v.copied().unwrap_or(0) + 1))
+                    .unwrap();
             }
         }));
     }
@@ -120,7 +133,11 @@ async fn negative_entries_are_cached_with_their_own_ttl() {
     };
     assert_eq!(c.get_or_store(1, load).await.unwrap(), None);
     assert_eq!(c.get_or_store(1, load).await.unwrap(), None);
-    assert_eq!(calls.load(Ordering::SeqCst), 1, "the negative entry answered");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the negative entry answered"
+    );
     assert!(eventually(Duration::from_secs(5), || !c.touch(&1)).await);
     assert_eq!(c.get_or_store(1, load).await.unwrap(), None);
     assert_eq!(calls.load(Ordering::SeqCst), 2);
@@ -130,11 +147,16 @@ async fn negative_entries_are_cached_with_their_own_ttl() {
 async fn loader_errors_are_not_cached() {
     let c = cache();
     let err = c
-        .get_or_store(1, || async { Err(LoadError::new(std::io::Error::other("down"))) })
+        .get_or_store(1, || async {
+            Err(LoadError::new(std::io::Error::other("down")))
+        })
         .await
         .unwrap_err();
     assert_eq!(err.to_string(), "down");
-    assert_eq!(c.get_or_store(1, || found("a")).await.unwrap(), Some(s("a")));
+    assert_eq!(
+        c.get_or_store(1, || found("a")).await.unwrap(),
+        Some(s("a"))
+    );
     assert_eq!(c.stats().load_errors, 1);
 }
 
@@ -180,11 +202,18 @@ async fn an_invalidation_during_a_load_keeps_the_stale_value_out() {
             }
         }
         go.send(s("old")).unwrap();
-        assert_eq!(task.await.unwrap().unwrap(), Some(s("old")), "{how}: returned");
+        assert_eq!(
+            task.await.unwrap().unwrap(),
+            Some(s("old")),
+            "{how}: returned"
+        );
         assert_eq!(c.get(&1), None, "{how}: the stale fill was stored");
         assert_eq!(c.stats().discarded_fills, 1, "{how}");
         // The next lookup loads afresh and stores.
-        assert_eq!(c.get_or_store(1, || found("new")).await.unwrap(), Some(s("new")));
+        assert_eq!(
+            c.get_or_store(1, || found("new")).await.unwrap(),
+            Some(s("new"))
+        );
         assert_eq!(c.get(&1), Some(s("new")));
     }
 }
@@ -241,7 +270,11 @@ async fn a_hundred_concurrent_misses_cause_one_load() {
             .await
         }));
     }
-    assert!(eventually(Duration::from_secs(10), || arrived.load(Ordering::SeqCst) == 100).await);
+    assert!(
+        eventually(Duration::from_secs(10), || arrived.load(Ordering::SeqCst)
+            == 100)
+        .await
+    );
     release_tx.send(true).unwrap();
     for t in tasks {
         assert_eq!(t.await.unwrap().unwrap(), Some(s("one")));
@@ -342,7 +375,9 @@ async fn tags_evict_every_dependent_entry() {
     let (a, b) = (Tag::row("orgs", 1), Tag::row("orgs", 2));
     for (key, tag) in [(1, &a), (2, &a), (3, &b)] {
         let fill = Fill::found(format!("user{key}")).with_tag(tag.clone());
-        c.get_or_store(key, || async move { Ok(fill) }).await.unwrap();
+        c.get_or_store(key, || async move { Ok(fill) })
+            .await
+            .unwrap();
     }
     c.invalidate_tag(&a);
     assert_eq!((c.get(&1), c.get(&2)), (None, None));
@@ -422,7 +457,11 @@ async fn entries_expire_after_their_ttl() {
     let long = Fill::found(s("b")).with_ttl(Duration::from_secs(3600));
     c.get_or_store(2, || async { Ok(long) }).await.unwrap();
     assert!(eventually(Duration::from_secs(5), || c.get(&1).is_none()).await);
-    assert_eq!(c.get(&2), Some(s("b")), "the per-entry TTL outlives the default");
+    assert_eq!(
+        c.get(&2),
+        Some(s("b")),
+        "the per-entry TTL outlives the default"
+    );
 }
 
 #[tokio::test]
@@ -445,7 +484,11 @@ async fn reads_extend_time_to_idle_but_not_past_the_ttl() {
     assert!(c.get(&1).is_some(), "key 1 was read, so it is still there");
     // Key 1 keeps being read, and still goes at its TTL.
     assert!(eventually(Duration::from_secs(5), || !c.touch(&1)).await);
-    assert!(start.elapsed() >= Duration::from_millis(1500), "expired after {:?}", start.elapsed());
+    assert!(
+        start.elapsed() >= Duration::from_millis(1500),
+        "expired after {:?}",
+        start.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -483,7 +526,9 @@ async fn callbacks_see_every_cause_and_may_use_the_cache() {
             ..CacheConfig::default()
         },
         move |change| {
-            log2.lock().unwrap().push((change.cause, change.key.copied()));
+            log2.lock()
+                .unwrap()
+                .push((change.cause, change.key.copied()));
             // Re-entering the cache from a callback must not deadlock.
             let cache = slot2.lock().unwrap().clone();
             if let Some(c) = cache {
