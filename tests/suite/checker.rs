@@ -21,6 +21,9 @@ use crate::support::{seed, terminate_listeners};
 const BOUND: Duration = Duration::from_millis(1000);
 const RUN_FOR: Duration = Duration::from_secs(6);
 
+/// Per user, the versions written and when each write returned.
+type Commits = Arc<Mutex<HashMap<usize, Vec<(u64, Instant)>>>>;
+
 #[derive(Debug, Clone)]
 struct Read {
     user: usize,
@@ -45,7 +48,7 @@ async fn no_read_is_stale() {
     let apps = Arc::new(apps);
     let tokens: Arc<Vec<String>> = Arc::new(users.iter().map(|u| token(u.id, json!({}))).collect());
     // Version 0 is the seeded name.
-    let commits: Arc<Mutex<HashMap<usize, Vec<(u64, Instant)>>>> = Arc::default();
+    let commits: Commits = Arc::default();
     let reads: Arc<Mutex<Vec<Read>>> = Arc::default();
     let start = Instant::now();
     let mut tasks = Vec::new();

@@ -3,6 +3,9 @@
 //! `cargo bench -p nearcache` (or `cargo xtask bench`). The goal is that the hit paths stay
 //! within 1.5x of raw moka `get`.
 
+// criterion's macros generate undocumented items.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 use std::sync::Arc;
 

@@ -160,17 +160,19 @@ async fn loader_errors_are_not_cached() {
     assert_eq!(c.stats().load_errors, 1);
 }
 
+type BoxLoad = futures_util::future::BoxFuture<'static, Result<Fill<String>, LoadError>>;
+
 /// A loader that says when it started and returns what it is told, when it is told.
 fn gated_loader(
     tags: Vec<Tag>,
 ) -> (
-    impl FnOnce() -> futures_util::future::BoxFuture<'static, Result<Fill<String>, LoadError>>,
+    impl FnOnce() -> BoxLoad,
     oneshot::Receiver<()>,
     oneshot::Sender<String>,
 ) {
     let (started_tx, started_rx) = oneshot::channel();
     let (go_tx, go_rx) = oneshot::channel::<String>();
-    let loader = move || -> futures_util::future::BoxFuture<'static, _> {
+    let loader = move || -> BoxLoad {
         Box::pin(async move {
             started_tx.send(()).unwrap();
             let value = go_rx.await.unwrap();
@@ -517,7 +519,8 @@ async fn capacity_is_respected() {
 
 #[tokio::test]
 async fn callbacks_see_every_cause_and_may_use_the_cache() {
-    let log: Arc<Mutex<Vec<(Cause, Option<u32>)>>> = Arc::default();
+    type Log = Arc<Mutex<Vec<(Cause, Option<u32>)>>>;
+    let log: Log = Arc::default();
     let slot: Arc<Mutex<Option<Cache<u32, String>>>> = Arc::default();
     let (log2, slot2) = (log.clone(), slot.clone());
     let c: Cache<u32, String> = Cache::with_callback(
