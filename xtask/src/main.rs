@@ -198,7 +198,7 @@ fn test(args: &[String]) -> Result<()> {
     let result = (|| {
         migrate(&url)?;
         let mut cmd = cargo();
-        cmd.args(["test", "--workspace", "--all-features"])
+        cmd.args(["test", "--workspace", "--all-features", "--no-fail-fast"])
             .args(args)
             .env("DATABASE_URL", &url);
         if let Some(bin) = xtask::find_pg_bin() {

@@ -1,5 +1,8 @@
 //! JWT verification.
 
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use nearcache_pg::UserId;
 use serde::Deserialize;
@@ -59,10 +62,27 @@ pub enum AuthConfigError {
 }
 
 /// Verifies bearer tokens and yields the user they name.
+///
+/// A token whose signature checked out is remembered (the whole token, compared byte for
+/// byte), so that the next request with it skips the signature and the JSON; its time claims
+/// (`exp`, `nbf`) are checked again on every use.
 pub struct Authenticator {
     key: DecodingKey,
     validation: Validation,
+    verified: Box<[Mutex<HashMap<Box<str>, Verified>>]>,
 }
+
+/// What a verified token says, for as long as it says it.
+#[derive(Clone, Copy)]
+struct Verified {
+    user: UserId,
+    exp: u64,
+    nbf: Option<u64>,
+}
+
+/// Remembered tokens per shard; a full shard is emptied, which costs a few verifications.
+const SHARD_CAPACITY: usize = 4096;
+const SHARDS: usize = 16;
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -75,6 +95,14 @@ impl std::fmt::Debug for Authenticator {
 #[derive(Deserialize)]
 struct Claims {
     sub: String,
+    exp: u64,
+    nbf: Option<u64>,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl Authenticator {
@@ -116,7 +144,11 @@ impl Authenticator {
             None => validation.validate_aud = false,
         }
         validation.set_required_spec_claims(&required);
-        Ok(Self { key, validation })
+        Ok(Self {
+            key,
+            validation,
+            verified: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        })
     }
 
     /// The user named by an `Authorization: Bearer <jwt>` header value.
@@ -132,11 +164,116 @@ impl Authenticator {
         if !scheme.eq_ignore_ascii_case("bearer") {
             return Err("authorization scheme is not Bearer".into());
         }
-        let data = jsonwebtoken::decode::<Claims>(token.trim(), &self.key, &self.validation)
+        let token = token.trim();
+        let shard = &self.verified[shard_of(token)];
+        let remembered = shard
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(token)
+            .copied();
+        if let Some(v) = remembered {
+            // The same time checks jsonwebtoken makes, with the same leeway.
+            let (now, leeway) = (now(), self.validation.leeway);
+            if now.saturating_sub(leeway) >= v.exp {
+                return Err("invalid token: expired".into());
+            }
+            if v.nbf.is_some_and(|nbf| nbf > now + leeway) {
+                return Err("invalid token: not yet valid".into());
+            }
+            return Ok(v.user);
+        }
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map_err(|e| format!("invalid token: {e}"))?;
-        data.claims
+        let user: UserId = data
+            .claims
             .sub
             .parse()
-            .map_err(|_| "sub is not a user id".into())
+            .map_err(|_| String::from("sub is not a user id"))?;
+        let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
+        if shard.len() >= SHARD_CAPACITY {
+            shard.clear();
+        }
+        shard.insert(
+            token.into(),
+            Verified {
+                user,
+                exp: data.claims.exp,
+                nbf: data.claims.nbf,
+            },
+        );
+        Ok(user)
+    }
+}
+
+fn shard_of(token: &str) -> usize {
+    // The signature's last bytes are as good as random and cheap to read.
+    let tail = token.as_bytes().iter().rev().take(4);
+    tail.fold(0usize, |h, &b| {
+        h.wrapping_mul(31).wrapping_add(usize::from(b))
+    }) % SHARDS
+}
+
+#[cfg(test)]
+mod tests {
+    use jsonwebtoken::{encode, EncodingKey, Header};
+    use serde_json::json;
+
+    use super::*;
+
+    fn auth() -> Authenticator {
+        let mut config = AuthConfig::new(Key::Secret(b"s".to_vec()));
+        config.leeway_secs = 0;
+        Authenticator::new(&config).unwrap()
+    }
+
+    fn token(claims: serde_json::Value, secret: &[u8]) -> String {
+        encode(
+            &Header::default(),
+            &claims,
+            &EncodingKey::from_secret(secret),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_remembered_token_still_expires() {
+        let a = auth();
+        let user = UserId::new(uuid::Uuid::new_v4());
+        let exp = now() + 2;
+        let t = token(json!({"sub": user.to_string(), "exp": exp}), b"s");
+        let header = format!("Bearer {t}");
+        assert_eq!(a.verify(Some(header.as_bytes())), Ok(user));
+        assert_eq!(a.verify(Some(header.as_bytes())), Ok(user), "from memory");
+        // Wait for the wall clock to pass exp; the memory must not outlive the token.
+        while now() < exp {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(a
+            .verify(Some(header.as_bytes()))
+            .unwrap_err()
+            .contains("expired"));
+    }
+
+    #[test]
+    fn a_remembered_token_is_not_used_before_nbf_and_forgeries_are_checked() {
+        let a = auth();
+        let user = UserId::new(uuid::Uuid::new_v4());
+        let early = token(
+            json!({"sub": user.to_string(), "exp": now() + 600, "nbf": now() + 600}),
+            b"s",
+        );
+        assert!(a
+            .verify(Some(format!("Bearer {early}").as_bytes()))
+            .is_err());
+        let good = token(json!({"sub": user.to_string(), "exp": now() + 600}), b"s");
+        assert!(a.verify(Some(format!("Bearer {good}").as_bytes())).is_ok());
+        // Same claims, another key: a different string, so verified afresh, and refused.
+        let forged = token(
+            json!({"sub": user.to_string(), "exp": now() + 600}),
+            b"other",
+        );
+        assert!(a
+            .verify(Some(format!("Bearer {forged}").as_bytes()))
+            .is_err());
     }
 }

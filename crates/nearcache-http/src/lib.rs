@@ -26,7 +26,7 @@ mod server;
 pub use auth::{AuthConfig, AuthConfigError, Authenticator, Key};
 pub use error::ApiError;
 pub use metrics::Metrics;
-pub use routes::{handle, AppState, Health, PrincipalStore, Probe};
+pub use routes::{handle, AppState, CachedPrincipal, Health, PrincipalStore, Probe};
 pub use server::{serve, ServeConfig};
 
 #[cfg(test)]

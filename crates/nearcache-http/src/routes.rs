@@ -15,7 +15,35 @@ use serde::{Deserialize, Serialize};
 use crate::{ApiError, Authenticator, Metrics};
 
 /// The store of principals, keyed by user id: a real cache, the pass-through stub, or a mock.
-pub type PrincipalStore = Arc<dyn Store<UserId, Arc<Principal>>>;
+pub type PrincipalStore = Arc<dyn Store<UserId, Arc<CachedPrincipal>>>;
+
+/// A principal as it is cached: the domain value, and the JSON bodies of the routes that show
+/// it, rendered once per load rather than once per request.
+#[derive(Debug)]
+pub struct CachedPrincipal {
+    principal: Principal,
+    me: Bytes,
+    organization: Bytes,
+}
+
+impl CachedPrincipal {
+    /// Renders the bodies of `principal`.
+    pub fn new(principal: Principal) -> Self {
+        let me = Bytes::from(serde_json::to_vec(&principal).expect("our types serialize"));
+        let organization =
+            Bytes::from(serde_json::to_vec(&principal.organization).expect("our types serialize"));
+        Self {
+            principal,
+            me,
+            organization,
+        }
+    }
+
+    /// The principal.
+    pub fn principal(&self) -> &Principal {
+        &self.principal
+    }
+}
 
 /// Readiness as `/healthz` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -78,13 +106,13 @@ impl AppState {
     }
 
     /// The principal of `id` through the store; 401 if missing or inactive.
-    async fn principal(&self, id: UserId) -> Result<Arc<Principal>, ApiError> {
+    async fn principal(&self, id: UserId) -> Result<Arc<CachedPrincipal>, ApiError> {
         let repo = self.inner.repo.clone();
         let loader = Box::pin(async move {
             match repo.principal(id).await {
                 Ok(Some(p)) => {
                     let org = Tag::row("organizations", p.organization.id);
-                    Ok(Fill::found(Arc::new(p))
+                    Ok(Fill::found(Arc::new(CachedPrincipal::new(p)))
                         .with_tag(Tag::row("users", id))
                         .with_tag(org))
                 }
@@ -94,7 +122,7 @@ impl AppState {
             }
         });
         match self.inner.store.get_or_store(id, loader).await {
-            Ok(Some(p)) if p.user.active => Ok(p),
+            Ok(Some(p)) if p.principal.user.active => Ok(p),
             Ok(_) => Err(ApiError::Unauthorized),
             Err(e) => Err(match e.downcast_ref::<RepoError>() {
                 Some(repo) => ApiError::from_repo(repo),
@@ -106,7 +134,7 @@ impl AppState {
         }
     }
 
-    async fn authenticate<B>(&self, req: &Request<B>) -> Result<Arc<Principal>, ApiError> {
+    async fn authenticate<B>(&self, req: &Request<B>) -> Result<Arc<CachedPrincipal>, ApiError> {
         let header = req.headers().get(AUTHORIZATION).map(HeaderValue::as_bytes);
         let id = self.inner.auth.verify(header).map_err(|reason| {
             tracing::debug!(%reason, "authentication failed");
@@ -181,7 +209,7 @@ fn metrics(state: &AppState) -> Response<Full<Bytes>> {
 
 async fn get_me<B>(state: &AppState, req: Request<B>) -> Result<Response<Full<Bytes>>, ApiError> {
     let principal = state.authenticate(&req).await?;
-    Ok(json(StatusCode::OK, &*principal))
+    Ok(json_bytes(StatusCode::OK, principal.me.clone()))
 }
 
 async fn get_organization<B>(
@@ -189,7 +217,7 @@ async fn get_organization<B>(
     req: Request<B>,
 ) -> Result<Response<Full<Bytes>>, ApiError> {
     let principal = state.authenticate(&req).await?;
-    Ok(json(StatusCode::OK, &principal.organization))
+    Ok(json_bytes(StatusCode::OK, principal.organization.clone()))
 }
 
 #[derive(Deserialize)]
@@ -230,7 +258,7 @@ where
     let patch: PatchMe = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
     let change = ProfileUpdate::new(patch.name.as_deref(), patch.email.as_deref())?;
-    let id = principal.user.id;
+    let id = principal.principal.user.id;
     let written = state.inner.repo.update_profile(id, &change).await;
     // Read-your-writes: forget the old principal before answering, whatever the outcome (a
     // write that reported an error may still have committed). The notification that follows
@@ -238,13 +266,19 @@ where
     state.inner.store.invalidate_tag(&Tag::row("users", id));
     written.map_err(|e| ApiError::from_repo(&e))?;
     let principal = state.principal(id).await?;
-    Ok(json(StatusCode::OK, &*principal))
+    Ok(json_bytes(StatusCode::OK, principal.me.clone()))
 }
 
 /// A JSON response.
 pub(crate) fn json(status: StatusCode, value: &impl Serialize) -> Response<Full<Bytes>> {
-    let body = serde_json::to_vec(value).expect("our types serialize");
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    json_bytes(
+        status,
+        Bytes::from(serde_json::to_vec(value).expect("our types serialize")),
+    )
+}
+
+fn json_bytes(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
     *response.status_mut() = status;
     response
         .headers_mut()

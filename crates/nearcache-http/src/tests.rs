@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::{handle, AppState, AuthConfig, Authenticator, Health, Key, Probe};
+use crate::{handle, AppState, AuthConfig, Authenticator, CachedPrincipal, Health, Key, Probe};
 
 const SECRET: &[u8] = b"test-secret";
 
@@ -188,9 +188,9 @@ async fn a_taken_email_is_a_409() {
 #[tokio::test]
 async fn patch_invalidates_the_user_before_answering() {
     let id = UserId::new(Uuid::new_v4());
-    let p = Arc::new(principal(id, true));
+    let p = Arc::new(CachedPrincipal::new(principal(id, true)));
     let mut repo = MockUserRepo::new();
-    let updated = p.user.clone();
+    let updated = p.principal().user.clone();
     repo.expect_update_profile()
         .times(1)
         .returning(move |_, _| Ok(updated.clone()));

@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use nearcache::{Cache, Mode, Tag};
-use nearcache_http::{Health, Probe};
+use nearcache_http::{CachedPrincipal, Health, Probe};
 use nearcache_listener::{Handler, ListenerState, ListenerStatus};
-use nearcache_pg::{Principal, UserId};
+use nearcache_pg::UserId;
 
 use crate::CacheMode;
 
@@ -17,11 +17,11 @@ const TABLES: [&str; 2] = ["users", "organizations"];
 /// Turns notifications into cache invalidations: a row `table:key` is the tag of every
 /// principal built from it.
 pub(crate) struct CacheHandler {
-    cache: Cache<UserId, Arc<Principal>>,
+    cache: Cache<UserId, Arc<CachedPrincipal>>,
 }
 
 impl CacheHandler {
-    pub(crate) fn new(cache: Cache<UserId, Arc<Principal>>) -> Self {
+    pub(crate) fn new(cache: Cache<UserId, Arc<CachedPrincipal>>) -> Self {
         Self { cache }
     }
 }
@@ -61,7 +61,7 @@ impl Handler for CacheHandler {
 /// Readiness and metrics of the parts the HTTP layer does not see.
 pub(crate) struct ServerProbe {
     mode: CacheMode,
-    cache: Option<Cache<UserId, Arc<Principal>>>,
+    cache: Option<Cache<UserId, Arc<CachedPrincipal>>>,
     listener: Option<ListenerStatus>,
     db_ok: Arc<AtomicBool>,
 }
@@ -69,7 +69,7 @@ pub(crate) struct ServerProbe {
 impl ServerProbe {
     pub(crate) fn new(
         mode: CacheMode,
-        cache: Option<Cache<UserId, Arc<Principal>>>,
+        cache: Option<Cache<UserId, Arc<CachedPrincipal>>>,
         listener: Option<ListenerStatus>,
         db_ok: Arc<AtomicBool>,
     ) -> Self {
