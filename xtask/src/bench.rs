@@ -79,12 +79,13 @@ fn bench(url: &str, args: &Args) -> Result<()> {
             seed::USERS
         );
         let http = rt.block_on(http(url, &binary, args))?;
-        writeln!(report, "## HTTP\n\nwrk, {} connections, 2 threads, {} s per run, tokens rotating over {} users; one instance at a time, on the same machine as wrk and Postgres.\n", args.connections, args.seconds, seed::USERS)?;
+        writeln!(report, "## HTTP\n\nwrk, {} connections, 2 threads, {} s per run, tokens rotating over {} users; one instance at a time, on the same machine as wrk and Postgres. The second ceiling sends the same requests as the /me runs (a token header, built by the same wrk script, which costs wrk CPU on this shared machine).\n", args.connections, args.seconds, seed::USERS)?;
         writeln!(
             report,
-            "| run | requests/s | p50 | p99 | x ceiling | x cache off |\n|---|---|---|---|---|---|"
+            "| run | requests/s | p50 | p99 | x ceiling | x ceiling, same requests | x cache off |\n|---|---|---|---|---|---|---|"
         )?;
         let ceiling = http[0].rps;
+        let same = http[1].rps;
         let off = http
             .iter()
             .find(|r| r.name.contains("off"))
@@ -92,12 +93,13 @@ fn bench(url: &str, args: &Args) -> Result<()> {
         for r in &http {
             writeln!(
                 report,
-                "| {} | {:.0} | {} | {} | {:.2} | {:.2} |",
+                "| {} | {:.0} | {} | {} | {:.2} | {:.2} | {:.2} |",
                 r.name,
                 r.rps,
                 r.p50,
                 r.p99,
                 r.rps / ceiling,
+                r.rps / same,
                 r.rps / off
             )?;
         }
@@ -194,38 +196,55 @@ async fn http(url: &str, binary: &std::path::PathBuf, args: &Args) -> Result<Vec
     let tokens = dir.join("tokens.txt");
     let all: Vec<String> = (1..=seed::USERS).map(seed::token).collect();
     std::fs::write(&tokens, all.join("\n"))?;
-    let script = dir.join("rotate.lua");
-    std::fs::write(
-        &script,
-        format!(
-            "local tokens = {{}}\nfor line in io.lines(\"{}\") do tokens[#tokens + 1] = line end\n\
-             local i = math.random(#tokens)\n\
-             request = function()\n  i = i % #tokens + 1\n  return wrk.format(\"GET\", \"/me\", {{[\"Authorization\"] = \"Bearer \" .. tokens[i]}})\nend\n",
-            tokens.display()
-        ),
-    )?;
+    let script = |path: &str| -> Result<String> {
+        let file = dir.join(format!("rotate{}.lua", path.replace('/', "_")));
+        std::fs::write(
+            &file,
+            format!(
+                "local tokens = {{}}\nfor line in io.lines(\"{}\") do tokens[#tokens + 1] = line end\n\
+                 local i = math.random(#tokens)\n\
+                 request = function()\n  i = i % #tokens + 1\n  return wrk.format(\"GET\", \"{path}\", {{[\"Authorization\"] = \"Bearer \" .. tokens[i]}})\nend\n",
+                tokens.display()
+            ),
+        )?;
+        Ok(file.display().to_string())
+    };
     let client = reqwest::Client::new();
     let mut runs = Vec::new();
-    let plan: [(&str, &[&str], &str, bool); 4] = [
-        ("GET /healthz (ceiling)", &[], "coherent", false),
-        ("GET /me, cache coherent", &[], "coherent", true),
-        ("GET /me, cache off", &["--cache", "off"], "off", true),
+    // (name, flags, cache mode, path, rotate tokens)
+    let plan: [(&str, &[&str], &str, &str, bool); 5] = [
+        ("GET /healthz (ceiling)", &[], "coherent", "/healthz", false),
+        (
+            "GET /healthz with rotating tokens (ceiling, same requests)",
+            &[],
+            "coherent",
+            "/healthz",
+            true,
+        ),
+        ("GET /me, cache coherent", &[], "coherent", "/me", true),
+        (
+            "GET /me, cache off",
+            &["--cache", "off"],
+            "off",
+            "/me",
+            true,
+        ),
         (
             "GET /me, ttl mode, 2 s TTL",
             &["--cache", "ttl", "--cache-ttl", "2s"],
             "ttl",
+            "/me",
             true,
         ),
     ];
-    for (name, flags, mode, me) in plan {
+    for (name, flags, mode, path, rotate) in plan {
         let port = seed::port_near(0)?;
         let mut inst = Instance::start(binary, "bench", url, port, flags)?;
         inst.ready(&client, mode).await?;
-        let target = inst.url(if me { "/" } else { "/healthz" });
-        let script_args: Vec<String> = if me {
-            vec!["-s".into(), script.display().to_string()]
+        let (target, script_args) = if rotate {
+            (inst.url("/"), vec!["-s".to_string(), script(path)?])
         } else {
-            vec![]
+            (inst.url(path), vec![])
         };
         // Warm up (fills the cache where there is one), then measure.
         wrk(&target, &script_args, args.connections, 3)?;
