@@ -69,8 +69,11 @@ pub enum AuthConfigError {
 pub struct Authenticator {
     key: DecodingKey,
     validation: Validation,
-    verified: Box<[Mutex<HashMap<Box<str>, Verified>>]>,
+    verified: Box<[Shard]>,
 }
+
+/// Verified tokens, by the whole token.
+type Shard = Mutex<HashMap<Box<str>, Verified>>;
 
 /// What a verified token says, for as long as it says it.
 #[derive(Clone, Copy)]
