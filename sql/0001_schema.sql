@@ -23,22 +23,25 @@ CREATE TABLE users (
 
 CREATE INDEX users_org_id_idx ON users (org_id);
 
--- BEFORE UPDATE: bump updated_at when a column other than updated_at and the columns named in
--- the trigger's arguments changed. A login that only records last_seen_at therefore leaves
--- updated_at alone, and cached copies stay exact.
+-- BEFORE UPDATE: bump updated_at when a column other than updated_at and the ignored ones
+-- changed. The comparison is the trigger's WHEN clause, evaluated without calling a function, so
+-- a login that only records last_seen_at costs nothing here and leaves updated_at alone, and
+-- cached copies stay exact.
 CREATE FUNCTION nearcache_touch_updated_at() RETURNS trigger
 LANGUAGE plpgsql AS $$
-DECLARE
-    skip text[] := array_append(TG_ARGV::text[], 'updated_at');
 BEGIN
-    IF (to_jsonb(NEW) - skip) IS DISTINCT FROM (to_jsonb(OLD) - skip) THEN
-        NEW.updated_at := now();
-    END IF;
+    NEW.updated_at := now();
     RETURN NEW;
 END
 $$;
 
 CREATE TRIGGER organizations_touch_updated_at BEFORE UPDATE ON organizations
-    FOR EACH ROW EXECUTE FUNCTION nearcache_touch_updated_at();
+    FOR EACH ROW
+    WHEN ((OLD.id, OLD.name, OLD.plan, OLD.created_at)
+          IS DISTINCT FROM (NEW.id, NEW.name, NEW.plan, NEW.created_at))
+    EXECUTE FUNCTION nearcache_touch_updated_at();
 CREATE TRIGGER users_touch_updated_at BEFORE UPDATE ON users
-    FOR EACH ROW EXECUTE FUNCTION nearcache_touch_updated_at('last_seen_at');
+    FOR EACH ROW
+    WHEN ((OLD.id, OLD.org_id, OLD.email, OLD.name, OLD.active, OLD.created_at)
+          IS DISTINCT FROM (NEW.id, NEW.org_id, NEW.email, NEW.name, NEW.active, NEW.created_at))
+    EXECUTE FUNCTION nearcache_touch_updated_at();

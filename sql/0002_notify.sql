@@ -150,7 +150,9 @@ $$;
 
 -- Removes what nearcache_attach added.
 CREATE FUNCTION nearcache_detach(tbl regclass) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET client_min_messages = warning
+AS $$
 DECLARE
     t text;
 BEGIN

@@ -113,6 +113,55 @@ async fn last_seen_only_and_no_op_updates_send_nothing(pool: PgPool) {
     assert!(touched);
 }
 
+/// Calls of each nearcache_* function in the current transaction.
+async fn calls(tx: &mut sqlx::PgConnection) -> Vec<(String, i64)> {
+    sqlx::query_as(
+        "SELECT proname::text, coalesce(pg_stat_get_xact_function_calls(oid), 0)
+           FROM pg_proc WHERE proname IN ('nearcache_collect', 'nearcache_send', 'nearcache_touch_updated_at')
+          ORDER BY proname",
+    )
+    .fetch_all(tx)
+    .await
+    .unwrap()
+}
+
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+async fn ignored_and_no_op_updates_call_no_trigger_function(pool: PgPool) {
+    let o = org(&pool).await;
+    users(&pool, &o, 100).await;
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("SET LOCAL track_functions = 'all'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    for sql in [
+        "UPDATE users SET last_seen_at = now()",
+        "UPDATE users SET name = name, active = active",
+    ] {
+        sqlx::query(sql).execute(&mut *tx).await.unwrap();
+    }
+    // The WHEN clauses filtered every row: not one function call.
+    let none: Vec<(String, i64)> = calls(&mut tx)
+        .await
+        .into_iter()
+        .filter(|c| c.1 > 0)
+        .collect();
+    assert_eq!(none, vec![]);
+    sqlx::query("UPDATE users SET name = name || '!'")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(
+        calls(&mut tx).await,
+        vec![
+            ("nearcache_collect".to_string(), 100),
+            ("nearcache_send".to_string(), 1),
+            ("nearcache_touch_updated_at".to_string(), 100),
+        ]
+    );
+    tx.rollback().await.unwrap();
+}
+
 #[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
 async fn a_rolled_back_transaction_sends_nothing(pool: PgPool) {
     let o = org(&pool).await;
