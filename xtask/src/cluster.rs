@@ -157,10 +157,18 @@ impl Cluster {
     pub fn up(&self) -> Result<bool, ClusterError> {
         if !self.data().join("PG_VERSION").exists() {
             self.init()?;
+            self.start()?;
+            self.create_database()?;
+            return Ok(true);
         }
         if self.is_running() {
             return Ok(false);
         }
+        self.start()?;
+        Ok(true)
+    }
+
+    fn start(&self) -> Result<(), ClusterError> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let out = self.pg_ctl(&[
@@ -176,7 +184,7 @@ impl Cluster {
                 &format!("-p {} -k ''", self.port()?),
             ])?;
             if out.status.success() {
-                return Ok(true);
+                return Ok(());
             }
             // After a SIGKILL of the postmaster its backends may still hold the shared memory
             // for a moment: they notice the postmaster's death and exit on their own.
@@ -290,11 +298,11 @@ impl Cluster {
         let mut text = fs::read_to_string(&path)?;
         text.push_str(conf);
         fs::write(&path, text)?;
-        self.up_then_createdb()
+        Ok(())
     }
 
-    fn up_then_createdb(&self) -> Result<(), ClusterError> {
-        self.up()?;
+    /// Creates the database the URL names; the bootstrap role owns it.
+    fn create_database(&self) -> Result<(), ClusterError> {
         let out = Command::new(self.bin.join("psql"))
             .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p"])
             .arg(self.port()?.to_string())

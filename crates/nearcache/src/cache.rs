@@ -12,7 +12,7 @@ use moka::notification::RemovalCause;
 use tokio::sync::watch;
 
 use crate::expiry::EntryExpiry;
-use crate::fence::Fence;
+use crate::fence::{Fence, Forgotten};
 use crate::stats::{bump, Counters};
 use crate::{CacheConfig, Fill, LoadError, Loader, Mode, Stats, Store, Tag};
 
@@ -564,22 +564,24 @@ where
 
     /// Empties the cache in O(1) and keeps every load in flight from storing.
     pub fn flush(&self) {
-        {
+        let forgotten = {
             let mut fence = lock(&self.inner.fence);
-            self.flush_locked(&mut fence);
-        }
+            self.flush_locked(&mut fence)
+        };
+        drop(forgotten);
         self.process_removals();
         self.notify(Cause::Flush, None, None);
     }
 
-    fn flush_locked(&self, fence: &mut Fence<K>) {
+    fn flush_locked(&self, fence: &mut Fence<K>) -> Forgotten<K> {
         let inner = &*self.inner;
-        fence.flush();
+        let forgotten = fence.flush();
         self.publish_epoch(fence);
         // Entries of older generations are never served again; moka drops them lazily.
         inner.generation.fetch_add(1, Ordering::AcqRel);
         inner.entries.invalidate_all();
         bump(&inner.counters.flushes);
+        forgotten
     }
 
     fn publish_epoch(&self, fence: &Fence<K>) {
@@ -589,21 +591,21 @@ where
     /// Switches the coherence gate. Entering [`Mode::Bypass`] flushes; leaving it does not
     /// (nothing was stored meanwhile).
     pub fn set_mode(&self, mode: Mode) {
-        let flushed = {
+        let (flushed, forgotten) = {
             let mut fence = lock(&self.inner.fence);
             let was = self.inner.coherent.load(Ordering::Acquire);
             match mode {
                 Mode::Coherent => {
                     self.inner.coherent.store(true, Ordering::Release);
-                    false
+                    (false, None)
                 }
                 Mode::Bypass => {
                     self.inner.coherent.store(false, Ordering::Release);
-                    self.flush_locked(&mut fence);
-                    was
+                    (was, Some(self.flush_locked(&mut fence)))
                 }
             }
         };
+        drop(forgotten);
         self.process_removals();
         if flushed {
             self.notify(Cause::Flush, None, None);

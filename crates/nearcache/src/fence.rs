@@ -11,6 +11,13 @@ use std::hash::Hash;
 
 use crate::Tag;
 
+/// State a flush forgot, dropped outside the lock.
+pub(crate) struct Forgotten<K> {
+    _keys: HashMap<K, u64>,
+    _tags: HashMap<Tag, u64>,
+    _index: HashMap<Tag, HashMap<K, u64>>,
+}
+
 pub(crate) struct Fence<K> {
     /// Advanced by every invalidation and flush.
     epoch: u64,
@@ -65,13 +72,16 @@ impl<K: Hash + Eq + Clone> Fence<K> {
         self.index.remove(tag).unwrap_or_default()
     }
 
-    /// Records a flush: every ticket taken so far is stale.
-    pub(crate) fn flush(&mut self) {
+    /// Records a flush: every ticket taken so far is stale. Returns the forgotten state, for
+    /// the caller to drop once the lock is released, so that a flush holds the lock for O(1).
+    pub(crate) fn flush(&mut self) -> Forgotten<K> {
         self.epoch += 1;
         self.floor = self.epoch;
-        self.keys.clear();
-        self.tags.clear();
-        self.index.clear();
+        Forgotten {
+            _keys: std::mem::take(&mut self.keys),
+            _tags: std::mem::take(&mut self.tags),
+            _index: std::mem::take(&mut self.index),
+        }
     }
 
     pub(crate) fn index(&mut self, key: &K, id: u64, tags: &[Tag]) {
