@@ -198,8 +198,14 @@ fn test(args: &[String]) -> Result<()> {
     let result = (|| {
         migrate(&url)?;
         let mut cmd = cargo();
+        // Extra arguments before a `--` go to cargo, after it to the test binaries; the
+        // binaries also get --show-output, so that what the randomized checker ran is shown.
+        let split = args.iter().position(|a| a == "--").unwrap_or(args.len());
+        let (cargo_args, test_args) = (&args[..split], args.get(split + 1..).unwrap_or(&[]));
         cmd.args(["test", "--workspace", "--all-features", "--no-fail-fast"])
-            .args(args)
+            .args(cargo_args)
+            .args(["--", "--show-output"])
+            .args(test_args)
             .env("DATABASE_URL", &url);
         if let Some(bin) = xtask::find_pg_bin() {
             cmd.env("NEARCACHE_PG_BIN", bin);
