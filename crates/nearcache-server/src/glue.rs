@@ -160,7 +160,7 @@ impl Probe for ServerProbe {
                 listening,
             );
             metric(
-                "nearcache_listener_heartbeat_rtt_seconds_micros",
+                "nearcache_listener_heartbeat_rtt_microseconds",
                 "gauge",
                 "Round trip of the last heartbeat, in microseconds.",
                 s.heartbeat_rtt_micros,
