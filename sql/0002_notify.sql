@@ -23,43 +23,13 @@
 -- * Notifications are delivered at commit; a rolled-back transaction sends nothing.
 --
 -- How: a row-level BEFORE trigger collects the keys of changed rows in a transaction-local
--- setting, and a statement-level AFTER trigger sends them. The row trigger's WHEN clause
+-- setting, and a statement-level AFTER trigger sends them. The collecting function is generated
+-- per table (nearcache_collect_<table oid>), so that it reads the key column directly rather
+-- than converting whole rows. The row trigger's WHEN clause
 -- compares the non-ignored columns in C, so an update that changes only ignored columns (a
 -- login recording last_seen_at) or nothing at all never calls a function; the statement
 -- trigger's WHEN clause skips statements that collected nothing. Adding a column to an attached
 -- table? Run nearcache_attach again so that its changes notify too.
-
--- Appends the row's key(s) to the statement's collection. Arguments: key column.
-CREATE FUNCTION nearcache_collect() RETURNS trigger
-LANGUAGE plpgsql AS $$
-DECLARE
-    setting   text := 'nearcache.pending_' || TG_RELID::oid::text;
-    max_batch int := coalesce(nullif(current_setting('nearcache.max_batch', true), '')::int, 40000);
-    pending   text := coalesce(current_setting(setting, true), '');
-    old_key   text;
-    new_key   text;
-BEGIN
-    IF pending = '*' THEN
-        -- Already too many: the statement will flush the table.
-        RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
-    END IF;
-    IF TG_OP <> 'INSERT' THEN
-        old_key := to_json(to_jsonb(OLD) ->> TG_ARGV[0])::text;
-        pending := pending || CASE WHEN pending = '' THEN '' ELSE ',' END || old_key;
-    END IF;
-    IF TG_OP <> 'DELETE' THEN
-        new_key := to_json(to_jsonb(NEW) ->> TG_ARGV[0])::text;
-        IF new_key IS DISTINCT FROM old_key THEN
-            pending := pending || CASE WHEN pending = '' THEN '' ELSE ',' END || new_key;
-        END IF;
-    END IF;
-    IF octet_length(pending) > max_batch THEN
-        pending := '*';
-    END IF;
-    PERFORM set_config(setting, pending, true);
-    RETURN CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END;
-END
-$$;
 
 -- Sends what the statement collected, batched, or a flush.
 CREATE FUNCTION nearcache_send() RETURNS trigger
@@ -110,6 +80,7 @@ CREATE FUNCTION nearcache_attach(tbl regclass, key_column text, ignore_columns t
 RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
+    collect  text := 'nearcache_collect_' || tbl::oid::text;
     old_cols text;
     new_cols text;
     pending text := format('coalesce(current_setting(%L, true), %L) <> %L',
@@ -129,14 +100,46 @@ BEGIN
         RAISE EXCEPTION 'nearcache_attach: every column of % is ignored', tbl;
     END IF;
     PERFORM nearcache_detach(tbl);
+    -- Appends the row's key (both keys if an UPDATE changed it) to the statement's collection,
+    -- as JSON strings; past nearcache.max_batch bytes the collection becomes '*' (flush).
+    EXECUTE format($f$
+        CREATE FUNCTION %1$I() RETURNS trigger LANGUAGE plpgsql AS $body$
+        DECLARE
+            pending   text := coalesce(current_setting(%2$L, true), '');
+            max_batch int := coalesce(nullif(current_setting('nearcache.max_batch', true), '')::int, 40000);
+            old_key   text;
+            new_key   text;
+        BEGIN
+            IF pending <> '*' THEN
+                IF TG_OP <> 'INSERT' THEN
+                    old_key := to_json(OLD.%3$I::text)::text;
+                    pending := pending || CASE WHEN pending = '' THEN '' ELSE ',' END || old_key;
+                END IF;
+                IF TG_OP <> 'DELETE' THEN
+                    new_key := to_json(NEW.%3$I::text)::text;
+                    IF new_key IS DISTINCT FROM old_key THEN
+                        pending := pending || CASE WHEN pending = '' THEN '' ELSE ',' END || new_key;
+                    END IF;
+                END IF;
+                IF octet_length(pending) > max_batch THEN
+                    pending := '*';
+                END IF;
+                PERFORM set_config(%2$L, pending, true);
+            END IF;
+            IF TG_OP = 'DELETE' THEN
+                RETURN OLD;
+            END IF;
+            RETURN NEW;
+        END
+        $body$ $f$, collect, 'nearcache.pending_' || tbl::oid::text, key_column);
     EXECUTE format('CREATE TRIGGER nearcache_collect_insert BEFORE INSERT ON %s
-                    FOR EACH ROW EXECUTE FUNCTION nearcache_collect(%L)', tbl, key_column);
+                    FOR EACH ROW EXECUTE FUNCTION %I()', tbl, collect);
     EXECUTE format('CREATE TRIGGER nearcache_collect_update BEFORE UPDATE ON %s
                     FOR EACH ROW WHEN ((%s) IS DISTINCT FROM (%s))
-                    EXECUTE FUNCTION nearcache_collect(%L)',
-                   tbl, old_cols, new_cols, key_column);
+                    EXECUTE FUNCTION %I()',
+                   tbl, old_cols, new_cols, collect);
     EXECUTE format('CREATE TRIGGER nearcache_collect_delete BEFORE DELETE ON %s
-                    FOR EACH ROW EXECUTE FUNCTION nearcache_collect(%L)', tbl, key_column);
+                    FOR EACH ROW EXECUTE FUNCTION %I()', tbl, collect);
     EXECUTE format('CREATE TRIGGER nearcache_send_insert AFTER INSERT ON %s
                     FOR EACH STATEMENT WHEN (%s) EXECUTE FUNCTION nearcache_send()', tbl, pending);
     EXECUTE format('CREATE TRIGGER nearcache_send_update AFTER UPDATE ON %s
@@ -162,6 +165,7 @@ BEGIN
                              'nearcache_send_truncate'] LOOP
         EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', t, tbl);
     END LOOP;
+    EXECUTE format('DROP FUNCTION IF EXISTS %I()', 'nearcache_collect_' || tbl::oid::text);
 END
 $$;
 

@@ -116,9 +116,12 @@ async fn last_seen_only_and_no_op_updates_send_nothing(pool: PgPool) {
 /// Calls of each nearcache_* function in the current transaction.
 async fn calls(tx: &mut sqlx::PgConnection) -> Vec<(String, i64)> {
     sqlx::query_as(
-        "SELECT proname::text, coalesce(pg_stat_get_xact_function_calls(oid), 0)
-           FROM pg_proc WHERE proname IN ('nearcache_collect', 'nearcache_send', 'nearcache_touch_updated_at')
-          ORDER BY proname",
+        "SELECT CASE WHEN proname LIKE 'nearcache_collect_%' THEN 'nearcache_collect' ELSE proname::text END AS f,
+                sum(coalesce(pg_stat_get_xact_function_calls(oid), 0))::int8
+           FROM pg_proc
+          WHERE proname LIKE 'nearcache_collect_%'
+             OR proname IN ('nearcache_send', 'nearcache_touch_updated_at')
+          GROUP BY f ORDER BY f",
     )
     .fetch_all(tx)
     .await
