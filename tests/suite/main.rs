@@ -2,6 +2,7 @@
 //! TCP, several instances kept coherent, a randomized staleness checker, and tidy checks.
 
 mod checker;
+mod cluster;
 mod coherence;
 mod listener;
 mod service;
