@@ -279,4 +279,55 @@ mod tests {
             .verify(Some(format!("Bearer {forged}").as_bytes()))
             .is_err());
     }
+
+    const RSA: &[u8] = include_bytes!("../tests/keys/rsa.pem");
+    const RSA_PUB: &[u8] = include_bytes!("../tests/keys/rsa.pub.pem");
+    const ED: &[u8] = include_bytes!("../tests/keys/ed25519.pem");
+    const ED_PUB: &[u8] = include_bytes!("../tests/keys/ed25519.pub.pem");
+
+    #[test]
+    fn public_keys_verify_rs256_and_eddsa_and_nothing_else() {
+        let user = UserId::new(uuid::Uuid::new_v4());
+        let claims = json!({"sub": user.to_string(), "exp": now() + 600});
+        for (public, private, alg) in [
+            (
+                RSA_PUB,
+                EncodingKey::from_rsa_pem(RSA).unwrap(),
+                jsonwebtoken::Algorithm::RS256,
+            ),
+            (
+                ED_PUB,
+                EncodingKey::from_ed_pem(ED).unwrap(),
+                jsonwebtoken::Algorithm::EdDSA,
+            ),
+        ] {
+            let a = Authenticator::new(&AuthConfig::new(Key::PublicPem(public.to_vec()))).unwrap();
+            let good = encode(&Header::new(alg), &claims, &private).unwrap();
+            assert_eq!(
+                a.verify(Some(format!("Bearer {good}").as_bytes())),
+                Ok(user),
+                "{alg:?}"
+            );
+            // Algorithm confusion: HS256 "signed" with the public key as the secret.
+            let confused = token(claims.clone(), public);
+            assert!(
+                a.verify(Some(format!("Bearer {confused}").as_bytes()))
+                    .is_err(),
+                "{alg:?}"
+            );
+        }
+        // The other key type's token is refused too.
+        let rsa = Authenticator::new(&AuthConfig::new(Key::PublicPem(RSA_PUB.to_vec()))).unwrap();
+        let ed_token = encode(
+            &Header::new(jsonwebtoken::Algorithm::EdDSA),
+            &claims,
+            &EncodingKey::from_ed_pem(ED).unwrap(),
+        )
+        .unwrap();
+        assert!(rsa
+            .verify(Some(format!("Bearer {ed_token}").as_bytes()))
+            .is_err());
+        assert!(Authenticator::new(&AuthConfig::new(Key::PublicPem(b"junk".to_vec()))).is_err());
+        assert!(Authenticator::new(&AuthConfig::new(Key::Secret(Vec::new()))).is_err());
+    }
 }

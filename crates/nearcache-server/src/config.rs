@@ -246,6 +246,17 @@ mod tests {
     }
 
     #[test]
+    fn a_public_key_is_read_from_a_file() {
+        let pem = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../nearcache-http/tests/keys/ed25519.pub.pem"
+        );
+        assert!(parse(&["--jwt-public-key", pem]).is_ok());
+        let inline = std::fs::read_to_string(pem).unwrap();
+        assert!(parse(&["--jwt-public-key", &inline]).is_ok());
+    }
+
+    #[test]
     fn bad_configurations_are_refused_with_one_clear_line() {
         let cases: [(&[&str], &str); 6] = [
             (&[], "give exactly one of --jwt-secret"),
