@@ -48,6 +48,36 @@ async fn all_see(
     }
 }
 
+/// One fresh database with an organization and `n` users, three coherent instances, and a
+/// token per user whose principal every instance has cached.
+struct Fixture {
+    _db: TestDb,
+    pool: sqlx::PgPool,
+    org: nearcache_pg::Organization,
+    users: Vec<nearcache_pg::User>,
+    tokens: Vec<String>,
+    apps: Vec<App>,
+}
+
+async fn fixture(n: usize) -> Fixture {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let (org, users) = seed(&pool, n).await;
+    let apps = three(db.url()).await;
+    let tokens: Vec<String> = users.iter().map(|u| token(u.id, json!({}))).collect();
+    for t in &tokens {
+        warm(&apps, t).await;
+    }
+    Fixture {
+        _db: db,
+        pool,
+        org,
+        users,
+        tokens,
+        apps,
+    }
+}
+
 async fn warm(apps: &[App], t: &str) {
     for app in apps {
         assert_eq!(app.get("/me", Some(t)).await.0, 200);
@@ -56,12 +86,16 @@ async fn warm(apps: &[App], t: &str) {
 
 #[tokio::test]
 async fn writes_through_one_instance_and_by_sql_reach_the_others() {
-    let db = TestDb::new().await;
-    let pool = db.pool().await;
-    let (_, users) = seed(&pool, 1).await;
-    let apps = three(db.url()).await;
-    let t = token(users[0].id, json!({}));
-    warm(&apps, &t).await;
+    // `_db` is bound so that the database lives as long as the test.
+    let Fixture {
+        _db,
+        pool,
+        users,
+        tokens,
+        apps,
+        ..
+    } = fixture(1).await;
+    let t = &tokens[0];
     let (status, _) = apps[0].patch_me(&t, &json!({"name": "Via A"})).await;
     assert_eq!(status, 200);
     all_see(
@@ -94,14 +128,14 @@ async fn writes_through_one_instance_and_by_sql_reach_the_others() {
 
 #[tokio::test]
 async fn renaming_an_organization_refreshes_all_its_users_everywhere() {
-    let db = TestDb::new().await;
-    let pool = db.pool().await;
-    let (org, users) = seed(&pool, 3).await;
-    let apps = three(db.url()).await;
-    let tokens: Vec<String> = users.iter().map(|u| token(u.id, json!({}))).collect();
-    for t in &tokens {
-        warm(&apps, t).await;
-    }
+    let Fixture {
+        _db,
+        pool,
+        org,
+        tokens,
+        apps,
+        ..
+    } = fixture(3).await;
     exec(
         &pool,
         &format!(
@@ -125,12 +159,16 @@ async fn renaming_an_organization_refreshes_all_its_users_everywhere() {
 
 #[tokio::test]
 async fn a_deactivated_user_gets_401_everywhere() {
-    let db = TestDb::new().await;
-    let pool = db.pool().await;
-    let (_, users) = seed(&pool, 1).await;
-    let apps = three(db.url()).await;
-    let t = token(users[0].id, json!({}));
-    warm(&apps, &t).await;
+    // `_db` is bound so that the database lives as long as the test.
+    let Fixture {
+        _db,
+        pool,
+        users,
+        tokens,
+        apps,
+        ..
+    } = fixture(1).await;
+    let t = &tokens[0];
     exec(
         &pool,
         &format!(
@@ -149,12 +187,16 @@ async fn a_deactivated_user_gets_401_everywhere() {
 
 #[tokio::test]
 async fn an_instance_whose_listener_is_killed_stays_fresh_and_recovers() {
-    let db = TestDb::new().await;
-    let pool = db.pool().await;
-    let (_, users) = seed(&pool, 1).await;
-    let apps = three(db.url()).await;
-    let t = token(users[0].id, json!({}));
-    warm(&apps, &t).await;
+    // `_db` is bound so that the database lives as long as the test.
+    let Fixture {
+        _db,
+        pool,
+        users,
+        tokens,
+        apps,
+        ..
+    } = fixture(1).await;
+    let t = &tokens[0];
     // Every instance's listener goes; each must bypass, then recover.
     assert_eq!(terminate_listeners(&pool).await, 3);
     for (i, name) in ["one", "two", "three"].iter().enumerate() {
