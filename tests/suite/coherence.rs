@@ -96,12 +96,12 @@ async fn writes_through_one_instance_and_by_sql_reach_the_others() {
         ..
     } = fixture(1).await;
     let t = &tokens[0];
-    let (status, _) = apps[0].patch_me(&t, &json!({"name": "Via A"})).await;
+    let (status, _) = apps[0].patch_me(t, &json!({"name": "Via A"})).await;
     assert_eq!(status, 200);
     all_see(
         &apps,
         "the write through A",
-        &t,
+        t,
         "/me",
         "/user/name",
         &json!("Via A"),
@@ -118,7 +118,7 @@ async fn writes_through_one_instance_and_by_sql_reach_the_others() {
     all_see(
         &apps,
         "the write by SQL",
-        &t,
+        t,
         "/me",
         "/user/name",
         &json!("Via SQL"),
@@ -179,7 +179,7 @@ async fn a_deactivated_user_gets_401_everywhere() {
     .await;
     for app in &apps {
         wait_until(BOUND, "401", || async {
-            app.get("/me", Some(&t)).await.0 == 401
+            app.get("/me", Some(t)).await.0 == 401
         })
         .await;
     }
@@ -213,7 +213,7 @@ async fn an_instance_whose_listener_is_killed_stays_fresh_and_recovers() {
         all_see(
             &apps,
             "the write after the kill",
-            &t,
+            t,
             "/me",
             "/user/name",
             &json!(name),
@@ -235,7 +235,7 @@ async fn an_instance_whose_listener_is_killed_stays_fresh_and_recovers() {
     all_see(
         &apps,
         "a write after recovery",
-        &t,
+        t,
         "/me",
         "/user/name",
         &json!("after"),
