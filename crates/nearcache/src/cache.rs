@@ -474,8 +474,8 @@ where
     ) -> Result<bool, E> {
         let inner = &*self.inner;
         let stripe = inner.stripes.hash_one(&key) as usize % inner.update_locks.len();
-        let _serial = lock(&inner.update_locks[stripe]);
-        loop {
+        let serial = lock(&inner.update_locks[stripe]);
+        let (new, replaced) = loop {
             if !inner.coherent.load(Ordering::Acquire) {
                 return Ok(false);
             }
@@ -489,28 +489,30 @@ where
                 return Ok(false);
             }
             let new = f(old_value)?;
-            let replaced = {
-                let mut fence = lock(&inner.fence);
-                let now = inner
-                    .entries
-                    .get(&key)
-                    .filter(|e| e.generation == inner.generation.load(Ordering::Acquire));
-                let unchanged = match (&old, &now) {
-                    (Some(a), Some(b)) => a.id == b.id,
-                    (None, None) => true,
-                    _ => false,
-                };
-                if !unchanged || !inner.coherent.load(Ordering::Acquire) {
-                    continue;
-                }
-                let tags = old.as_ref().map(|e| e.tags.clone()).unwrap_or_default();
-                fence.invalidate_key(&key);
-                self.publish_epoch(&fence);
-                self.insert_locked(&mut fence, &key, Some(new.clone()), tags, inner.config.ttl)
+            let mut fence = lock(&inner.fence);
+            let now = inner
+                .entries
+                .get(&key)
+                .filter(|e| e.generation == inner.generation.load(Ordering::Acquire));
+            let unchanged = match (&old, &now) {
+                (Some(a), Some(b)) => a.id == b.id,
+                (None, None) => true,
+                _ => false,
             };
-            self.after_write(&key, Some(&new), replaced);
-            return Ok(true);
-        }
+            if !unchanged || !inner.coherent.load(Ordering::Acquire) {
+                continue;
+            }
+            let tags = old.as_ref().map(|e| e.tags.clone()).unwrap_or_default();
+            fence.invalidate_key(&key);
+            self.publish_epoch(&fence);
+            let replaced =
+                self.insert_locked(&mut fence, &key, Some(new.clone()), tags, inner.config.ttl);
+            break (new, replaced);
+        };
+        // Callbacks run with no lock held, not even the key's, so they may update the key.
+        drop(serial);
+        self.after_write(&key, Some(&new), replaced);
+        Ok(true)
     }
 
     /// Removes `key` (ConCache's delete), and keeps a load of it in flight from storing.

@@ -577,6 +577,30 @@ async fn callbacks_see_every_cause_and_may_use_the_cache() {
     assert_eq!(&log[..want.len()], &want);
 }
 
+#[test]
+fn a_callback_may_update_the_key_it_is_told_about() {
+    let slot: Arc<Mutex<Option<Cache<u32, String>>>> = Arc::default();
+    let slot2 = slot.clone();
+    let c: Cache<u32, String> = Cache::with_callback(CacheConfig::default(), move |change| {
+        let cache = slot2.lock().unwrap().clone();
+        if let (Some(c), Cause::Insert, Some(&k)) = (cache, change.cause, change.key) {
+            c.update(k, |v| Ok::<_, ()>(format!("{}+", v.unwrap())))
+                .unwrap();
+        }
+    });
+    *slot.lock().unwrap() = Some(c.clone());
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let c2 = c.clone();
+    std::thread::spawn(move || {
+        c2.update(7, |_| Ok::<_, ()>(s("v"))).unwrap();
+        done_tx.send(()).unwrap();
+    });
+    done_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("no deadlock: the callback ran with the key's lock released");
+    assert_eq!(c.get(&7), Some(s("v+")));
+}
+
 #[tokio::test]
 async fn the_tag_index_forgets_expired_entries() {
     let c: Cache<u32, String> = Cache::new(CacheConfig {
