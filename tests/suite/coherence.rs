@@ -6,7 +6,7 @@ use nearcache_tests::app::{spawn_app, token, App};
 use nearcache_tests::{wait_until, PrivateCluster, TestDb};
 use serde_json::json;
 
-use crate::support::{exec, seed, terminate_listeners};
+use crate::support::{seed, terminate_listeners, update};
 
 /// How long a notification may take to reach every instance in these tests; on a LAN it is
 /// well under a millisecond, the rest is slack for a loaded machine. The cache TTL is five
@@ -107,14 +107,7 @@ async fn writes_through_one_instance_and_by_sql_reach_the_others() {
         &json!("Via A"),
     )
     .await;
-    exec(
-        &pool,
-        &format!(
-            "UPDATE users SET name = 'Via SQL' WHERE id = '{}'",
-            users[0].id
-        ),
-    )
-    .await;
+    update(&pool, "users", users[0].id, "name = 'Via SQL'").await;
     all_see(
         &apps,
         "the write by SQL",
@@ -136,14 +129,7 @@ async fn renaming_an_organization_refreshes_all_its_users_everywhere() {
         apps,
         ..
     } = fixture(3).await;
-    exec(
-        &pool,
-        &format!(
-            "UPDATE organizations SET name = 'Renamed' WHERE id = '{}'",
-            org.id
-        ),
-    )
-    .await;
+    update(&pool, "organizations", org.id, "name = 'Renamed'").await;
     for t in &tokens {
         all_see(
             &apps,
@@ -169,14 +155,7 @@ async fn a_deactivated_user_gets_401_everywhere() {
         ..
     } = fixture(1).await;
     let t = &tokens[0];
-    exec(
-        &pool,
-        &format!(
-            "UPDATE users SET active = false WHERE id = '{}'",
-            users[0].id
-        ),
-    )
-    .await;
+    update(&pool, "users", users[0].id, "active = false").await;
     for app in &apps {
         wait_until(BOUND, "401", || async {
             app.get("/me", Some(t)).await.0 == 401
@@ -199,15 +178,8 @@ async fn an_instance_whose_listener_is_killed_stays_fresh_and_recovers() {
     let t = &tokens[0];
     // Every instance's listener goes; each must bypass, then recover.
     assert_eq!(terminate_listeners(&pool).await, 3);
-    for (i, name) in ["one", "two", "three"].iter().enumerate() {
-        exec(
-            &pool,
-            &format!(
-                "UPDATE users SET name = '{name}' WHERE id = '{}'",
-                users[0].id
-            ),
-        )
-        .await;
+    for name in ["one", "two", "three"] {
+        update(&pool, "users", users[0].id, &format!("name = '{name}'")).await;
         // Whether bypassing or coherent again, a fresh value: a write committed after the
         // kill is never hidden by an entry cached before it.
         all_see(
@@ -219,19 +191,11 @@ async fn an_instance_whose_listener_is_killed_stays_fresh_and_recovers() {
             &json!(name),
         )
         .await;
-        assert!(i < 3);
     }
     for app in &apps {
         app.ready("coherent").await;
     }
-    exec(
-        &pool,
-        &format!(
-            "UPDATE users SET name = 'after' WHERE id = '{}'",
-            users[0].id
-        ),
-    )
-    .await;
+    update(&pool, "users", users[0].id, "name = 'after'").await;
     all_see(
         &apps,
         "a write after recovery",
@@ -267,11 +231,7 @@ async fn every_instance_recovers_from_a_cluster_restart() {
         app.ready("coherent").await;
     }
     let pool = db.pool().await;
-    exec(
-        &pool,
-        &format!("UPDATE users SET name = 'restarted' WHERE id = '{user}'"),
-    )
-    .await;
+    update(&pool, "users", user, "name = 'restarted'").await;
     all_see(
         &apps,
         "a write after the restart",

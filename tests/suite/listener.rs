@@ -9,7 +9,7 @@ use nearcache_tests::{wait_until, PrivateCluster, TestDb};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::support::{exec, seed, terminate_listeners};
+use crate::support::{exec, seed, terminate_listeners, update};
 
 #[derive(Default)]
 struct Recorder(Mutex<Vec<String>>);
@@ -108,21 +108,10 @@ async fn committed_changes_reach_the_handler_as_invalidations() {
         "LISTEN, flush, coherent"
     );
     let u = users[0].id;
-    exec(
-        &pool,
-        &format!("UPDATE users SET name = 'Grace' WHERE id = '{u}'"),
-    )
-    .await;
+    update(&pool, "users", u, "name = 'Grace'").await;
     l.until("the user's invalidation", ready, &format!("users:{u}"))
         .await;
-    exec(
-        &pool,
-        &format!(
-            "UPDATE organizations SET name = 'Acme 2' WHERE id = '{}'",
-            org.id
-        ),
-    )
-    .await;
+    update(&pool, "organizations", org.id, "name = 'Acme 2'").await;
     l.until(
         "the organization's invalidation",
         ready,
@@ -144,11 +133,7 @@ async fn a_terminated_backend_bypasses_at_once_and_recovers_with_a_flush() {
     let down = l.until("bypass", ready, "bypass").await;
     // A change committed while the listener is away.
     let u = users[0].id;
-    exec(
-        &pool,
-        &format!("UPDATE users SET name = 'While down' WHERE id = '{u}'"),
-    )
-    .await;
+    update(&pool, "users", u, "name = 'While down'").await;
     l.handler.push("committed");
     let committed = l.handler.position_after(down, "committed").unwrap();
     let back = l.until("coherent again", down, "coherent").await;
@@ -181,11 +166,7 @@ async fn a_crashed_and_restarted_cluster_is_recovered_from() {
     let pool = db.pool().await;
     let (_, users) = seed(&pool, 1).await;
     let u = users[0].id;
-    exec(
-        &pool,
-        &format!("UPDATE users SET name = 'After' WHERE id = '{u}'"),
-    )
-    .await;
+    update(&pool, "users", u, "name = 'After'").await;
     l.until(
         "an invalidation after the restart",
         down,
@@ -261,11 +242,7 @@ async fn bad_payloads_are_counted_and_flushed_and_listening_goes_on() {
             .unwrap();
     }
     let u = users[0].id;
-    exec(
-        &pool,
-        &format!("UPDATE users SET name = 'Still' WHERE id = '{u}'"),
-    )
-    .await;
+    update(&pool, "users", u, "name = 'Still'").await;
     l.until(
         "a good notification after the bad ones",
         ready,

@@ -8,7 +8,7 @@ use nearcache_tests::app::{now, spawn_app, token, SECRET};
 use nearcache_tests::{wait_until, PrivateCluster, TestDb};
 use serde_json::json;
 
-use crate::support::{exec, seed};
+use crate::support::{seed, update};
 
 fn b64(v: &serde_json::Value) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -161,14 +161,7 @@ async fn a_user_deactivated_by_sql_gets_401_in_coherent_mode() {
         200,
         "now served from the cache"
     );
-    exec(
-        &pool,
-        &format!(
-            "UPDATE users SET active = false WHERE id = '{}'",
-            users[0].id
-        ),
-    )
-    .await;
+    update(&pool, "users", users[0].id, "active = false").await;
     let took = wait_until(Duration::from_secs(5), "401 after deactivation", || async {
         app.get("/me", Some(&t)).await.0 == 401
     })

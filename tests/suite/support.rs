@@ -28,6 +28,20 @@ pub(crate) async fn exec(pool: &PgPool, sql: &str) {
     sqlx::raw_sql(sql).execute(pool).await.unwrap();
 }
 
+/// `UPDATE <table> SET <assignments> WHERE id = <id>`, committed by SQL, not through a service.
+pub(crate) async fn update(
+    pool: &PgPool,
+    table: &str,
+    id: impl std::fmt::Display,
+    assignments: &str,
+) {
+    exec(
+        pool,
+        &format!("UPDATE {table} SET {assignments} WHERE id = '{id}'"),
+    )
+    .await;
+}
+
 /// Terminates the listener backends of the pool's database; returns how many.
 pub(crate) async fn terminate_listeners(pool: &PgPool) -> i64 {
     sqlx::query_scalar(

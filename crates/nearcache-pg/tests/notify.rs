@@ -42,6 +42,16 @@ impl Probe {
     }
 }
 
+/// Runs one statement with text parameters.
+async fn run(pool: &PgPool, sql: &str, params: &[&str]) {
+    params
+        .iter()
+        .fold(sqlx::query(sql), |q, p| q.bind(*p))
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
 async fn org(pool: &PgPool) -> String {
     sqlx::query_scalar("INSERT INTO organizations (name) VALUES ('acme') RETURNING id::text")
         .fetch_one(pool)
@@ -79,11 +89,12 @@ async fn one_user_updated_notifies_its_key(pool: PgPool) {
     let o = org(&pool).await;
     let u = user(&pool, &o, "a@x.io").await;
     let mut probe = Probe::new(&pool).await;
-    sqlx::query("UPDATE users SET name = 'Grace' WHERE id = $1::uuid")
-        .bind(&u)
-        .execute(&pool)
-        .await
-        .unwrap();
+    run(
+        &pool,
+        "UPDATE users SET name = 'Grace' WHERE id = $1::uuid",
+        &[&u],
+    )
+    .await;
     assert_eq!(
         probe.drain(&pool).await,
         vec![json!({"v": 1, "table": "users", "op": "update", "keys": [u]})]
@@ -185,17 +196,13 @@ async fn deletes_and_moves_notify_the_user(pool: PgPool) {
     let (o1, o2) = (org(&pool).await, org(&pool).await);
     let u = user(&pool, &o1, "a@x.io").await;
     let mut probe = Probe::new(&pool).await;
-    sqlx::query("UPDATE users SET org_id = $2::uuid WHERE id = $1::uuid")
-        .bind(&u)
-        .bind(&o2)
-        .execute(&pool)
-        .await
-        .unwrap();
-    sqlx::query("DELETE FROM users WHERE id = $1::uuid")
-        .bind(&u)
-        .execute(&pool)
-        .await
-        .unwrap();
+    run(
+        &pool,
+        "UPDATE users SET org_id = $2::uuid WHERE id = $1::uuid",
+        &[&u, &o2],
+    )
+    .await;
+    run(&pool, "DELETE FROM users WHERE id = $1::uuid", &[&u]).await;
     assert_eq!(
         probe.drain(&pool).await,
         vec![
@@ -209,11 +216,12 @@ async fn deletes_and_moves_notify_the_user(pool: PgPool) {
 async fn an_organization_renamed_notifies_its_key(pool: PgPool) {
     let o = org(&pool).await;
     let mut probe = Probe::new(&pool).await;
-    sqlx::query("UPDATE organizations SET name = 'Acme 2' WHERE id = $1::uuid")
-        .bind(&o)
-        .execute(&pool)
-        .await
-        .unwrap();
+    run(
+        &pool,
+        "UPDATE organizations SET name = 'Acme 2' WHERE id = $1::uuid",
+        &[&o],
+    )
+    .await;
     assert_eq!(
         probe.drain(&pool).await,
         vec![json!({"v": 1, "table": "organizations", "op": "update", "keys": [o]})]
@@ -226,12 +234,12 @@ async fn a_changed_key_notifies_old_and_new(pool: PgPool) {
     let u = user(&pool, &o, "a@x.io").await;
     let new = "00000000-0000-4000-8000-000000000001";
     let mut probe = Probe::new(&pool).await;
-    sqlx::query("UPDATE users SET id = $2::uuid WHERE id = $1::uuid")
-        .bind(&u)
-        .bind(new)
-        .execute(&pool)
-        .await
-        .unwrap();
+    run(
+        &pool,
+        "UPDATE users SET id = $2::uuid WHERE id = $1::uuid",
+        &[&u, new],
+    )
+    .await;
     let got = probe.drain(&pool).await;
     assert_eq!(got.len(), 1);
     let keys: BTreeSet<&str> = got[0]["keys"]
@@ -318,12 +326,12 @@ async fn a_huge_row_updates_without_error(pool: PgPool) {
     let u = user(&pool, &o, "a@x.io").await;
     let mut probe = Probe::new(&pool).await;
     let name = "n".repeat(100_000);
-    sqlx::query("UPDATE users SET name = $2 WHERE id = $1::uuid")
-        .bind(&u)
-        .bind(&name)
-        .execute(&pool)
-        .await
-        .unwrap();
+    run(
+        &pool,
+        "UPDATE users SET name = $2 WHERE id = $1::uuid",
+        &[&u, &name],
+    )
+    .await;
     assert_eq!(
         probe.drain(&pool).await,
         vec![json!({"v": 1, "table": "users", "op": "update", "keys": [u]})]
