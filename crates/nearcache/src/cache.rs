@@ -12,16 +12,27 @@ use moka::notification::RemovalCause;
 use tokio::sync::watch;
 
 use crate::expiry::EntryExpiry;
+#[cfg(test)]
+use crate::explore::Step;
 use crate::fence::{Fence, Forgotten};
 use crate::stats::{bump, Counters};
 use crate::{CacheConfig, Fill, LoadError, Loader, Mode, Stats, Store, Tag};
+
+/// A step boundary of the protocol, where the explorer of the tests may switch to another
+/// operation. Compiled into test builds only; elsewhere it expands to nothing.
+macro_rules! step {
+    ($cache:expr, $step:expr) => {
+        #[cfg(test)]
+        $cache.step($step).await;
+    };
+}
 
 /// A stored entry: a value or a negative entry, with what it depends on.
 pub(crate) struct Entry<V> {
     value: Option<V>,
     /// Unique per stored entry, so that index rows of a replaced entry can be told apart.
     id: u64,
-    tags: Box<[Tag]>,
+    tags: Arc<[Tag]>,
     pub(crate) ttl: Duration,
     /// Entries of an older generation were flushed and are never served.
     generation: u64,
@@ -60,12 +71,13 @@ pub struct Change<'a, K, V> {
 
 type Callback<K, V> = Arc<dyn Fn(&Change<'_, K, V>) + Send + Sync>;
 
-/// What a load produced, as its waiters see it.
+/// What a load produced, as its waiters see it: the result, the ticket it was loaded under and
+/// the tags it depends on, so that a waiter can check the value against the fence itself.
 #[derive(Clone)]
 struct Outcome<V> {
     result: Result<Option<V>, LoadError>,
     ticket: u64,
-    stored: bool,
+    tags: Arc<[Tag]>,
 }
 
 type Slot<V> = watch::Receiver<Option<Outcome<V>>>;
@@ -121,6 +133,9 @@ struct Inner<K, V> {
     counters: Counters,
     callback: Option<Callback<K, V>>,
     config: CacheConfig,
+    /// Test builds only: the explorer's hook, told of every step boundary of the protocol.
+    #[cfg(test)]
+    steps: std::sync::OnceLock<crate::explore::Hook>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -182,6 +197,8 @@ where
                 counters: Counters::default(),
                 callback,
                 config,
+                #[cfg(test)]
+                steps: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -241,25 +258,27 @@ where
         }
         match self.join_or_lead(&key) {
             Role::Leader(tx, id) => {
-                let _flight = FlightGuard {
+                let flight = FlightGuard {
                     cache: self,
                     key: &key,
                     id,
                 };
+                step!(self, Step::Led);
                 // Someone may have stored the key between our miss and our taking the lead.
-                if let Some(entry) = self.inner.entries.get(&key) {
-                    if entry.generation == self.inner.generation.load(Ordering::Acquire) {
-                        return Ok(entry.value.clone());
-                    }
+                if let Some(entry) = self.current(&key) {
+                    return Ok(entry.value.clone());
                 }
                 let outcome = self.load_and_fill(key.clone(), loader).await;
                 let result = outcome.result.clone();
                 // Waiters that went away are no reason to fail.
                 let _ = tx.send(Some(outcome));
+                step!(self, Step::HandedOver);
+                // Returning is the step after this one: nothing happens between the two.
+                drop(flight);
                 result
             }
             Role::Follower(mut slot) => {
-                let joined = self.inner.epoch.load(Ordering::Acquire);
+                step!(self, Step::Joined);
                 let shared = match tokio::time::timeout(
                     self.inner.config.fill_wait,
                     slot.wait_for(Option::is_some),
@@ -270,17 +289,39 @@ where
                     _ => None,
                 };
                 if let Some(outcome) = shared {
-                    // A value that was stored, or loaded under a ticket no older than our
-                    // arrival, is as fresh as a load of our own; anything else is not.
-                    if outcome.stored || outcome.ticket >= joined || outcome.result.is_err() {
+                    // The leader's value is ours only if it is as fresh as a load of our own
+                    // would be: nothing it depends on was invalidated after its ticket. The
+                    // leader having stored it proves nothing, since an invalidation may have
+                    // evicted it again before we joined. Errors are never stale.
+                    if outcome.result.is_err() || self.admits(&key, &outcome.tags, outcome.ticket) {
                         bump(&self.inner.counters.coalesced);
+                        step!(self, Step::TookOver);
                         return outcome.result;
                     }
                 }
                 // The leader hung, vanished, or loaded before an invalidation we must honour.
+                // A write may have stored a newer value meanwhile.
+                if let Some(entry) = self.current(&key) {
+                    bump(&self.inner.counters.hits);
+                    return Ok(entry.value.clone());
+                }
                 self.load_and_fill(key, loader).await.result
             }
         }
+    }
+
+    /// The live entry of `key` in coherent mode, counting nothing.
+    fn current(&self, key: &K) -> Option<Arc<Entry<V>>> {
+        if !self.inner.coherent.load(Ordering::Acquire) {
+            return None;
+        }
+        self.inner.entries.get(key).filter(|e| self.is_current(e))
+    }
+
+    /// Whether a value of `key` depending on `tags`, loaded under `ticket`, is still as fresh as
+    /// a load started now: no invalidation of the key or the tags, and no flush, since.
+    fn admits(&self, key: &K, tags: &[Tag], ticket: u64) -> bool {
+        lock(&self.inner.fence).admits(key, tags, ticket)
     }
 
     fn join_or_lead(&self, key: &K) -> Role<V> {
@@ -314,7 +355,10 @@ where
     {
         // The ticket is taken before the loader reads anything.
         let ticket = self.inner.epoch.load(Ordering::Acquire);
-        match self.load(loader).await {
+        step!(self, Step::TicketTaken);
+        let loaded = self.load(loader).await;
+        step!(self, Step::LoaderReturned);
+        match loaded {
             Ok(fill) => {
                 let (value, tags, ttl) = fill.into_parts();
                 let ttl = ttl.unwrap_or(if value.is_some() {
@@ -322,17 +366,19 @@ where
                 } else {
                     self.inner.config.negative_ttl
                 });
-                let stored = self.store_fill(&key, value.clone(), tags, ttl, ticket);
+                let tags: Arc<[Tag]> = tags.into();
+                self.store_fill(&key, value.clone(), tags.clone(), ttl, ticket);
+                step!(self, Step::Filled);
                 Outcome {
                     result: Ok(value),
                     ticket,
-                    stored,
+                    tags,
                 }
             }
             Err(e) => Outcome {
                 result: Err(e),
                 ticket,
-                stored: false,
+                tags: Arc::from([]),
             },
         }
     }
@@ -341,19 +387,21 @@ where
         &self,
         key: &K,
         value: Option<V>,
-        tags: Vec<Tag>,
+        tags: Arc<[Tag]>,
         ttl: Duration,
         ticket: u64,
     ) -> bool {
         let inner = &*self.inner;
         let replaced = {
             let mut fence = lock(&inner.fence);
+            // Checking the fence and inserting happen under one lock, so that no invalidation
+            // falls between them: this is the fence's whole point.
             if !inner.coherent.load(Ordering::Acquire) || !fence.admits(key, &tags, ticket) {
                 drop(fence);
                 bump(&inner.counters.discarded_fills);
                 return false;
             }
-            self.insert_locked(&mut fence, key, value.clone(), tags.into(), ttl)
+            self.insert_locked(&mut fence, key, value.clone(), tags, ttl)
         };
         self.after_write(key, value.as_ref(), replaced);
         true
@@ -365,7 +413,7 @@ where
         fence: &mut Fence<K>,
         key: &K,
         value: Option<V>,
-        tags: Box<[Tag]>,
+        tags: Arc<[Tag]>,
         ttl: Duration,
     ) -> bool {
         let inner = &*self.inner;
@@ -426,7 +474,7 @@ where
             if !allowed(existing.as_deref()) {
                 return false;
             }
-            let tags = existing.map(|e| e.tags.clone()).unwrap_or_default();
+            let tags = existing.map_or_else(|| Arc::from([]), |e| e.tags.clone());
             fence.invalidate_key(&key);
             self.publish_epoch(&fence);
             self.insert_locked(
@@ -502,7 +550,9 @@ where
             if !unchanged || !inner.coherent.load(Ordering::Acquire) {
                 continue;
             }
-            let tags = old.as_ref().map(|e| e.tags.clone()).unwrap_or_default();
+            let tags = old
+                .as_ref()
+                .map_or_else(|| Arc::from([]), |e| e.tags.clone());
             fence.invalidate_key(&key);
             self.publish_epoch(&fence);
             let replaced =
@@ -584,6 +634,22 @@ where
         inner.entries.invalidate_all();
         bump(&inner.counters.flushes);
         forgotten
+    }
+
+    /// Test builds only: the explorer's hook, installed once.
+    #[cfg(test)]
+    pub(crate) fn explore_with(&self, hook: crate::explore::Hook) {
+        assert!(self.inner.steps.set(hook).is_ok(), "one hook per cache");
+    }
+
+    /// Test builds only: tells the explorer's hook that a step boundary was reached and, if a
+    /// hook is installed, yields to it.
+    #[cfg(test)]
+    async fn step(&self, step: Step) {
+        if let Some(hook) = self.inner.steps.get() {
+            hook(step);
+            crate::explore::yield_once().await;
+        }
     }
 
     fn publish_epoch(&self, fence: &Fence<K>) {

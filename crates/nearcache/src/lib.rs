@@ -26,11 +26,24 @@
 //!
 //! # Consistency model
 //!
-//! Let an invalidation of tag `T` *complete* when `invalidate_tag(T)` returns. After that, no
-//! call of `get` or `get_or_store` returns a value that was stored before the invalidation or
-//! loaded by a load that started before it, if that value carries `T`. The same holds for
-//! `invalidate(key)` and for `flush` (every entry). So if invalidations are issued once a change
-//! is committed, a reader that starts after the invalidation sees the change or something newer.
+//! Let an invalidation *complete* when `invalidate_tag(T)`, `invalidate(key)`, `delete(key)`,
+//! `put(key, …)`, `flush()` or `set_mode(Bypass)` returns. The invariant:
+//!
+//! > No `get_or_store`, `get` or hit that begins after an invalidation (of the key, of one of
+//! > the value's tags, or a flush) has completed answers with a value loaded under a ticket
+//! > older than that invalidation, or stored before it.
+//!
+//! It holds for a caller that shares another caller's load, too: a waiter takes the leader's
+//! value only if the fence still admits it (nothing the value depends on was invalidated after
+//! its ticket, and no flush happened), whether or not the leader managed to store it; otherwise
+//! it loads for itself. Unrelated invalidations do not send waiters to the database. So if
+//! invalidations are issued once a change is committed, a reader that starts after the
+//! invalidation sees the change or something newer.
+//!
+//! The unit tests check this invariant under every interleaving of the protocol's steps for
+//! small scenarios (two loads and an invalidation of their tag; a load, a flush and a
+//! Bypass/Coherent round trip; a load and a put; a load and a delete), with an explorer that
+//! pauses the cache at each step boundary (`src/explore.rs`, compiled into test builds only).
 //!
 //! The staleness bound is therefore the delay between a commit and its invalidation: with
 //! Postgres notifications, the notification's delivery; under faults, whatever puts the cache
@@ -57,6 +70,8 @@
 mod cache;
 mod config;
 mod expiry;
+#[cfg(test)]
+mod explore;
 mod fence;
 mod stats;
 

@@ -714,3 +714,48 @@ proptest! {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_that_begins_after_an_invalidation_never_takes_a_stored_older_load() {
+    // The leader stores the old value and is held in the insert callback, before it hands its
+    // outcome over and unregisters its flight. The tag is invalidated meanwhile. A caller that
+    // begins after that joins the still-registered flight: the leader having stored its value
+    // must not make that value acceptable, since the invalidation evicted it again.
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let release_rx = Mutex::new(release_rx);
+    let c: Cache<u32, String> = Cache::with_callback(CacheConfig::default(), move |change| {
+        if change.cause == Cause::Insert && change.value.is_some_and(|v| v == "old") {
+            held_tx.send(()).unwrap();
+            release_rx.lock().unwrap().recv().unwrap();
+        }
+    });
+    let org = Tag::row("orgs", 1);
+    let leader = {
+        let (c, org) = (c.clone(), org.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            rt.block_on(
+                c.get_or_store(1, || async move { Ok(Fill::found(s("old")).with_tag(org)) }),
+            )
+        })
+    };
+    held_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    c.invalidate_tag(&org);
+    assert_eq!(c.get(&1), None);
+    use std::future::Future as _;
+    let mut late = std::pin::pin!(c.get_or_store(1, || found("new")));
+    // One poll: it misses, joins the leader's flight and waits for its outcome.
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(late.as_mut().poll(cx))).await;
+    assert!(
+        first.is_pending(),
+        "the late caller should be waiting on the leader"
+    );
+    release_tx.send(()).unwrap();
+    assert_eq!(late.await.unwrap(), Some(s("new")));
+    assert_eq!(leader.join().unwrap().unwrap(), Some(s("old")));
+    assert_eq!(c.get(&1), Some(s("new")));
+}
