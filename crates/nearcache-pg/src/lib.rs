@@ -7,20 +7,29 @@
 //!
 //! # Notification triggers for your own tables
 //!
-//! The migrations install a generic trigger function. Attach it to any table, naming the key
-//! column and the columns whose changes must not notify:
+//! nearcache's trigger functions are generic and install on any database, idempotently, without
+//! the reference schema: call [`install`] (or run `psql -1 -f sql/0003_nearcache_install.sql`).
+//! Then attach each table you cache, naming its key column (which must be `NOT NULL`) and the
+//! columns whose changes must not notify — only columns your cache never serves:
 //!
 //! ```sql
-//! SELECT nearcache_attach('invoices', 'id', '{updated_at}');
+//! SELECT nearcache_attach('invoices', 'id', '{printed_at}');
 //! ```
 //!
-//! Every INSERT, UPDATE, DELETE and TRUNCATE then sends, at commit, compact JSON on the channel
-//! named by the setting `nearcache.channel` (default `nearcache`):
+//! Every INSERT, UPDATE, DELETE and TRUNCATE then sends, at commit, compact JSON on the
+//! database's channel (`nearcache_channel()`, default `nearcache`, changed with
+//! `SELECT nearcache_set_channel('…')`; no session setting can redirect it):
 //! `{"v":1,"table":"invoices","op":"update","keys":["…"]}`, or `{"v":1,"table":"invoices",
-//! "op":"flush"}` after a TRUNCATE or a statement that touched more than `nearcache.max_keys`
-//! rows (default 1000). An UPDATE that changed only ignored columns, or nothing, sends nothing.
-//! Keys are batched so that each payload stays well under Postgres' 8000-byte limit. See
-//! `sql/0002_notify.sql` for the details; `nearcache_detach('invoices')` removes the triggers.
+//! "op":"flush"}` after a TRUNCATE, a statement with more than 40 000 bytes of keys, or a key too
+//! long for a payload. An UPDATE that changed only ignored columns, or nothing, sends nothing.
+//! Each payload, measured after JSON escaping, stays under 7800 bytes, so no write ever fails
+//! for its notification. The triggers fire under `session_replication_role = replica` too, and
+//! an event trigger re-attaches a table after `ALTER TABLE` so that added columns are watched.
+//! Prepared transactions (2PC) cannot NOTIFY: a prepared transaction that writes an attached
+//! table fails at `PREPARE`. `nearcache_check(tables, channel)` lists what is wrong with an
+//! installation; the listener calls it on every connection. See
+//! `sql/0003_nearcache_install.sql` for the details; `nearcache_detach('invoices')` removes the
+//! triggers.
 
 mod domain;
 mod error;
@@ -34,8 +43,29 @@ pub use error::RepoError;
 pub use repo::MockUserRepo;
 pub use repo::{PgUserRepo, UserRepo};
 
-/// The migrations of `sql/`: the schema and the notification triggers.
+/// The migrations of `sql/`: the reference service's schema, nearcache's trigger functions,
+/// and the reference tables attached to them. A downstream service wants [`install`] instead.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../sql");
+
+/// nearcache's trigger functions, generic and idempotent (`sql/0003_nearcache_install.sql`).
+/// A later change to them comes as a new migration, and this constant follows it.
+pub const INSTALL_SQL: &str = include_str!("../../../sql/0003_nearcache_install.sql");
+
+/// Installs (or reinstalls) nearcache's trigger functions on the database of `pool`, in one
+/// transaction, without touching any table of yours. Attach tables afterwards with
+/// `SELECT nearcache_attach(table, key_column, ignore_columns)`.
+///
+/// Creating the event trigger that watches columns added later needs a superuser; without one
+/// the rest is installed and Postgres logs a warning.
+///
+/// # Errors
+/// [`RepoError`] if the database refuses (for instance, a role that may not create functions).
+pub async fn install(pool: &sqlx::PgPool) -> Result<(), RepoError> {
+    let mut tx = pool.begin().await?;
+    sqlx::raw_sql(INSTALL_SQL).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(())
+}
 
 /// The default notification channel of the triggers.
 pub const DEFAULT_CHANNEL: &str = "nearcache";

@@ -339,10 +339,10 @@ async fn a_huge_row_updates_without_error(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
-async fn the_channel_is_configurable(pool: PgPool) {
+async fn the_channel_is_fixed_per_database_and_no_session_setting_redirects_it(pool: PgPool) {
     let o = org(&pool).await;
-    let mut other = PgListener::connect_with(&pool).await.unwrap();
-    other.listen("elsewhere").await.unwrap();
+    let mut probe = Probe::new(&pool).await;
+    // A writer's session setting (the old way of choosing the channel) changes nothing.
     let mut tx = pool.begin().await.unwrap();
     sqlx::query("SET LOCAL nearcache.channel = 'elsewhere'")
         .execute(&mut *tx)
@@ -354,11 +354,352 @@ async fn the_channel_is_configurable(pool: PgPool) {
         .await
         .unwrap();
     tx.commit().await.unwrap();
+    assert_eq!(
+        probe.drain(&pool).await,
+        vec![json!({"v": 1, "table": "organizations", "op": "update", "keys": [o]})]
+    );
+    // The database's channel is changed by a function, for every session.
+    run(&pool, "SELECT nearcache_set_channel('elsewhere')", &[]).await;
+    let mut other = PgListener::connect_with(&pool).await.unwrap();
+    other.listen("elsewhere").await.unwrap();
+    run(&pool, "UPDATE organizations SET plan = 'team'", &[]).await;
     let n = other.recv().await.unwrap();
     let v: Value = serde_json::from_str(n.payload()).unwrap();
     assert_eq!(
         v,
         json!({"v": 1, "table": "organizations", "op": "update", "keys": [o]})
+    );
+    let bad = sqlx::query("SELECT nearcache_set_channel('Bad-Name')")
+        .execute(&pool)
+        .await
+        .unwrap_err();
+    assert!(bad.to_string().contains("invalid channel"), "{bad}");
+}
+
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+async fn writes_under_the_replica_role_notify(pool: PgPool) {
+    let o = org(&pool).await;
+    let mut probe = Probe::new(&pool).await;
+    let mut tx = pool.begin().await.unwrap();
+    // What pg_restore --disable-triggers, apply workers and bulk loaders run under.
+    sqlx::query("SET LOCAL session_replication_role = replica")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE organizations SET name = 'renamed' WHERE id = $1::uuid")
+        .bind(&o)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        probe.drain(&pool).await,
+        vec![json!({"v": 1, "table": "organizations", "op": "update", "keys": [o]})]
+    );
+}
+
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+async fn an_update_of_updated_at_alone_notifies(pool: PgPool) {
+    let o = org(&pool).await;
+    let u = user(&pool, &o, "a@x.io").await;
+    let mut probe = Probe::new(&pool).await;
+    run(
+        &pool,
+        "UPDATE users SET updated_at = '2001-01-01' WHERE id = $1::uuid",
+        &[&u],
+    )
+    .await;
+    run(
+        &pool,
+        "UPDATE organizations SET updated_at = '2001-01-01' WHERE id = $1::uuid",
+        &[&o],
+    )
+    .await;
+    assert_eq!(
+        probe.drain(&pool).await,
+        vec![
+            json!({"v": 1, "table": "users", "op": "update", "keys": [u]}),
+            json!({"v": 1, "table": "organizations", "op": "update", "keys": [o]}),
+        ]
+    );
+}
+
+/// The names of the fields of a JSON object.
+fn fields(v: &Value) -> Vec<String> {
+    v.as_object().unwrap().keys().cloned().collect()
+}
+
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+async fn no_column_the_api_serves_is_ignored_by_the_triggers(pool: PgPool) {
+    use nearcache_pg::{PgUserRepo, UserId, UserRepo};
+    let o = org(&pool).await;
+    let u = user(&pool, &o, "a@x.io").await;
+    let repo = PgUserRepo::new(pool.clone());
+    let id = UserId::new(uuid::Uuid::parse_str(&u).unwrap());
+    let principal = repo.principal(id).await.unwrap().unwrap();
+    // What GET /me serves is the principal as JSON: its user's and organization's fields.
+    let served = serde_json::to_value(&principal).unwrap();
+    for (part, table) in [("user", "users"), ("organization", "organizations")] {
+        let (ignored, watched): (Vec<String>, Vec<String>) = sqlx::query_as(
+            "SELECT ignore_columns, watched_columns FROM nearcache_attached WHERE tbl = $1::regclass",
+        )
+        .bind(table)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        for field in fields(&served[part]) {
+            assert!(
+                !ignored.contains(&field),
+                "{table}.{field} is served by the API but ignored by the triggers"
+            );
+            assert!(watched.contains(&field), "{table}.{field} is not watched");
+        }
+    }
+}
+
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+async fn a_nullable_key_column_is_refused(pool: PgPool) {
+    run(&pool, "CREATE TABLE notes (slug text, body text)", &[]).await;
+    let e = sqlx::query("SELECT nearcache_attach('notes', 'slug')")
+        .execute(&pool)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("may be NULL"), "{e}");
+    // Once it cannot be NULL, any row order names every key.
+    run(
+        &pool,
+        "ALTER TABLE notes ALTER COLUMN slug SET NOT NULL",
+        &[],
+    )
+    .await;
+    run(&pool, "SELECT nearcache_attach('notes', 'slug')", &[]).await;
+    let mut probe = Probe::new(&pool).await;
+    run(
+        &pool,
+        "INSERT INTO notes VALUES ('a', 'x'), ('b', NULL), ('c', 'y')",
+        &[],
+    )
+    .await;
+    run(&pool, "UPDATE notes SET body = 'z'", &[]).await;
+    let got = probe.drain(&pool).await;
+    for payload in &got {
+        let mut keys: Vec<&str> = payload["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k.as_str().unwrap())
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(keys, ["a", "b", "c"]);
+    }
+    assert_eq!(got.len(), 2);
+    // Making the key nullable later is refused too: the re-attach aborts the ALTER.
+    let e = sqlx::query("ALTER TABLE notes ALTER COLUMN slug DROP NOT NULL")
+        .execute(&pool)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("may be NULL"), "{e}");
+}
+
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+async fn a_column_added_after_attach_notifies(pool: PgPool) {
+    let o = org(&pool).await;
+    let u = user(&pool, &o, "a@x.io").await;
+    run(&pool, "ALTER TABLE users ADD COLUMN nickname text", &[]).await;
+    let mut probe = Probe::new(&pool).await;
+    run(
+        &pool,
+        "UPDATE users SET nickname = 'ada' WHERE id = $1::uuid",
+        &[&u],
+    )
+    .await;
+    assert_eq!(
+        probe.drain(&pool).await,
+        vec![json!({"v": 1, "table": "users", "op": "update", "keys": [u]})]
+    );
+    let problems: Vec<String> =
+        sqlx::query_scalar("SELECT nearcache_check('{users,organizations}', 'nearcache')")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(problems, Vec::<String>::new());
+}
+
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+async fn the_check_names_every_problem(pool: PgPool) {
+    let check = |channel: &'static str| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, Vec<String>>(
+                "SELECT nearcache_check('{users,organizations,invoices,ghosts}', $1)",
+            )
+            .bind(channel)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    run(&pool, "CREATE TABLE invoices (no int PRIMARY KEY)", &[]).await;
+    // The event trigger re-attaches a table after any ALTER TABLE, so this is undone at once.
+    run(
+        &pool,
+        "ALTER TABLE users DISABLE TRIGGER nearcache_send_update",
+        &[],
+    )
+    .await;
+    let none: Vec<String> =
+        sqlx::query_scalar("SELECT nearcache_check('{users,organizations}', 'nearcache')")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(none, Vec::<String>::new());
+    // Without the event trigger (as for a role that is not a superuser), neither is undone.
+    run(&pool, "ALTER EVENT TRIGGER nearcache_reattach DISABLE", &[]).await;
+    run(
+        &pool,
+        "ALTER TABLE users DISABLE TRIGGER nearcache_send_update",
+        &[],
+    )
+    .await;
+    run(&pool, "ALTER TABLE organizations ADD COLUMN logo text", &[]).await;
+    let problems = check("other").await;
+    let expected = [
+        "the triggers notify on channel nearcache, not other",
+        "table users: triggers missing or not enabled ALWAYS: nearcache_send_update",
+        "table organizations: columns added after nearcache_attach are not watched: logo",
+        "table invoices is not attached",
+        "table ghosts does not exist",
+    ];
+    assert_eq!(problems.len(), expected.len(), "{problems:?}");
+    for (got, want) in problems.iter().zip(expected) {
+        assert!(got.starts_with(want), "{got:?} should start with {want:?}");
+    }
+}
+
+#[sqlx::test]
+async fn install_works_on_a_database_without_the_reference_schema(pool: PgPool) {
+    // Twice: installing is idempotent.
+    nearcache_pg::install(&pool).await.unwrap();
+    nearcache_pg::install(&pool).await.unwrap();
+    let users: Option<String> = sqlx::query_scalar("SELECT to_regclass('users')::text")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(users, None, "install must not create the reference schema");
+    sqlx::raw_sql(
+        "CREATE TABLE invoices (no bigint PRIMARY KEY, total int);
+         SELECT nearcache_attach('invoices', 'no');",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    nearcache_pg::install(&pool).await.unwrap();
+    let mut probe = Probe::new(&pool).await;
+    run(&pool, "INSERT INTO invoices VALUES (42, 1)", &[]).await;
+    assert_eq!(
+        probe.drain(&pool).await,
+        vec![json!({"v": 1, "table": "invoices", "op": "insert", "keys": ["42"]})]
+    );
+}
+
+/// A random key: mostly short, sometimes up to 10 KB, of characters JSON must escape (quotes,
+/// backslashes, control characters) and multibyte ones.
+fn random_key(rng: &mut impl rand::Rng, i: usize) -> String {
+    const ALPHABET: [char; 12] = [
+        '"', '\\', '\u{1}', '\n', '\u{1f}', 'a', 'Z', '0', 'é', '漢', '🦀', ' ',
+    ];
+    let len = if rng.gen_ratio(1, 100) {
+        rng.gen_range(1_000..10_000)
+    } else {
+        rng.gen_range(0..60)
+    };
+    let mut key: String = (0..len)
+        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())])
+        .collect();
+    key.push_str(&format!("#{i}"));
+    key
+}
+
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+async fn keys_of_any_characters_never_abort_a_write_and_are_always_covered(pool: PgPool) {
+    use rand::{Rng, SeedableRng};
+    let seed: u64 = std::env::var("NEARCACHE_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
+    println!("keys property test: seed {seed} (NEARCACHE_SEED={seed} repeats it)");
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    run(
+        &pool,
+        // No btree: its entries are limited to 2704 bytes, and keys here reach 10 KB.
+        "CREATE TABLE docs (k text NOT NULL, v int NOT NULL DEFAULT 0)",
+        &[],
+    )
+    .await;
+    run(&pool, "CREATE INDEX ON docs USING hash (k)", &[]).await;
+    run(&pool, "SELECT nearcache_attach('docs', 'k')", &[]).await;
+    let mut probe = Probe::new(&pool).await;
+    for case in 0..25 {
+        let rows = if rng.gen_ratio(1, 5) {
+            rng.gen_range(500..=2_000)
+        } else {
+            rng.gen_range(1..50)
+        };
+        let keys: Vec<String> = (0..rows).map(|i| random_key(&mut rng, i)).collect();
+        for sql in [
+            "INSERT INTO docs (k) SELECT unnest($1::text[])",
+            "UPDATE docs SET v = v + 1 WHERE k = ANY ($1::text[])",
+            "DELETE FROM docs WHERE k = ANY ($1::text[])",
+        ] {
+            sqlx::query(sql)
+                .bind(&keys)
+                .execute(&pool)
+                .await
+                .unwrap_or_else(|e| panic!("case {case} (seed {seed}): {sql} failed: {e}"));
+            let got = probe.drain(&pool).await;
+            let flushed = got.iter().any(|p| p["op"] == "flush");
+            if !flushed {
+                let sent: BTreeSet<&str> = got
+                    .iter()
+                    .flat_map(|p| p["keys"].as_array().unwrap())
+                    .map(|k| k.as_str().unwrap())
+                    .collect();
+                for k in &keys {
+                    assert!(
+                        sent.contains(k.as_str()),
+                        "case {case} (seed {seed}): {sql}: a key of {} bytes was not sent",
+                        k.len()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+async fn a_session_that_corrupts_the_pending_keys_gets_a_flush_not_an_error(pool: PgPool) {
+    let o = org(&pool).await;
+    let mut probe = Probe::new(&pool).await;
+    let mut tx = pool.begin().await.unwrap();
+    let setting: String =
+        sqlx::query_scalar("SELECT 'nearcache.pending_' || 'organizations'::regclass::oid::text")
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+    sqlx::query("SELECT set_config($1, '\"unterminated', true)")
+        .bind(&setting)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE organizations SET plan = 'pro' WHERE id = $1::uuid")
+        .bind(&o)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert_eq!(
+        probe.drain(&pool).await,
+        vec![json!({"v": 1, "table": "organizations", "op": "flush"})]
     );
 }
 
