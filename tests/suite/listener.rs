@@ -63,6 +63,10 @@ fn start(url: &str, heartbeat: Duration, timeout: Duration) -> Running {
     let mut config = ListenerConfig::new(url).unwrap();
     config.heartbeat_interval = heartbeat;
     config.heartbeat_timeout = timeout;
+    start_with(config)
+}
+
+fn start_with(mut config: ListenerConfig) -> Running {
     config.backoff_max = Duration::from_millis(500);
     let handler = Arc::new(Recorder::default());
     let status = ListenerStatus::default();
@@ -94,6 +98,60 @@ impl Running {
 }
 
 const SLOW: Duration = Duration::from_secs(60);
+
+#[tokio::test]
+async fn a_table_without_triggers_keeps_the_cache_in_bypass_and_says_why() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    // The schema is there, the triggers of one table are not.
+    exec(&pool, "SELECT nearcache_detach('users')").await;
+    let config = ListenerConfig::new(db.url())
+        .unwrap()
+        .with_tables(["users", "organizations"]);
+    let l = start_with(config);
+    wait_until(Duration::from_secs(20), "the problem reported", || {
+        std::future::ready(l.status.problem().is_some())
+    })
+    .await;
+    let problem = l.status.problem().unwrap();
+    assert!(problem.contains("users is not attached"), "{problem}");
+    assert!(l.status.snapshot().misconfigured);
+    // It keeps checking, and never lets the cache serve meanwhile.
+    let first = l.status.snapshot().connections;
+    wait_until(Duration::from_secs(20), "a second check", || {
+        let events = l.handler.events();
+        std::future::ready(events.iter().filter(|e| *e == "bypass").count() >= 2)
+    })
+    .await;
+    assert!(!l.handler.events().contains(&"coherent".to_string()));
+    assert_eq!(
+        first, 0,
+        "a connection that failed its check is not counted as listening"
+    );
+    // Once the table is attached, the next connection's check passes.
+    exec(
+        &pool,
+        "SELECT nearcache_attach('users', 'id', '{last_seen_at}')",
+    )
+    .await;
+    l.until("coherent", 0, "coherent").await;
+    assert_eq!(l.status.problem(), None);
+    assert!(!l.status.snapshot().misconfigured);
+}
+
+#[tokio::test]
+async fn a_database_without_nearcache_keeps_the_cache_in_bypass() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    exec(&pool, "DROP FUNCTION nearcache_check(text[], text)").await;
+    let l = start_with(ListenerConfig::new(db.url()).unwrap());
+    wait_until(Duration::from_secs(20), "the problem reported", || {
+        std::future::ready(l.status.problem().is_some())
+    })
+    .await;
+    assert!(l.status.problem().unwrap().contains("not installed"));
+    assert!(!l.handler.events().contains(&"coherent".to_string()));
+}
 
 #[tokio::test]
 async fn committed_changes_reach_the_handler_as_invalidations() {

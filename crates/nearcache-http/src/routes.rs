@@ -52,6 +52,9 @@ pub struct Health {
     pub ready: bool,
     /// The cache's state: `coherent`, `bypass`, `ttl` or `off`.
     pub cache: String,
+    /// Why the cache bypasses, when the reason is one an operator must fix (the database's
+    /// triggers are missing or wrong); `None` otherwise.
+    pub problem: Option<String>,
 }
 
 /// What the composing binary tells the HTTP layer about the parts it cannot see.
@@ -189,10 +192,11 @@ fn healthz(state: &AppState) -> Response<Full<Bytes>> {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
     };
-    json(
-        status,
-        &serde_json::json!({"status": word, "cache": health.cache}),
-    )
+    let mut body = serde_json::json!({"status": word, "cache": health.cache});
+    if let Some(problem) = health.problem {
+        body["problem"] = problem.into();
+    }
+    json(status, &body)
 }
 
 fn metrics(state: &AppState) -> Response<Full<Bytes>> {

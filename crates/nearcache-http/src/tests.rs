@@ -24,6 +24,7 @@ impl Probe for Ready {
         Health {
             ready: self.0,
             cache: "off".into(),
+            problem: None,
         }
     }
     fn render_metrics(&self, out: &mut String) {

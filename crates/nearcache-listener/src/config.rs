@@ -24,6 +24,7 @@ pub enum ConfigError {
 pub struct ListenerConfig {
     pub(crate) pg: tokio_postgres::Config,
     pub(crate) channel: String,
+    pub(crate) tables: Vec<String>,
     /// How often the listener notifies itself. Default 1 s.
     pub heartbeat_interval: Duration,
     /// How long a heartbeat may take to come back before the connection is given up, and so
@@ -47,6 +48,7 @@ impl ListenerConfig {
         Ok(Self {
             pg,
             channel: "nearcache".into(),
+            tables: Vec::new(),
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(3),
             backoff_min: Duration::from_millis(100),
@@ -55,8 +57,9 @@ impl ListenerConfig {
         })
     }
 
-    /// Listens on `channel` instead of `nearcache`; it must match the triggers' setting
-    /// `nearcache.channel`.
+    /// Listens on `channel` instead of `nearcache`; it must match the database's channel
+    /// (`nearcache_channel()`, set with `SELECT nearcache_set_channel(…)`), which the listener
+    /// checks on every connection.
     ///
     /// # Errors
     /// [`ConfigError::Channel`] unless it is a lowercase identifier of at most 40 characters
@@ -77,6 +80,24 @@ impl ListenerConfig {
     /// The channel of the triggers.
     pub fn channel(&self) -> &str {
         &self.channel
+    }
+
+    /// The tables the handler caches. On every connection, before the cache may serve, the
+    /// listener asks the database (`nearcache_check`) whether each carries nearcache's triggers,
+    /// enabled ALWAYS and watching every column; if not, it stays in bypass and says why.
+    #[must_use]
+    pub fn with_tables<I, S>(mut self, tables: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.tables = tables.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// The tables checked on every connection.
+    pub fn tables(&self) -> &[String] {
+        &self.tables
     }
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {

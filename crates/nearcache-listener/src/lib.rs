@@ -1,7 +1,7 @@
 //! A LISTEN/NOTIFY listener that keeps a near cache coherent with Postgres.
 //!
-//! Depend on it, with `nearcache`, to cache your own tables: attach the triggers of
-//! `sql/0002_notify.sql` to them, implement [`Handler`] (a few lines that turn table keys into
+//! Depend on it, with `nearcache`, to cache your own tables: install the triggers of
+//! `sql/0003_nearcache_install.sql` and attach them to your tables, implement [`Handler`] (a few lines that turn table keys into
 //! cache invalidations), and spawn [`run`]. It depends on no cache.
 //!
 //! # Protocol
@@ -9,7 +9,10 @@
 //! [`run`] holds one dedicated connection (never a pooled one), with TCP keepalives, and drives
 //! the handler's coherence gate:
 //!
-//! 1. Connect; `LISTEN` in autocommit; then [`Handler::flush_all`], then
+//! 1. Connect; `LISTEN` in autocommit; ask the database whether the configured tables carry
+//!    the triggers as they must and notify on our channel (`nearcache_check`; any problem keeps
+//!    the handler in bypass, is reported by [`ListenerStatus::problem`], and is checked again on
+//!    the next attempt); then [`Handler::flush_all`], then
 //!    [`Handler::coherent`] — in this order, so that no change committed before the `LISTEN`
 //!    can survive in the cache.
 //! 2. Each notification becomes [`Handler::invalidate`] or [`Handler::flush_table`]. A payload

@@ -46,6 +46,10 @@ enum SessionError {
     Closed,
     #[error("heartbeat not back within {0:?}")]
     HeartbeatTimeout(Duration),
+    #[error("checking the triggers: {0}")]
+    Check(#[source] tokio_postgres::Error),
+    #[error("the database cannot be trusted to notify: {0}")]
+    Misconfigured(String),
 }
 
 /// Runs the listener until `shutdown` completes; see the crate docs for the protocol. Never
@@ -149,6 +153,17 @@ async fn session<H: Handler + ?Sized>(
         Ok(Err(e)) => return (SessionError::Listen(e), false),
         Err(_) => return (SessionError::ConnectTimeout, false),
     }
+    // Listening proves nothing if the tables do not notify: ask the database first.
+    match tokio::time::timeout(config.connect_timeout, check(&client, config)).await {
+        Ok(Ok(())) => status.set_problem(None),
+        Ok(Err(e)) => {
+            if let SessionError::Misconfigured(problem) = &e {
+                status.set_problem(Some(problem.clone()));
+            }
+            return (e, false);
+        }
+        Err(_) => return (SessionError::ConnectTimeout, false),
+    }
     // Only now may the cache serve: anything committed before the LISTEN is flushed away,
     // anything after it will be notified.
     handler.flush_all();
@@ -200,6 +215,36 @@ async fn session<H: Handler + ?Sized>(
                 return (SessionError::HeartbeatTimeout(config.heartbeat_timeout), true);
             }
         }
+    }
+}
+
+/// Asks the database whether the tables carry nearcache's triggers as they must
+/// (`nearcache_check`, installed with the triggers).
+async fn check(
+    client: &tokio_postgres::Client,
+    config: &ListenerConfig,
+) -> Result<(), SessionError> {
+    let problems: Vec<String> = match client
+        .query_one(
+            "SELECT nearcache_check($1::text[], $2::text)",
+            &[&config.tables, &config.channel],
+        )
+        .await
+    {
+        Ok(row) => row.get(0),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION) => {
+            vec![
+                "nearcache is not installed in this database (nearcache_pg::install, or \
+                  sql/0003_nearcache_install.sql)"
+                    .to_string(),
+            ]
+        }
+        Err(e) => return Err(SessionError::Check(e)),
+    };
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(SessionError::Misconfigured(problems.join("; ")))
     }
 }
 

@@ -1,7 +1,7 @@
 //! What the listener is doing, for health checks and metrics.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// The listener's connection state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +31,8 @@ struct Counters {
     heartbeats: AtomicU64,
     heartbeat_timeouts: AtomicU64,
     heartbeat_rtt_micros: AtomicU64,
+    /// Why the database's installation cannot be trusted, if it cannot.
+    problem: Mutex<Option<String>>,
 }
 
 /// A snapshot of a [`ListenerStatus`].
@@ -55,6 +57,9 @@ pub struct StatusSnapshot {
     pub heartbeat_timeouts: u64,
     /// Round trip of the last heartbeat, in microseconds: how far behind the listener reads.
     pub heartbeat_rtt_micros: u64,
+    /// Whether the last check of the database found its triggers missing or wrong (see
+    /// [`ListenerStatus::problem`]); the cache stays in bypass meanwhile.
+    pub misconfigured: bool,
 }
 
 impl ListenerStatus {
@@ -75,7 +80,26 @@ impl ListenerStatus {
             heartbeats: c.heartbeats.load(Relaxed),
             heartbeat_timeouts: c.heartbeat_timeouts.load(Relaxed),
             heartbeat_rtt_micros: c.heartbeat_rtt_micros.load(Relaxed),
+            misconfigured: self.problem().is_some(),
         }
+    }
+
+    /// What the last check of the database found wrong (triggers missing, disabled or not
+    /// watching every column, another channel, nearcache not installed), or `None`.
+    pub fn problem(&self) -> Option<String> {
+        self.inner
+            .problem
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn set_problem(&self, problem: Option<String>) {
+        *self
+            .inner
+            .problem
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = problem;
     }
 
     pub(crate) fn set_state(&self, state: ListenerState) {

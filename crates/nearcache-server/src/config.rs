@@ -80,7 +80,7 @@ pub struct Config {
     /// How long a heartbeat may take before the cache bypasses and the listener reconnects.
     #[arg(long, env = "NEARCACHE_HEARTBEAT_TIMEOUT", default_value = "3s", value_parser = duration)]
     pub heartbeat_timeout: Duration,
-    /// Notification channel of the triggers (`nearcache.channel`).
+    /// Notification channel of the triggers (the database's `nearcache_channel()`).
     #[arg(long, env = "NEARCACHE_CHANNEL", default_value = "nearcache")]
     pub channel: String,
     /// Database connections in the pool.

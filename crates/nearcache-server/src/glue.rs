@@ -12,7 +12,7 @@ use nearcache_pg::UserId;
 use crate::CacheMode;
 
 /// The tables whose rows principals are built from.
-const TABLES: [&str; 2] = ["users", "organizations"];
+pub(crate) const TABLES: [&str; 2] = ["users", "organizations"];
 
 /// Turns notifications into cache invalidations: a row `table:key` is the tag of every
 /// principal built from it.
@@ -96,6 +96,7 @@ impl Probe for ServerProbe {
             // A listening listener proves the database answers too.
             ready: listening || self.db_ok.load(Ordering::Relaxed),
             cache: cache.to_string(),
+            problem: self.listener.as_ref().and_then(ListenerStatus::problem),
         }
     }
 
@@ -158,6 +159,12 @@ impl Probe for ServerProbe {
                 "gauge",
                 "1 while the listener listens.",
                 listening,
+            );
+            metric(
+                "nearcache_listener_misconfigured",
+                "gauge",
+                "1 while the database's triggers are missing or wrong (the cache bypasses; /healthz says why).",
+                u64::from(s.misconfigured),
             );
             metric(
                 "nearcache_listener_heartbeat_rtt_microseconds",

@@ -72,8 +72,9 @@ pub async fn run(
 
     let listener_status = match (&cache, settings.cache) {
         (Some(c), CacheMode::Coherent) => {
-            let mut lc =
-                ListenerConfig::new(&settings.database_url)?.with_channel(&settings.channel)?;
+            let mut lc = ListenerConfig::new(&settings.database_url)?
+                .with_channel(&settings.channel)?
+                .with_tables(glue::TABLES);
             lc.heartbeat_interval = settings.heartbeat_interval;
             lc.heartbeat_timeout = settings.heartbeat_timeout;
             let status = ListenerStatus::default();
