@@ -8,7 +8,7 @@ use nearcache_tests::app::{now, spawn_app, token, SECRET};
 use nearcache_tests::{wait_until, PrivateCluster, TestDb};
 use serde_json::json;
 
-use crate::support::{seed, update};
+use crate::support::{exec, seed, update};
 
 fn b64(v: &serde_json::Value) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -162,12 +162,32 @@ async fn a_user_deactivated_by_sql_gets_401_in_coherent_mode() {
         "now served from the cache"
     );
     update(&pool, "users", users[0].id, "active = false").await;
-    let took = wait_until(Duration::from_secs(5), "401 after deactivation", || async {
+    // The cache's TTL is five minutes, so only the notification can make this pass within the
+    // deadline (wait_until fails the test past it).
+    wait_until(Duration::from_secs(5), "401 after deactivation", || async {
         app.get("/me", Some(&t)).await.0 == 401
     })
     .await;
-    // The cache's TTL is five minutes: only the notification can explain this.
-    assert!(took < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn healthz_says_why_the_cache_bypasses_when_a_table_lacks_its_triggers() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    exec(&pool, "SELECT nearcache_detach('organizations')").await;
+    let app = spawn_app(db.url(), &[]).await;
+    wait_until(Duration::from_secs(10), "a problem on /healthz", || async {
+        app.get("/healthz", None).await.1["problem"].is_string()
+    })
+    .await;
+    let (status, body) = app.get("/healthz", None).await;
+    assert_eq!((status, body["cache"].as_str()), (200, Some("bypass")));
+    let problem = body["problem"].as_str().unwrap();
+    assert!(
+        problem.contains("organizations is not attached"),
+        "{problem}"
+    );
+    app.stop().await.unwrap();
 }
 
 #[tokio::test]
@@ -208,15 +228,12 @@ async fn every_cache_mode_serves_the_same_answers() {
             (status, body["id"].as_str()),
             (200, Some(org.id.to_string().as_str()))
         );
-        let (_, metrics) = (
-            0,
-            reqwest::get(app.url("/metrics"))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap(),
-        );
+        let metrics = reqwest::get(app.url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         assert!(metrics.contains(
             "nearcache_http_requests_total{route=\"/me/organization\",status=\"200\"} 1"
         ));
@@ -227,6 +244,11 @@ async fn every_cache_mode_serves_the_same_answers() {
         );
         assert_eq!(
             metrics.contains("nearcache_listener_listening 1"),
+            mode == "coherent",
+            "{mode}"
+        );
+        assert_eq!(
+            metrics.contains("nearcache_listener_misconfigured 0"),
             mode == "coherent",
             "{mode}"
         );

@@ -60,4 +60,4 @@ mod status;
 pub use config::{ConfigError, ListenerConfig};
 pub use listener::{run, Handler};
 pub use payload::{parse, Op, Payload, PayloadError, FORMAT_VERSION};
-pub use status::{ListenerState, ListenerStatus, StatusSnapshot};
+pub use status::{ListenerState, ListenerStatus, Metric, StatusSnapshot};

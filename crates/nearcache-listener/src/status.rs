@@ -20,70 +20,110 @@ pub struct ListenerStatus {
     inner: Arc<Counters>,
 }
 
-#[derive(Debug, Default)]
-struct Counters {
-    state: AtomicU8,
-    connections: AtomicU64,
-    disconnects: AtomicU64,
-    notifications: AtomicU64,
-    malformed: AtomicU64,
-    ignored: AtomicU64,
-    heartbeats: AtomicU64,
-    heartbeat_timeouts: AtomicU64,
-    heartbeat_rtt_micros: AtomicU64,
-    /// Why the database's installation cannot be trusted, if it cannot.
-    problem: Mutex<Option<String>>,
+/// One counter or gauge of a [`StatusSnapshot`], described for an exposition such as
+/// Prometheus'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metric {
+    /// Its name, `snake_case`, without prefix (`notifications`).
+    pub name: &'static str,
+    /// One sentence saying what it measures.
+    pub help: &'static str,
+    /// Its value in the snapshot.
+    pub value: u64,
 }
 
-/// A snapshot of a [`ListenerStatus`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct StatusSnapshot {
-    /// Current state.
-    pub state: ListenerState,
-    /// Successful connections (LISTEN done), the first included.
-    pub connections: u64,
-    /// Connections lost or given up.
-    pub disconnects: u64,
-    /// Notifications received on the cache channel.
-    pub notifications: u64,
-    /// Payloads that did not parse (each answered with a flush).
-    pub malformed: u64,
-    /// Notifications for tables the handler does not cache.
-    pub ignored: u64,
-    /// Heartbeats that came back.
-    pub heartbeats: u64,
-    /// Heartbeats that did not come back in time.
-    pub heartbeat_timeouts: u64,
-    /// Round trip of the last heartbeat, in microseconds: how far behind the listener reads.
-    pub heartbeat_rtt_micros: u64,
-    /// Whether the last check of the database found its triggers missing or wrong (see
-    /// [`ListenerStatus::problem`]); the cache stays in bypass meanwhile.
-    pub misconfigured: bool,
+// Each counter is declared once: its name and help text (also its doc). The atomics, the
+// snapshot's fields and the list an exposition iterates over come from this declaration.
+macro_rules! counters {
+    ($($name:ident: $help:literal,)*) => {
+        #[derive(Debug, Default)]
+        struct Counters {
+            state: AtomicU8,
+            heartbeat_rtt_micros: AtomicU64,
+            /// Why the database's installation cannot be trusted, if it cannot.
+            problem: Mutex<Option<String>>,
+            $($name: AtomicU64,)*
+        }
+
+        /// A snapshot of a [`ListenerStatus`].
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct StatusSnapshot {
+            /// Current state.
+            pub state: ListenerState,
+            $(
+                #[doc = $help]
+                pub $name: u64,
+            )*
+            /// Round trip of the last heartbeat, in microseconds: how far behind the listener
+            /// reads.
+            pub heartbeat_rtt_micros: u64,
+            /// Whether the last check of the database found its triggers missing or wrong (see
+            /// [`ListenerStatus::problem`]); the cache stays in bypass meanwhile.
+            pub misconfigured: bool,
+        }
+
+        impl StatusSnapshot {
+            /// The monotonic counters, with their names and help texts.
+            pub fn counters(&self) -> Vec<Metric> {
+                vec![$(Metric { name: stringify!($name), help: $help, value: self.$name },)*]
+            }
+        }
+
+        impl ListenerStatus {
+            /// Current counters and state.
+            pub fn snapshot(&self) -> StatusSnapshot {
+                let c = &*self.inner;
+                StatusSnapshot {
+                    state: match c.state.load(Relaxed) {
+                        1 => ListenerState::Listening,
+                        2 => ListenerState::Stopped,
+                        _ => ListenerState::Connecting,
+                    },
+                    $($name: c.$name.load(Relaxed),)*
+                    heartbeat_rtt_micros: c.heartbeat_rtt_micros.load(Relaxed),
+                    misconfigured: self.problem().is_some(),
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    connections: "Connections that reached LISTEN and passed the trigger check, the first included.",
+    disconnects: "Connections lost or given up after listening.",
+    notifications: "Notifications received on the cache channel.",
+    malformed: "Payloads that did not parse (each answered with a flush).",
+    ignored: "Notifications for tables the handler does not cache.",
+    heartbeats: "Heartbeats that came back.",
+    heartbeat_timeouts: "Heartbeats that did not come back in time.",
+}
+
+impl StatusSnapshot {
+    /// The gauges: whether the listener listens, the last heartbeat's round trip, and whether
+    /// the database's triggers are missing or wrong.
+    pub fn gauges(&self) -> Vec<Metric> {
+        vec![
+            Metric {
+                name: "listening",
+                help: "1 while the listener listens (the cache may serve).",
+                value: u64::from(self.state == ListenerState::Listening),
+            },
+            Metric {
+                name: "heartbeat_rtt_microseconds",
+                help: "Round trip of the last heartbeat, in microseconds.",
+                value: self.heartbeat_rtt_micros,
+            },
+            Metric {
+                name: "misconfigured",
+                help: "1 while the database's triggers are missing or wrong (the cache bypasses; /healthz says why).",
+                value: u64::from(self.misconfigured),
+            },
+        ]
+    }
 }
 
 impl ListenerStatus {
-    /// Current counters and state.
-    pub fn snapshot(&self) -> StatusSnapshot {
-        let c = &*self.inner;
-        StatusSnapshot {
-            state: match c.state.load(Relaxed) {
-                1 => ListenerState::Listening,
-                2 => ListenerState::Stopped,
-                _ => ListenerState::Connecting,
-            },
-            connections: c.connections.load(Relaxed),
-            disconnects: c.disconnects.load(Relaxed),
-            notifications: c.notifications.load(Relaxed),
-            malformed: c.malformed.load(Relaxed),
-            ignored: c.ignored.load(Relaxed),
-            heartbeats: c.heartbeats.load(Relaxed),
-            heartbeat_timeouts: c.heartbeat_timeouts.load(Relaxed),
-            heartbeat_rtt_micros: c.heartbeat_rtt_micros.load(Relaxed),
-            misconfigured: self.problem().is_some(),
-        }
-    }
-
     /// What the last check of the database found wrong (triggers missing, disabled or not
     /// watching every column, another channel, nearcache not installed), or `None`.
     pub fn problem(&self) -> Option<String> {

@@ -5,7 +5,8 @@
 //! Nothing depends on this crate but its binary and the cross-crate tests.
 
 mod config;
-mod glue;
+mod handler;
+mod probe;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -23,7 +24,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{CacheMode, Config, ConfigError, Settings};
-use glue::{CacheHandler, ServerProbe};
+use handler::CacheHandler;
+use probe::ServerProbe;
 
 /// How long background tasks get to stop after the HTTP server has drained.
 const TASK_STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -74,7 +76,7 @@ pub async fn run(
         (Some(c), CacheMode::Coherent) => {
             let mut lc = ListenerConfig::new(&settings.database_url)?
                 .with_channel(&settings.channel)?
-                .with_tables(glue::TABLES);
+                .with_tables(handler::TABLES);
             lc.heartbeat_interval = settings.heartbeat_interval;
             lc.heartbeat_timeout = settings.heartbeat_timeout;
             let status = ListenerStatus::default();

@@ -1,6 +1,5 @@
 //! The cache: moka underneath, the fence, the gate, coalesced loads and callbacks on top.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,12 +8,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use moka::notification::RemovalCause;
-use tokio::sync::watch;
 
+use crate::entry::{Callback, Cause, Change, Entry};
 use crate::expiry::EntryExpiry;
 #[cfg(test)]
 use crate::explore::Step;
 use crate::fence::{Fence, Forgotten};
+use crate::flight::{Flights, Role};
+use crate::removal::{RemovalQueue, Removed};
 use crate::stats::{bump, Counters};
 use crate::{CacheConfig, Fill, LoadError, Loader, Mode, Stats, Store, Tag};
 
@@ -27,50 +28,6 @@ macro_rules! step {
     };
 }
 
-/// A stored entry: a value or a negative entry, with what it depends on.
-pub(crate) struct Entry<V> {
-    value: Option<V>,
-    /// Unique per stored entry, so that index rows of a replaced entry can be told apart.
-    id: u64,
-    tags: Arc<[Tag]>,
-    pub(crate) ttl: Duration,
-    /// Entries of an older generation were flushed and are never served.
-    generation: u64,
-}
-
-/// Why a callback is called.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Cause {
-    /// A value was stored where there was none: a fill, `put`, `insert_new`, `update`.
-    Insert,
-    /// A value replaced another through `put` or `update`.
-    Update,
-    /// `delete` removed an entry.
-    Delete,
-    /// `invalidate` or `invalidate_tag` removed an entry.
-    Invalidation,
-    /// The whole cache was flushed (the change names no key).
-    Flush,
-    /// An entry outlived its TTL or time to idle.
-    Expiry,
-    /// An entry was evicted to respect the capacity.
-    Eviction,
-}
-
-/// What a modification callback is told.
-#[derive(Debug)]
-pub struct Change<'a, K, V> {
-    /// Why.
-    pub cause: Cause,
-    /// The key; `None` for a flush.
-    pub key: Option<&'a K>,
-    /// The new value for inserts and updates, the removed one otherwise; `None` for a flush
-    /// and for negative entries.
-    pub value: Option<&'a V>,
-}
-
-type Callback<K, V> = Arc<dyn Fn(&Change<'_, K, V>) + Send + Sync>;
-
 /// What a load produced, as its waiters see it: the result, the ticket it was loaded under and
 /// the tags it depends on, so that a waiter can check the value against the fence itself.
 #[derive(Clone)]
@@ -78,27 +35,6 @@ struct Outcome<V> {
     result: Result<Option<V>, LoadError>,
     ticket: u64,
     tags: Arc<[Tag]>,
-}
-
-type Slot<V> = watch::Receiver<Option<Outcome<V>>>;
-
-struct Flight<V> {
-    id: u64,
-    slot: Slot<V>,
-}
-
-struct Removed<K, V> {
-    key: K,
-    entry: Arc<Entry<V>>,
-    cause: RemovalCause,
-}
-
-/// A queue of removals reported by moka's eviction listener. The listener may run while the
-/// fence is locked, so it only queues; whoever next uses the cache updates the tag index and
-/// calls the callbacks, with no lock held.
-struct RemovalQueue<K, V> {
-    items: Mutex<Vec<Removed<K, V>>>,
-    pending: AtomicBool,
 }
 
 /// A per-process cache with fenced fills, tags and a coherence gate. See the crate docs.
@@ -125,7 +61,7 @@ struct Inner<K, V> {
     generation: AtomicU64,
     coherent: AtomicBool,
     next_id: AtomicU64,
-    flights: Mutex<HashMap<K, Flight<V>>>,
+    flights: Flights<K, Outcome<V>>,
     removals: Arc<RemovalQueue<K, V>>,
     /// Striped locks that serialise `update` and `update_existing` per key.
     update_locks: Box<[Mutex<()>]>,
@@ -164,21 +100,17 @@ where
     }
 
     fn build(config: CacheConfig, callback: Option<Callback<K, V>>) -> Self {
-        let removals = Arc::new(RemovalQueue {
-            items: Mutex::new(Vec::new()),
-            pending: AtomicBool::new(false),
-        });
+        let removals = Arc::new(RemovalQueue::new());
         let queue = removals.clone();
         let entries = moka::sync::Cache::builder()
             .max_capacity(config.capacity)
             .expire_after(EntryExpiry { tti: config.tti })
             .eviction_listener(move |key: Arc<K>, entry, cause| {
-                lock(&queue.items).push(Removed {
+                queue.push(Removed {
                     key: (*key).clone(),
                     entry,
                     cause,
                 });
-                queue.pending.store(true, Ordering::Release);
             })
             .build();
         let coherent = config.initial_mode == Mode::Coherent;
@@ -190,7 +122,7 @@ where
                 generation: AtomicU64::new(0),
                 coherent: AtomicBool::new(coherent),
                 next_id: AtomicU64::new(1),
-                flights: Mutex::new(HashMap::new()),
+                flights: Flights::new(),
                 removals,
                 update_locks: (0..64).map(|_| Mutex::new(())).collect(),
                 stripes: std::hash::RandomState::new(),
@@ -218,20 +150,18 @@ where
     /// The entry of `key`, counting a miss or a bypassed lookup when there is none.
     fn lookup(&self, key: &K) -> Option<Arc<Entry<V>>> {
         let inner = &*self.inner;
-        if inner.removals.pending.load(Ordering::Acquire) {
+        if inner.removals.pending() {
             self.process_removals();
         }
         if !inner.coherent.load(Ordering::Acquire) {
             bump(&inner.counters.bypassed);
             return None;
         }
-        match inner.entries.get(key) {
-            Some(e) if e.generation == inner.generation.load(Ordering::Acquire) => Some(e),
-            _ => {
-                bump(&inner.counters.misses);
-                None
-            }
+        let found = self.live(key);
+        if found.is_none() {
+            bump(&inner.counters.misses);
         }
+        found
     }
 
     /// The cached value of `key`, or else the result of `loader`, which is stored unless an
@@ -256,13 +186,8 @@ where
         if !self.inner.coherent.load(Ordering::Acquire) {
             return self.load(loader).await.map(Fill::into_value);
         }
-        match self.join_or_lead(&key) {
-            Role::Leader(tx, id) => {
-                let flight = FlightGuard {
-                    cache: self,
-                    key: &key,
-                    id,
-                };
+        match self.inner.flights.join_or_lead(&key) {
+            Role::Leader(lead) => {
                 step!(self, Step::Led);
                 // Someone may have stored the key between our miss and our taking the lead.
                 if let Some(entry) = self.current(&key) {
@@ -270,24 +195,15 @@ where
                 }
                 let outcome = self.load_and_fill(key.clone(), loader).await;
                 let result = outcome.result.clone();
-                // Waiters that went away are no reason to fail.
-                let _ = tx.send(Some(outcome));
+                lead.hand_over(outcome);
                 step!(self, Step::HandedOver);
                 // Returning is the step after this one: nothing happens between the two.
-                drop(flight);
+                drop(lead);
                 result
             }
-            Role::Follower(mut slot) => {
+            Role::Follower(waiter) => {
                 step!(self, Step::Joined);
-                let shared = match tokio::time::timeout(
-                    self.inner.config.fill_wait,
-                    slot.wait_for(Option::is_some),
-                )
-                .await
-                {
-                    Ok(Ok(outcome)) => outcome.clone(),
-                    _ => None,
-                };
+                let shared = waiter.outcome(self.inner.config.fill_wait).await;
                 if let Some(outcome) = shared {
                     // The leader's value is ours only if it is as fresh as a load of our own
                     // would be: nothing it depends on was invalidated after its ticket. The
@@ -315,6 +231,12 @@ where
         if !self.inner.coherent.load(Ordering::Acquire) {
             return None;
         }
+        self.live(key)
+    }
+
+    /// The entry of `key` if it belongs to the current generation (was not flushed), whatever
+    /// the mode; counting nothing.
+    fn live(&self, key: &K) -> Option<Arc<Entry<V>>> {
         self.inner.entries.get(key).filter(|e| self.is_current(e))
     }
 
@@ -322,17 +244,6 @@ where
     /// a load started now: no invalidation of the key or the tags, and no flush, since.
     fn admits(&self, key: &K, tags: &[Tag], ticket: u64) -> bool {
         lock(&self.inner.fence).admits(key, tags, ticket)
-    }
-
-    fn join_or_lead(&self, key: &K) -> Role<V> {
-        let mut flights = lock(&self.inner.flights);
-        if let Some(flight) = flights.get(key) {
-            return Role::Follower(flight.slot.clone());
-        }
-        let (tx, slot) = watch::channel(None);
-        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        flights.insert(key.clone(), Flight { id, slot });
-        Role::Leader(tx, id)
     }
 
     async fn load<F, Fut>(&self, loader: F) -> Result<Fill<V>, LoadError>
@@ -418,10 +329,7 @@ where
     ) -> bool {
         let inner = &*self.inner;
         let generation = inner.generation.load(Ordering::Acquire);
-        let replaced = inner
-            .entries
-            .get(key)
-            .is_some_and(|e| e.generation == generation);
+        let replaced = self.live(key).is_some();
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         fence.index(key, id, &tags);
         inner.entries.insert(
@@ -466,11 +374,7 @@ where
             if !inner.coherent.load(Ordering::Acquire) {
                 return false;
             }
-            let generation = inner.generation.load(Ordering::Acquire);
-            let existing = inner
-                .entries
-                .get(&key)
-                .filter(|e| e.generation == generation);
+            let existing = self.live(&key);
             if !allowed(existing.as_deref()) {
                 return false;
             }
@@ -527,21 +431,14 @@ where
             if !inner.coherent.load(Ordering::Acquire) {
                 return Ok(false);
             }
-            let generation = inner.generation.load(Ordering::Acquire);
-            let old = inner
-                .entries
-                .get(&key)
-                .filter(|e| e.generation == generation);
+            let old = self.live(&key);
             let old_value = old.as_ref().and_then(|e| e.value.as_ref());
             if existing_only && old_value.is_none() {
                 return Ok(false);
             }
             let new = f(old_value)?;
             let mut fence = lock(&inner.fence);
-            let now = inner
-                .entries
-                .get(&key)
-                .filter(|e| e.generation == inner.generation.load(Ordering::Acquire));
+            let now = self.live(&key);
             let unchanged = match (&old, &now) {
                 (Some(a), Some(b)) => a.id == b.id,
                 (None, None) => true,
@@ -725,7 +622,7 @@ where
     }
 
     #[cfg(test)]
-    pub(crate) fn fence_indexed_tags(&self) -> usize {
+    pub(crate) fn indexed_tags(&self) -> usize {
         lock(&self.inner.fence).indexed_tags()
     }
 
@@ -735,10 +632,7 @@ where
 
     fn process_removals(&self) {
         let inner = &*self.inner;
-        if !inner.removals.pending.swap(false, Ordering::AcqRel) {
-            return;
-        }
-        let batch = std::mem::take(&mut *lock(&inner.removals.items));
+        let batch = inner.removals.take();
         if batch.is_empty() {
             return;
         }
@@ -768,31 +662,6 @@ where
     fn notify(&self, cause: Cause, key: Option<&K>, value: Option<&V>) {
         if let Some(callback) = &self.inner.callback {
             callback(&Change { cause, key, value });
-        }
-    }
-}
-
-enum Role<V> {
-    Leader(watch::Sender<Option<Outcome<V>>>, u64),
-    Follower(Slot<V>),
-}
-
-/// Removes the leader's flight when the leader finishes or is cancelled; its waiters then load
-/// for themselves.
-struct FlightGuard<'a, K, V>
-where
-    K: Hash + Eq,
-{
-    cache: &'a Cache<K, V>,
-    key: &'a K,
-    id: u64,
-}
-
-impl<K: Hash + Eq, V> Drop for FlightGuard<'_, K, V> {
-    fn drop(&mut self) {
-        let mut flights = lock(&self.cache.inner.flights);
-        if flights.get(self.key).is_some_and(|f| f.id == self.id) {
-            flights.remove(self.key);
         }
     }
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use moka::Expiry;
 
-use crate::cache::Entry;
+use crate::entry::Entry;
 
 /// moka's expiry policy for our entries.
 pub(crate) struct EntryExpiry {

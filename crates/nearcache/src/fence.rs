@@ -56,12 +56,11 @@ impl<K: Hash + Eq + Clone> Fence<K> {
                 .all(|t| self.tags.get(t).is_none_or(|&e| e <= ticket))
     }
 
-    /// Records a write or invalidation of `key`; returns the new epoch.
-    pub(crate) fn invalidate_key(&mut self, key: &K) -> u64 {
+    /// Records a write or invalidation of `key`.
+    pub(crate) fn invalidate_key(&mut self, key: &K) {
         self.epoch += 1;
         self.keys.insert(key.clone(), self.epoch);
         self.forget_if_full();
-        self.epoch
     }
 
     /// Records an invalidation of `tag`; returns the entries that carried it.

@@ -69,16 +69,20 @@
 
 mod cache;
 mod config;
+mod entry;
 mod expiry;
 #[cfg(test)]
 mod explore;
 mod fence;
+mod flight;
+mod removal;
 mod stats;
 
-pub use cache::{Cache, Cause, Change};
+pub use cache::Cache;
 pub use config::CacheConfig;
+pub use entry::{Cause, Change};
 pub use nearcache_store::{Fill, LoadError, Loader, Mode, Store, Tag};
-pub use stats::Stats;
+pub use stats::{Metric, Stats};
 
 #[cfg(test)]
 mod tests;

@@ -1,73 +1,90 @@
-//! Counters of a cache, kept in atomics.
+//! Counters of a cache, kept in atomics. Each counter is declared once, below: its name, its
+//! help text (also its doc) and its kind; the atomics, the snapshot and the list an exposition
+//! iterates over ([`Stats::metrics`]) are all generated from that declaration.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// A snapshot of a cache's counters since it was made.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Stats {
-    /// Lookups answered from the cache (negative entries included).
-    pub hits: u64,
-    /// Lookups the cache could not answer while coherent.
-    pub misses: u64,
-    /// Lookups made while in bypass mode (each calls its loader).
-    pub bypassed: u64,
-    /// Loader calls.
-    pub loads: u64,
-    /// Loader calls that failed.
-    pub load_errors: u64,
-    /// Callers of `get_or_store` served by another caller's load.
-    pub coalesced: u64,
-    /// Loads whose value was returned but not stored, because an invalidation or a flush
-    /// happened after their ticket (or the cache went to bypass).
-    pub discarded_fills: u64,
-    /// Calls of `invalidate` and `invalidate_tag`.
-    pub invalidations: u64,
-    /// Entries removed by invalidations.
-    pub invalidated_entries: u64,
-    /// Flushes, including those of entering bypass mode.
-    pub flushes: u64,
-    /// Entries that expired (TTL, time to idle).
-    pub expired: u64,
-    /// Entries evicted to respect the capacity.
-    pub evicted: u64,
+/// One counter of a [`Stats`] snapshot, described for an exposition such as Prometheus'.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Metric {
+    /// The counter's name, `snake_case`, without prefix or unit suffix (`hits`).
+    pub name: &'static str,
+    /// One sentence saying what it counts.
+    pub help: &'static str,
+    /// Its value in the snapshot.
+    pub value: u64,
 }
 
-#[derive(Default)]
-pub(crate) struct Counters {
-    pub(crate) hits: AtomicU64,
-    pub(crate) misses: AtomicU64,
-    pub(crate) bypassed: AtomicU64,
-    pub(crate) loads: AtomicU64,
-    pub(crate) load_errors: AtomicU64,
-    pub(crate) coalesced: AtomicU64,
-    pub(crate) discarded_fills: AtomicU64,
-    pub(crate) invalidations: AtomicU64,
-    pub(crate) invalidated_entries: AtomicU64,
-    pub(crate) flushes: AtomicU64,
-    pub(crate) expired: AtomicU64,
-    pub(crate) evicted: AtomicU64,
+macro_rules! counters {
+    ($($name:ident: $help:literal,)*) => {
+        /// A snapshot of a cache's counters since it was made. Every field is a monotonic
+        /// counter; [`Stats::metrics`] lists them with their names and help texts.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        #[non_exhaustive]
+        pub struct Stats {
+            $(
+                #[doc = $help]
+                pub $name: u64,
+            )*
+        }
+
+        #[derive(Default)]
+        pub(crate) struct Counters {
+            $(pub(crate) $name: AtomicU64,)*
+        }
+
+        impl Counters {
+            pub(crate) fn snapshot(&self) -> Stats {
+                Stats {
+                    $($name: self.$name.load(Relaxed),)*
+                }
+            }
+        }
+
+        impl Stats {
+            /// Every counter with its name and help text, in declaration order.
+            pub fn metrics(&self) -> Vec<Metric> {
+                vec![$(Metric { name: stringify!($name), help: $help, value: self.$name },)*]
+            }
+        }
+    };
+}
+
+counters! {
+    hits: "Lookups answered from the cache (negative entries included).",
+    misses: "Lookups the cache could not answer while coherent.",
+    bypassed: "Lookups made while in bypass mode (each calls its loader).",
+    loads: "Loader calls.",
+    load_errors: "Loader calls that failed.",
+    coalesced: "Callers of get_or_store served by another caller's load.",
+    discarded_fills: "Loads returned but not stored, because an invalidation or a flush happened after their ticket (or the cache went to bypass).",
+    invalidations: "Calls of invalidate and invalidate_tag.",
+    invalidated_entries: "Entries removed by invalidations.",
+    flushes: "Flushes, including those of entering bypass mode.",
+    expired: "Entries that expired (TTL, time to idle).",
+    evicted: "Entries evicted to respect the capacity.",
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
     counter.fetch_add(1, Relaxed);
 }
 
-impl Counters {
-    pub(crate) fn snapshot(&self) -> Stats {
-        Stats {
-            hits: self.hits.load(Relaxed),
-            misses: self.misses.load(Relaxed),
-            bypassed: self.bypassed.load(Relaxed),
-            loads: self.loads.load(Relaxed),
-            load_errors: self.load_errors.load(Relaxed),
-            coalesced: self.coalesced.load(Relaxed),
-            discarded_fills: self.discarded_fills.load(Relaxed),
-            invalidations: self.invalidations.load(Relaxed),
-            invalidated_entries: self.invalidated_entries.load(Relaxed),
-            flushes: self.flushes.load(Relaxed),
-            expired: self.expired.load(Relaxed),
-            evicted: self.evicted.load(Relaxed),
-        }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_counter_is_listed_once_with_its_value() {
+        let c = Counters::default();
+        bump(&c.hits);
+        bump(&c.hits);
+        bump(&c.evicted);
+        let metrics = c.snapshot().metrics();
+        assert_eq!(metrics.len(), 12);
+        let get = |name: &str| metrics.iter().find(|m| m.name == name).unwrap().value;
+        assert_eq!((get("hits"), get("evicted"), get("loads")), (2, 1, 0));
+        let mut names: Vec<&str> = metrics.iter().map(|m| m.name).collect();
+        names.dedup();
+        assert_eq!(names.len(), 12);
     }
 }

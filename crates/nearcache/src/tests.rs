@@ -614,20 +614,10 @@ async fn the_tag_index_forgets_expired_entries() {
     assert!(
         eventually(Duration::from_secs(5), || {
             c.run_pending_tasks();
-            c.inner_fence_tags() == 0
+            c.indexed_tags() == 0
         })
         .await
     );
-}
-
-impl<K, V> Cache<K, V>
-where
-    K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
-    V: Clone + Send + Sync + 'static,
-{
-    fn inner_fence_tags(&self) -> usize {
-        self.fence_indexed_tags()
-    }
 }
 
 #[derive(Debug, Clone)]

@@ -1,0 +1,96 @@
+//! Readiness and metrics of the parts the HTTP layer does not see: the cache, the listener and
+//! the database. The metrics come from the cache's and the listener's own declarations
+//! (`Stats::metrics`, `StatusSnapshot::counters` and `gauges`); nothing is listed twice.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use nearcache::{Cache, Mode};
+use nearcache_http::{CachedPrincipal, Health, Probe};
+use nearcache_listener::{ListenerState, ListenerStatus};
+use nearcache_pg::UserId;
+
+use crate::CacheMode;
+
+/// What `/healthz` and `/metrics` report beyond HTTP.
+pub(crate) struct ServerProbe {
+    mode: CacheMode,
+    cache: Option<Cache<UserId, Arc<CachedPrincipal>>>,
+    listener: Option<ListenerStatus>,
+    db_ok: Arc<AtomicBool>,
+}
+
+impl ServerProbe {
+    pub(crate) fn new(
+        mode: CacheMode,
+        cache: Option<Cache<UserId, Arc<CachedPrincipal>>>,
+        listener: Option<ListenerStatus>,
+        db_ok: Arc<AtomicBool>,
+    ) -> Self {
+        Self {
+            mode,
+            cache,
+            listener,
+            db_ok,
+        }
+    }
+}
+
+/// Appends one metric in Prometheus' text format.
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    let _ = writeln!(
+        out,
+        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+    );
+}
+
+impl Probe for ServerProbe {
+    fn health(&self) -> Health {
+        let listening = self
+            .listener
+            .as_ref()
+            .is_some_and(|l| l.snapshot().state == ListenerState::Listening);
+        let cache = match (self.mode, &self.cache) {
+            (CacheMode::Coherent, Some(c)) => c.mode().as_str(),
+            (mode, _) => mode.as_str(),
+        };
+        Health {
+            // A listening listener proves the database answers too.
+            ready: listening || self.db_ok.load(Ordering::Relaxed),
+            cache: cache.to_string(),
+            problem: self.listener.as_ref().and_then(ListenerStatus::problem),
+        }
+    }
+
+    fn render_metrics(&self, out: &mut String) {
+        if let Some(cache) = &self.cache {
+            let coherent = u64::from(cache.mode() == Mode::Coherent);
+            let help = "1 if the cache serves entries.";
+            metric(out, "nearcache_cache_coherent", "gauge", help, coherent);
+            let entries = cache.len();
+            metric(
+                out,
+                "nearcache_cache_entries",
+                "gauge",
+                "Entries in the cache.",
+                entries,
+            );
+            for m in cache.stats().metrics() {
+                let name = format!("nearcache_cache_{}_total", m.name);
+                metric(out, &name, "counter", m.help, m.value);
+            }
+        }
+        if let Some(listener) = &self.listener {
+            let s = listener.snapshot();
+            for m in s.gauges() {
+                let name = format!("nearcache_listener_{}", m.name);
+                metric(out, &name, "gauge", m.help, m.value);
+            }
+            for m in s.counters() {
+                let name = format!("nearcache_listener_{}_total", m.name);
+                metric(out, &name, "counter", m.help, m.value);
+            }
+        }
+    }
+}
