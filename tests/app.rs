@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use jsonwebtoken::{encode, EncodingKey, Header};
+use nearcache_http::Key;
 use nearcache_pg::UserId;
+use nearcache_server::{Application, Settings};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -22,28 +24,17 @@ pub struct App {
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
 
-/// Starts an instance on a free port with `--jwt-secret SECRET` and `extra` flags.
-pub async fn spawn_app(database_url: &str, extra: &[&str]) -> App {
-    let mut args = vec![
-        "nearcache-server",
-        "--database-url",
-        database_url,
-        "--jwt-secret",
-        SECRET,
-        "--listen",
-        "127.0.0.1:0",
-        "--db-timeout",
-        "1s",
-    ];
-    args.extend_from_slice(extra);
-    let settings = <nearcache_server::Config as clap::Parser>::try_parse_from(args)
-        .expect("flags parse")
-        .validate()
-        .expect("flags are valid");
+/// Starts an instance on a free port with the HS256 secret [`SECRET`], a 1 s database
+/// timeout, and whatever `configure` changes.
+pub async fn spawn_app_with(database_url: &str, configure: impl FnOnce(&mut Settings)) -> App {
+    let mut settings = Settings::new(database_url, Key::Secret(SECRET.as_bytes().to_vec()));
+    settings.db_timeout = Duration::from_secs(1);
+    configure(&mut settings);
+    let app = Application::build(settings).expect("valid settings");
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    let task = tokio::spawn(nearcache_server::run(settings, listener, async {
+    let task = tokio::spawn(app.run_until_stopped(listener, async {
         let _ = stopped.await;
     }));
     App {
@@ -55,6 +46,11 @@ pub async fn spawn_app(database_url: &str, extra: &[&str]) -> App {
         stop: Some(stop),
         task: Some(task),
     }
+}
+
+/// Starts an instance with the default settings of [`spawn_app_with`].
+pub async fn spawn_app(database_url: &str) -> App {
+    spawn_app_with(database_url, |_| {}).await
 }
 
 impl App {

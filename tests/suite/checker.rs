@@ -41,7 +41,7 @@ async fn no_read_is_stale() {
     let (_, users) = seed(&pool, 6).await;
     let mut apps = Vec::new();
     for _ in 0..3 {
-        let app = spawn_app(db.url(), &[]).await;
+        let app = spawn_app(db.url()).await;
         app.ready("coherent").await;
         apps.push(app);
     }

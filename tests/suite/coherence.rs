@@ -16,7 +16,7 @@ const BOUND: Duration = Duration::from_secs(5);
 async fn three(url: &str) -> Vec<App> {
     let mut apps = Vec::new();
     for _ in 0..3 {
-        let app = spawn_app(url, &[]).await;
+        let app = spawn_app(url).await;
         app.ready("coherent").await;
         apps.push(app);
     }

@@ -4,7 +4,8 @@
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use nearcache_tests::app::{now, spawn_app, token, SECRET};
+use nearcache_server::CacheMode;
+use nearcache_tests::app::{now, spawn_app, spawn_app_with, token, SECRET};
 use nearcache_tests::{wait_until, PrivateCluster, TestDb};
 use serde_json::json;
 
@@ -32,10 +33,10 @@ async fn the_token_battery() {
     let pool = db.pool().await;
     let (_, users) = seed(&pool, 1).await;
     let id = users[0].id;
-    let app = spawn_app(
-        db.url(),
-        &["--jwt-issuer", "issuer", "--jwt-audience", "api"],
-    )
+    let app = spawn_app_with(db.url(), |s| {
+        s.auth.issuer = Some("issuer".into());
+        s.auth.audience = Some("api".into());
+    })
     .await;
     app.ready("coherent").await;
     let good = json!({"iss": "issuer", "aud": "api"});
@@ -152,7 +153,7 @@ async fn a_user_deactivated_by_sql_gets_401_in_coherent_mode() {
     let db = TestDb::new().await;
     let pool = db.pool().await;
     let (_, users) = seed(&pool, 1).await;
-    let app = spawn_app(db.url(), &[]).await;
+    let app = spawn_app(db.url()).await;
     app.ready("coherent").await;
     let t = token(users[0].id, json!({}));
     assert_eq!(app.get("/me", Some(&t)).await.0, 200);
@@ -175,7 +176,7 @@ async fn healthz_says_why_the_cache_bypasses_when_a_table_lacks_its_triggers() {
     let db = TestDb::new().await;
     let pool = db.pool().await;
     exec(&pool, "SELECT nearcache_detach('organizations')").await;
-    let app = spawn_app(db.url(), &[]).await;
+    let app = spawn_app(db.url()).await;
     wait_until(Duration::from_secs(10), "a problem on /healthz", || async {
         app.get("/healthz", None).await.1["problem"].is_string()
     })
@@ -195,7 +196,7 @@ async fn patch_me_is_seen_by_the_next_get_at_once() {
     let db = TestDb::new().await;
     let pool = db.pool().await;
     let (_, users) = seed(&pool, 2).await;
-    let app = spawn_app(db.url(), &[]).await;
+    let app = spawn_app(db.url()).await;
     app.ready("coherent").await;
     let t = token(users[0].id, json!({}));
     assert_eq!(app.get("/me", Some(&t)).await.1["user"]["name"], "User 0");
@@ -220,8 +221,12 @@ async fn every_cache_mode_serves_the_same_answers() {
     let pool = db.pool().await;
     let (org, users) = seed(&pool, 1).await;
     let t = token(users[0].id, json!({}));
-    for mode in ["coherent", "ttl", "off"] {
-        let app = spawn_app(db.url(), &["--cache", mode]).await;
+    for (mode, cache) in [
+        ("coherent", CacheMode::Coherent),
+        ("ttl", CacheMode::Ttl),
+        ("off", CacheMode::Off),
+    ] {
+        let app = spawn_app_with(db.url(), |s| s.cache = cache).await;
         app.ready(mode).await;
         let (status, body) = app.get("/me/organization", Some(&t)).await;
         assert_eq!(
@@ -267,7 +272,7 @@ async fn starts_without_a_database_and_recovers_by_itself() {
         token(users[0].id, json!({}))
     };
     cluster.cluster().down().unwrap();
-    let app = spawn_app(db.url(), &[]).await;
+    let app = spawn_app(db.url()).await;
     let (status, body) = app.get("/healthz", None).await;
     assert_eq!((status, body["cache"].as_str()), (503, Some("bypass")));
     let start = Instant::now();
@@ -286,7 +291,7 @@ async fn starts_without_a_database_and_recovers_by_itself() {
 #[tokio::test]
 async fn shutdown_drains_and_stops_everything() {
     let db = TestDb::new().await;
-    let app = spawn_app(db.url(), &[]).await;
+    let app = spawn_app(db.url()).await;
     app.ready("coherent").await;
     let addr = app.addr;
     let started = Instant::now();

@@ -70,6 +70,8 @@ pub struct Authenticator {
     key: DecodingKey,
     validation: Validation,
     verified: Box<[Shard]>,
+    /// The wall clock, except in tests that move time.
+    clock: Clock,
 }
 
 /// Verified tokens, by the whole token.
@@ -106,6 +108,44 @@ fn now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// The clock remembered tokens are checked against: seconds since the epoch.
+type Clock = fn() -> u64;
+
+/// Why a request was not authenticated. Clients get the same 401 whatever it is; this is for
+/// the log, and for code that wants to count reasons.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// No `Authorization` header.
+    #[error("no authorization header")]
+    MissingHeader,
+    /// The header is not `Bearer <token>` in text.
+    #[error("authorization is not `Bearer <token>`")]
+    NotBearer,
+    /// The token's `exp` has passed.
+    #[error("invalid token: expired")]
+    Expired,
+    /// The token's `nbf` has not come yet.
+    #[error("invalid token: not yet valid")]
+    NotYetValid,
+    /// The token does not verify: signature, algorithm, issuer, audience, shape.
+    #[error("invalid token: {0}")]
+    Invalid(String),
+    /// The token's `sub` is not a user id.
+    #[error("sub is not a user id")]
+    SubNotUserId,
+}
+
+impl From<jsonwebtoken::errors::Error> for AuthError {
+    fn from(e: jsonwebtoken::errors::Error) -> Self {
+        use jsonwebtoken::errors::ErrorKind;
+        match e.kind() {
+            ErrorKind::ExpiredSignature => Self::Expired,
+            ErrorKind::ImmatureSignature => Self::NotYetValid,
+            _ => Self::Invalid(e.to_string()),
+        }
+    }
 }
 
 impl Authenticator {
@@ -151,21 +191,20 @@ impl Authenticator {
             key,
             validation,
             verified: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            clock: now,
         })
     }
 
     /// The user named by an `Authorization: Bearer <jwt>` header value.
     ///
     /// # Errors
-    /// A reason, for the log only: clients get one 401 whatever it is.
-    pub fn verify(&self, authorization: Option<&[u8]>) -> Result<UserId, String> {
-        let header = authorization.ok_or("no authorization header")?;
-        let header = std::str::from_utf8(header).map_err(|_| "authorization is not text")?;
-        let (scheme, token) = header
-            .split_once(' ')
-            .ok_or("authorization is not `Bearer <token>`")?;
+    /// [`AuthError`], for the log only: clients get one 401 whatever it is.
+    pub fn verify(&self, authorization: Option<&[u8]>) -> Result<UserId, AuthError> {
+        let header = authorization.ok_or(AuthError::MissingHeader)?;
+        let header = std::str::from_utf8(header).map_err(|_| AuthError::NotBearer)?;
+        let (scheme, token) = header.split_once(' ').ok_or(AuthError::NotBearer)?;
         if !scheme.eq_ignore_ascii_case("bearer") {
-            return Err("authorization scheme is not Bearer".into());
+            return Err(AuthError::NotBearer);
         }
         let token = token.trim();
         let shard = &self.verified[shard_of(token)];
@@ -176,22 +215,21 @@ impl Authenticator {
             .copied();
         if let Some(v) = remembered {
             // The same time checks jsonwebtoken makes, with the same leeway.
-            let (now, leeway) = (now(), self.validation.leeway);
+            let (now, leeway) = ((self.clock)(), self.validation.leeway);
             if now.saturating_sub(leeway) >= v.exp {
-                return Err("invalid token: expired".into());
+                return Err(AuthError::Expired);
             }
             if v.nbf.is_some_and(|nbf| nbf > now + leeway) {
-                return Err("invalid token: not yet valid".into());
+                return Err(AuthError::NotYetValid);
             }
             return Ok(v.user);
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
-            .map_err(|e| format!("invalid token: {e}"))?;
+        let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)?;
         let user: UserId = data
             .claims
             .sub
             .parse()
-            .map_err(|_| String::from("sub is not a user id"))?;
+            .map_err(|_| AuthError::SubNotUserId)?;
         let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
         if shard.len() >= SHARD_CAPACITY {
             shard.clear();
@@ -242,19 +280,19 @@ mod tests {
     fn a_remembered_token_still_expires() {
         let a = auth();
         let user = UserId::new(uuid::Uuid::new_v4());
-        let exp = now() + 2;
-        let t = token(json!({"sub": user.to_string(), "exp": exp}), b"s");
+        let t = token(json!({"sub": user.to_string(), "exp": now() + 2}), b"s");
         let header = format!("Bearer {t}");
         assert_eq!(a.verify(Some(header.as_bytes())), Ok(user));
         assert_eq!(a.verify(Some(header.as_bytes())), Ok(user), "from memory");
-        // Wait for the wall clock to pass exp; the memory must not outlive the token.
-        while now() < exp {
-            std::thread::sleep(std::time::Duration::from_millis(100));
+        // The clock passes exp: the memory must not outlive the token.
+        fn after_exp() -> u64 {
+            now() + 3
         }
-        assert!(a
-            .verify(Some(header.as_bytes()))
-            .unwrap_err()
-            .contains("expired"));
+        let a = Authenticator {
+            clock: after_exp,
+            ..a
+        };
+        assert_eq!(a.verify(Some(header.as_bytes())), Err(AuthError::Expired));
     }
 
     #[test]

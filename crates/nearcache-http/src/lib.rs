@@ -23,10 +23,10 @@ mod metrics;
 mod routes;
 mod server;
 
-pub use auth::{AuthConfig, AuthConfigError, Authenticator, Key};
+pub use auth::{AuthConfig, AuthConfigError, AuthError, Authenticator, Key};
 pub use error::ApiError;
 pub use metrics::Metrics;
-pub use routes::{handle, AppState, CachedPrincipal, Health, PrincipalStore, Probe};
+pub use routes::{handle, AppState, CacheState, CachedPrincipal, Health, PrincipalStore, Probe};
 pub use server::{serve, ServeConfig};
 
 #[cfg(test)]

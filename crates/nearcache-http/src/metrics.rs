@@ -4,15 +4,8 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-/// The routes, as labels.
-pub(crate) const ROUTES: [&str; 6] = [
-    "/healthz",
-    "/metrics",
-    "GET /me",
-    "PATCH /me",
-    "/me/organization",
-    "other",
-];
+use crate::routes::Route;
+
 const STATUSES: [u16; 11] = [200, 400, 401, 404, 405, 409, 413, 415, 500, 503, 0];
 const BUCKETS: [f64; 12] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
@@ -28,8 +21,8 @@ struct Histogram {
 /// Requests by route and status, and a latency histogram per route; lock-free.
 #[derive(Default)]
 pub struct Metrics {
-    requests: [[AtomicU64; STATUSES.len()]; ROUTES.len()],
-    latency: [Histogram; ROUTES.len()],
+    requests: [[AtomicU64; STATUSES.len()]; Route::ALL.len()],
+    latency: [Histogram; Route::ALL.len()],
 }
 
 impl std::fmt::Debug for Metrics {
@@ -39,7 +32,8 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn record(&self, route: usize, status: u16, elapsed: Duration) {
+    pub(crate) fn record(&self, route: Route, status: u16, elapsed: Duration) {
+        let route = route as usize;
         let s = STATUSES
             .iter()
             .position(|&x| x == status)
@@ -61,7 +55,7 @@ impl Metrics {
     pub fn render(&self, out: &mut String) {
         out.push_str("# HELP nearcache_http_requests_total Requests by route and status.\n");
         out.push_str("# TYPE nearcache_http_requests_total counter\n");
-        for (r, route) in ROUTES.iter().enumerate() {
+        for (r, route) in Route::ALL.iter().map(|r| r.label()).enumerate() {
             for (s, status) in STATUSES.iter().enumerate() {
                 let n = self.requests[r][s].load(Relaxed);
                 if n > 0 {
@@ -79,7 +73,7 @@ impl Metrics {
         }
         out.push_str("# HELP nearcache_http_request_duration_seconds Request latency.\n");
         out.push_str("# TYPE nearcache_http_request_duration_seconds histogram\n");
-        for (r, route) in ROUTES.iter().enumerate() {
+        for (r, route) in Route::ALL.iter().map(|r| r.label()).enumerate() {
             let h = &self.latency[r];
             let count = h.count.load(Relaxed);
             if count == 0 {
@@ -117,10 +111,10 @@ mod tests {
     #[test]
     fn renders_counts_and_cumulative_buckets() {
         let m = Metrics::default();
-        m.record(2, 200, Duration::from_micros(80));
-        m.record(2, 200, Duration::from_millis(3));
-        m.record(2, 401, Duration::from_micros(50));
-        m.record(5, 418, Duration::from_micros(50));
+        m.record(Route::GetMe, 200, Duration::from_micros(80));
+        m.record(Route::GetMe, 200, Duration::from_millis(3));
+        m.record(Route::GetMe, 401, Duration::from_micros(50));
+        m.record(Route::Other, 418, Duration::from_micros(50));
         let mut out = String::new();
         m.render(&mut out);
         assert!(out.contains("nearcache_http_requests_total{route=\"GET /me\",status=\"200\"} 2\n"));

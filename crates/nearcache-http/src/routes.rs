@@ -45,13 +45,40 @@ impl CachedPrincipal {
     }
 }
 
+/// What the cache is doing, as `/healthz` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheState {
+    /// Kept coherent by invalidations, and serving.
+    Coherent,
+    /// Kept coherent by invalidations, but not serving: the source of invalidations cannot be
+    /// trusted right now.
+    Bypass,
+    /// Serving until the TTL, with no invalidations (one instance only).
+    Ttl,
+    /// No cache: every request loads.
+    Off,
+}
+
+impl CacheState {
+    /// Its name on `/healthz`: `coherent`, `bypass`, `ttl` or `off`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Coherent => "coherent",
+            Self::Bypass => "bypass",
+            Self::Ttl => "ttl",
+            Self::Off => "off",
+        }
+    }
+}
+
 /// Readiness as `/healthz` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Health {
     /// Whether the service can answer requests (the database is reachable).
     pub ready: bool,
-    /// The cache's state: `coherent`, `bypass`, `ttl` or `off`.
-    pub cache: String,
+    /// The cache's state.
+    pub cache: CacheState,
     /// Why the cache bypasses, when the reason is one an operator must fix (the database's
     /// triggers are missing or wrong); `None` otherwise.
     pub problem: Option<String>,
@@ -147,6 +174,42 @@ impl AppState {
     }
 }
 
+/// A route, as the metrics label it. The discriminant indexes the metrics' arrays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    Healthz,
+    Metrics,
+    GetMe,
+    PatchMe,
+    GetOrganization,
+    /// Unknown paths and methods.
+    Other,
+}
+
+impl Route {
+    /// Every route, in discriminant order.
+    pub(crate) const ALL: [Route; 6] = [
+        Route::Healthz,
+        Route::Metrics,
+        Route::GetMe,
+        Route::PatchMe,
+        Route::GetOrganization,
+        Route::Other,
+    ];
+
+    /// Its label in the metrics.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Route::Healthz => "/healthz",
+            Route::Metrics => "/metrics",
+            Route::GetMe => "GET /me",
+            Route::PatchMe => "PATCH /me",
+            Route::GetOrganization => "/me/organization",
+            Route::Other => "other",
+        }
+    }
+}
+
 /// Answers one request. Never fails: errors become JSON error responses.
 pub async fn handle<B>(state: &AppState, req: Request<B>) -> Response<Full<Bytes>>
 where
@@ -166,22 +229,24 @@ where
 async fn route<B>(
     state: &AppState,
     req: Request<B>,
-) -> (usize, Result<Response<Full<Bytes>>, ApiError>)
+) -> (Route, Result<Response<Full<Bytes>>, ApiError>)
 where
     B: Body<Data = Bytes>,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
     let method = req.method().clone();
     match (req.uri().path(), method) {
-        ("/healthz", Method::GET) => (0, Ok(healthz(state))),
-        ("/metrics", Method::GET) => (1, Ok(metrics(state))),
-        ("/me", Method::GET) => (2, get_me(state, req).await),
-        ("/me", Method::PATCH) => (3, patch_me(state, req).await),
-        ("/me/organization", Method::GET) => (4, get_organization(state, req).await),
-        ("/healthz" | "/metrics" | "/me" | "/me/organization", _) => {
-            (5, Err(ApiError::MethodNotAllowed))
+        ("/healthz", Method::GET) => (Route::Healthz, Ok(healthz(state))),
+        ("/metrics", Method::GET) => (Route::Metrics, Ok(metrics(state))),
+        ("/me", Method::GET) => (Route::GetMe, get_me(state, req).await),
+        ("/me", Method::PATCH) => (Route::PatchMe, patch_me(state, req).await),
+        ("/me/organization", Method::GET) => {
+            (Route::GetOrganization, get_organization(state, req).await)
         }
-        _ => (5, Err(ApiError::NotFound)),
+        ("/healthz" | "/metrics" | "/me" | "/me/organization", _) => {
+            (Route::Other, Err(ApiError::MethodNotAllowed))
+        }
+        _ => (Route::Other, Err(ApiError::NotFound)),
     }
 }
 
@@ -192,7 +257,7 @@ fn healthz(state: &AppState) -> Response<Full<Bytes>> {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
     };
-    let mut body = serde_json::json!({"status": word, "cache": health.cache});
+    let mut body = serde_json::json!({"status": word, "cache": health.cache.as_str()});
     if let Some(problem) = health.problem {
         body["problem"] = problem.into();
     }

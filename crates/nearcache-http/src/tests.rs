@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::CacheState;
 use crate::{handle, AppState, AuthConfig, Authenticator, CachedPrincipal, Health, Key, Probe};
 
 const SECRET: &[u8] = b"test-secret";
@@ -23,7 +24,7 @@ impl Probe for Ready {
     fn health(&self) -> Health {
         Health {
             ready: self.0,
-            cache: "off".into(),
+            cache: CacheState::Off,
             problem: None,
         }
     }

@@ -100,7 +100,11 @@ impl ListenerConfig {
         &self.tables
     }
 
-    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+    /// Checks what [`run`](crate::run) needs: positive heartbeat timings.
+    ///
+    /// # Errors
+    /// [`ConfigError::Heartbeat`] when either is zero.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.heartbeat_interval.is_zero() || self.heartbeat_timeout.is_zero() {
             return Err(ConfigError::Heartbeat);
         }

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use nearcache_http::{AuthConfig, Authenticator, Key};
+use nearcache_http::{AuthConfig, Key};
 
 /// How principals are cached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -117,14 +117,19 @@ pub enum ConfigError {
     /// A bad listen address.
     #[error("--listen {0:?} is not an address like 127.0.0.1:8080")]
     Listen(String),
+    /// The database URL does not parse.
+    #[error("invalid database url: {0}")]
+    DatabaseUrl(String),
 }
 
-/// A validated configuration.
+/// What an instance runs with. Build it from flags ([`Config::into_settings`]) or in code
+/// ([`Settings::new`], then change the public fields); [`Application::build`](crate::Application::build)
+/// checks it, in one place.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Postgres URL.
     pub database_url: String,
-    /// Address to listen on.
+    /// Address to listen on (the binary binds it; tests bind their own).
     pub listen: std::net::SocketAddr,
     /// Cache mode.
     pub cache: CacheMode,
@@ -138,21 +143,44 @@ pub struct Settings {
     pub heartbeat_interval: Duration,
     /// Heartbeat timeout.
     pub heartbeat_timeout: Duration,
-    /// Channel.
+    /// Notification channel.
     pub channel: String,
     /// Pool size.
     pub db_pool_size: u32,
     /// Pool acquire timeout.
     pub db_timeout: Duration,
-    auth: AuthConfig,
+    /// How tokens are verified.
+    pub auth: AuthConfig,
+}
+
+impl Settings {
+    /// The flags' defaults, for the database at `database_url` and tokens verified with `key`.
+    pub fn new(database_url: impl Into<String>, key: Key) -> Self {
+        Self {
+            database_url: database_url.into(),
+            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
+            cache: CacheMode::Coherent,
+            cache_ttl: Duration::from_secs(300),
+            cache_tti: None,
+            cache_capacity: 100_000,
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(3),
+            channel: "nearcache".into(),
+            db_pool_size: 16,
+            db_timeout: Duration::from_secs(2),
+            auth: AuthConfig::new(key),
+        }
+    }
 }
 
 impl Config {
-    /// Checks everything that can be checked without the database.
+    /// The settings these flags describe: reads the key file and parses the address. The rest
+    /// is checked by [`Application::build`](crate::Application::build).
     ///
     /// # Errors
-    /// [`ConfigError`] naming the first problem.
-    pub fn validate(self) -> Result<Settings, ConfigError> {
+    /// [`ConfigError`] when the key is missing, given twice or unreadable, or the address is
+    /// not one.
+    pub fn into_settings(self) -> Result<Settings, ConfigError> {
         let key = match (self.jwt_secret, self.jwt_public_key) {
             (Some(secret), None) => Key::Secret(secret.into_bytes()),
             (None, Some(pem)) if pem.trim_start().starts_with("-----BEGIN") => {
@@ -166,56 +194,25 @@ impl Config {
             }
             _ => return Err(ConfigError::JwtKey),
         };
-        let auth = AuthConfig {
-            key,
-            issuer: self.jwt_issuer,
-            audience: self.jwt_audience,
-            leeway_secs: self.jwt_leeway.as_secs(),
-        };
-        // Fail now, not at the first request.
-        Authenticator::new(&auth)?;
-        if self.cache_ttl.is_zero() || self.cache_tti.is_some_and(|d| d.is_zero()) {
-            return Err(ConfigError::Timing(
-                "--cache-ttl and --cache-tti must be positive",
-            ));
-        }
-        if self.heartbeat_interval.is_zero() || self.heartbeat_timeout.is_zero() {
-            return Err(ConfigError::Timing(
-                "--heartbeat-interval and --heartbeat-timeout must be positive",
-            ));
-        }
-        if self.db_timeout.is_zero() || self.db_pool_size == 0 {
-            return Err(ConfigError::Timing(
-                "--db-timeout and --db-pool-size must be positive",
-            ));
-        }
-        // Validate the channel with the listener's own rules.
-        nearcache_listener::ListenerConfig::new("postgres://localhost/x")?
-            .with_channel(&self.channel)?;
         let listen = self
             .listen
             .parse()
             .map_err(|_| ConfigError::Listen(self.listen.clone()))?;
-        Ok(Settings {
-            database_url: self.database_url,
-            listen,
-            cache: self.cache,
-            cache_ttl: self.cache_ttl,
-            cache_tti: self.cache_tti,
-            cache_capacity: self.cache_capacity,
-            heartbeat_interval: self.heartbeat_interval,
-            heartbeat_timeout: self.heartbeat_timeout,
-            channel: self.channel,
-            db_pool_size: self.db_pool_size,
-            db_timeout: self.db_timeout,
-            auth,
-        })
-    }
-}
-
-impl Settings {
-    pub(crate) fn authenticator(&self) -> Result<Authenticator, ConfigError> {
-        Ok(Authenticator::new(&self.auth)?)
+        let mut settings = Settings::new(self.database_url, key);
+        settings.auth.issuer = self.jwt_issuer;
+        settings.auth.audience = self.jwt_audience;
+        settings.auth.leeway_secs = self.jwt_leeway.as_secs();
+        settings.listen = listen;
+        settings.cache = self.cache;
+        settings.cache_ttl = self.cache_ttl;
+        settings.cache_tti = self.cache_tti;
+        settings.cache_capacity = self.cache_capacity;
+        settings.heartbeat_interval = self.heartbeat_interval;
+        settings.heartbeat_timeout = self.heartbeat_timeout;
+        settings.channel = self.channel;
+        settings.db_pool_size = self.db_pool_size;
+        settings.db_timeout = self.db_timeout;
+        Ok(settings)
     }
 }
 
@@ -230,10 +227,12 @@ mod tests {
             "postgres://localhost/db",
         ];
         all.extend_from_slice(args);
-        Config::try_parse_from(all)
+        let settings = Config::try_parse_from(all)
             .map_err(|e| e.to_string())?
-            .validate()
-            .map_err(|e| e.to_string())
+            .into_settings()
+            .map_err(|e| e.to_string())?;
+        crate::Application::build(settings.clone()).map_err(|e| e.to_string())?;
+        Ok(settings)
     }
 
     #[test]
@@ -243,6 +242,23 @@ mod tests {
         assert_eq!(s.listen.to_string(), "127.0.0.1:8080");
         assert_eq!(s.channel, "nearcache");
         assert_eq!(s.cache_ttl, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn settings_made_in_code_are_checked_like_flags() {
+        for mode in [CacheMode::Coherent, CacheMode::Off] {
+            let mut s = Settings::new("not a url", Key::Secret(b"s".to_vec()));
+            s.cache = mode;
+            let err = crate::Application::build(s).unwrap_err().to_string();
+            assert!(err.contains("invalid database url"), "{mode:?}: {err}");
+        }
+        let mut s = Settings::new("postgres://localhost/db", Key::Secret(Vec::new()));
+        assert!(
+            crate::Application::build(s.clone()).is_err(),
+            "an empty secret"
+        );
+        s.auth = AuthConfig::new(Key::Secret(b"s".to_vec()));
+        assert!(crate::Application::build(s).is_ok());
     }
 
     #[test]
@@ -258,7 +274,7 @@ mod tests {
 
     #[test]
     fn bad_configurations_are_refused_with_one_clear_line() {
-        let cases: [(&[&str], &str); 6] = [
+        let cases: [(&[&str], &str); 7] = [
             (&[], "give exactly one of --jwt-secret"),
             (
                 &["--jwt-secret", "s", "--jwt-public-key", "k"],
@@ -282,6 +298,10 @@ mod tests {
             (
                 &["--jwt-secret", "s", "--channel", "Bad-Name"],
                 "invalid channel",
+            ),
+            (
+                &["--jwt-secret", "s", "--heartbeat-timeout", "0s"],
+                "must be positive",
             ),
         ];
         for (args, want) in cases {

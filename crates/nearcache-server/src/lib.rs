@@ -1,6 +1,10 @@
 //! The reference service: configuration, composition of cache, repository, listener and HTTP
-//! layer, and graceful shutdown. `main.rs` adds only signals and telemetry, so that tests can
-//! run whole instances in-process on a port of their own with [`run`].
+//! layer, and graceful shutdown. `main.rs` adds only flags, signals and telemetry.
+//!
+//! Build separate from run: [`Application::build`] checks [`Settings`] (made from flags or in
+//! code) and composes the parts without I/O; [`Application::run_until_stopped`] serves on a
+//! bound listener until a shutdown future completes. Tests run whole instances in-process on a
+//! port of their own this way, without argv.
 //!
 //! Nothing depends on this crate but its binary and the cross-crate tests.
 
@@ -9,18 +13,20 @@ mod handler;
 mod probe;
 
 use std::future::Future;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use nearcache::{Cache, CacheConfig, Mode};
-use nearcache_http::{AppState, PrincipalStore, ServeConfig};
+use nearcache_http::{AppState, Authenticator, CachedPrincipal, PrincipalStore, ServeConfig};
 use nearcache_listener::{ListenerConfig, ListenerStatus};
-use nearcache_pg::PgUserRepo;
+use nearcache_pg::{PgUserRepo, UserId};
 use nearcache_store::PassThrough;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{CacheMode, Config, ConfigError, Settings};
@@ -30,115 +36,179 @@ use probe::ServerProbe;
 /// How long background tasks get to stop after the HTTP server has drained.
 const TASK_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Runs one instance on `listener` until `shutdown` completes, then drains connections, stops
-/// the listener and the database probe, and returns.
-///
-/// The instance starts even while the database is down: `/healthz` says 503 until the
-/// database answers, and requests that need it get 503.
-///
-/// # Errors
-/// When the database URL is unusable.
-pub async fn run(
+/// An instance, composed and checked, not yet running.
+pub struct Application {
     settings: Settings,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let pool = PgPoolOptions::new()
-        .max_connections(settings.db_pool_size)
-        .acquire_timeout(settings.db_timeout)
-        .connect_lazy(&settings.database_url)
-        .context("invalid database url")?;
-    let repo = Arc::new(PgUserRepo::new(pool.clone()));
-    let stop = CancellationToken::new();
-    let mut tasks = Vec::new();
+    database: PgConnectOptions,
+    authenticator: Authenticator,
+    cache: Option<Cache<UserId, Arc<CachedPrincipal>>>,
+    listener: Option<ListenerConfig>,
+}
 
-    let cache = match settings.cache {
-        CacheMode::Off => None,
-        mode => Some(Cache::new(CacheConfig {
-            capacity: settings.cache_capacity,
-            ttl: settings.cache_ttl,
-            tti: settings.cache_tti,
-            // With a listener, nothing is served until LISTEN is in place.
-            initial_mode: if mode == CacheMode::Coherent {
-                Mode::Bypass
-            } else {
-                Mode::Coherent
-            },
-            ..CacheConfig::default()
-        })),
-    };
-    let store: PrincipalStore = match &cache {
-        Some(c) => Arc::new(c.clone()),
-        None => Arc::new(PassThrough::new()),
-    };
+impl std::fmt::Debug for Application {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Application")
+            .field("cache", &self.settings.cache)
+            .finish_non_exhaustive()
+    }
+}
 
-    let listener_status = match (&cache, settings.cache) {
-        (Some(c), CacheMode::Coherent) => {
-            let mut lc = ListenerConfig::new(&settings.database_url)?
-                .with_channel(&settings.channel)?
-                .with_tables(handler::TABLES);
-            lc.heartbeat_interval = settings.heartbeat_interval;
-            lc.heartbeat_timeout = settings.heartbeat_timeout;
-            let status = ListenerStatus::default();
-            let handler = Arc::new(CacheHandler::new(c.clone()));
-            let token = stop.clone();
-            tasks.push((
-                "listener",
-                tokio::spawn(nearcache_listener::run(
-                    lc,
-                    handler,
-                    status.clone(),
-                    async move { token.cancelled().await },
-                )),
+impl Application {
+    /// Checks `settings` and composes the parts. Does no I/O and needs no runtime.
+    ///
+    /// # Errors
+    /// [`ConfigError`] for anything that cannot work: an unusable key, a database URL that
+    /// does not parse, zero timings, a bad channel.
+    pub fn build(settings: Settings) -> Result<Self, ConfigError> {
+        let authenticator = Authenticator::new(&settings.auth)?;
+        let database = PgConnectOptions::from_str(&settings.database_url)
+            .map_err(|e| ConfigError::DatabaseUrl(e.to_string()))?;
+        if settings.cache_ttl.is_zero() || settings.cache_tti.is_some_and(|d| d.is_zero()) {
+            return Err(ConfigError::Timing(
+                "--cache-ttl and --cache-tti must be positive",
             ));
-            Some(status)
         }
-        _ => None,
-    };
-
-    // Readiness: whether the database answers, checked every second.
-    let db_ok = Arc::new(AtomicBool::new(false));
-    {
-        let (pool, db_ok, token) = (pool.clone(), db_ok.clone(), stop.clone());
-        let timeout = settings.db_timeout;
-        tasks.push((
-            "database probe",
-            tokio::spawn(async move {
-                loop {
-                    let ping =
-                        tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&pool));
-                    let ok = matches!(ping.await, Ok(Ok(_)));
-                    if db_ok.swap(ok, Ordering::Relaxed) != ok {
-                        if ok {
-                            tracing::info!("database reachable: ready");
-                        } else {
-                            tracing::warn!("database unreachable: not ready");
-                        }
-                    }
-                    tokio::select! {
-                        () = token.cancelled() => return,
-                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                    }
-                }
-            }),
-        ));
+        if settings.db_timeout.is_zero() || settings.db_pool_size == 0 {
+            return Err(ConfigError::Timing(
+                "--db-timeout and --db-pool-size must be positive",
+            ));
+        }
+        // The listener's own rules check the channel and the heartbeat, whatever the mode.
+        let mut listener = ListenerConfig::new(&settings.database_url)?
+            .with_channel(&settings.channel)?
+            .with_tables(handler::TABLES);
+        listener.heartbeat_interval = settings.heartbeat_interval;
+        listener.heartbeat_timeout = settings.heartbeat_timeout;
+        listener.validate().map_err(|_| {
+            ConfigError::Timing("--heartbeat-interval and --heartbeat-timeout must be positive")
+        })?;
+        let cache = match settings.cache {
+            CacheMode::Off => None,
+            mode => Some(Cache::new(CacheConfig {
+                capacity: settings.cache_capacity,
+                ttl: settings.cache_ttl,
+                tti: settings.cache_tti,
+                // With a listener, nothing is served until LISTEN is in place.
+                initial_mode: if mode == CacheMode::Coherent {
+                    Mode::Bypass
+                } else {
+                    Mode::Coherent
+                },
+                ..CacheConfig::default()
+            })),
+        };
+        Ok(Self {
+            listener: (settings.cache == CacheMode::Coherent).then_some(listener),
+            settings,
+            database,
+            authenticator,
+            cache,
+        })
     }
 
-    let probe = Arc::new(ServerProbe::new(
-        settings.cache,
-        cache.clone(),
-        listener_status,
-        db_ok,
-    ));
-    let state = AppState::new(store, repo, settings.authenticator()?, probe);
-    tracing::info!(
-        addr = %listener.local_addr()?,
-        cache = settings.cache.as_str(),
-        "serving"
-    );
-    let drained = nearcache_http::serve(listener, state, ServeConfig::default(), shutdown).await;
+    /// Serves on `listener` until `shutdown` completes, then drains connections, stops the
+    /// invalidation listener and the database probe, and returns.
+    ///
+    /// The instance starts even while the database is down: `/healthz` says 503 until the
+    /// database answers, and requests that need it get 503.
+    ///
+    /// # Errors
+    /// When the listener's address cannot be read.
+    pub async fn run_until_stopped(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let Self {
+            settings,
+            database,
+            authenticator,
+            cache,
+            listener: listener_config,
+        } = self;
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.db_pool_size)
+            .acquire_timeout(settings.db_timeout)
+            .connect_lazy_with(database);
+        let stop = CancellationToken::new();
+        let mut tasks = Vec::new();
 
-    stop.cancel();
+        let listener_status = match (&cache, listener_config) {
+            (Some(c), Some(config)) => {
+                let status = ListenerStatus::default();
+                let handler = Arc::new(CacheHandler::new(c.clone()));
+                let token = stop.clone();
+                let task = nearcache_listener::run(config, handler, status.clone(), async move {
+                    token.cancelled().await;
+                });
+                tasks.push(("listener", tokio::spawn(task)));
+                Some(status)
+            }
+            _ => None,
+        };
+        let db_ok = Arc::new(AtomicBool::new(false));
+        tasks.push((
+            "database probe",
+            spawn_database_probe(pool.clone(), db_ok.clone(), settings.db_timeout, &stop),
+        ));
+
+        let store: PrincipalStore = match &cache {
+            Some(c) => Arc::new(c.clone()),
+            None => Arc::new(PassThrough::new()),
+        };
+        let probe = Arc::new(ServerProbe::new(
+            settings.cache,
+            cache,
+            listener_status,
+            db_ok,
+        ));
+        let repo = Arc::new(PgUserRepo::new(pool.clone()));
+        let state = AppState::new(store, repo, authenticator, probe);
+        tracing::info!(
+            addr = %listener.local_addr()?,
+            cache = settings.cache.as_str(),
+            "serving"
+        );
+        let drained =
+            nearcache_http::serve(listener, state, ServeConfig::default(), shutdown).await;
+
+        stop.cancel();
+        stop_tasks(tasks).await;
+        pool.close().await;
+        tracing::info!(all_connections_drained = drained, "shut down");
+        Ok(())
+    }
+}
+
+/// Readiness: whether the database answers, checked every second until `stop`.
+fn spawn_database_probe(
+    pool: PgPool,
+    db_ok: Arc<AtomicBool>,
+    timeout: Duration,
+    stop: &CancellationToken,
+) -> JoinHandle<()> {
+    let stop = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            let ping = tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&pool));
+            let ok = matches!(ping.await, Ok(Ok(_)));
+            if db_ok.swap(ok, Ordering::Relaxed) != ok {
+                if ok {
+                    tracing::info!("database reachable: ready");
+                } else {
+                    tracing::warn!("database unreachable: not ready");
+                }
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    })
+}
+
+/// Waits for each background task to end, and logs how it did.
+async fn stop_tasks(tasks: Vec<(&'static str, JoinHandle<()>)>) {
     for (name, task) in tasks {
         match tokio::time::timeout(TASK_STOP_TIMEOUT, task).await {
             Ok(Ok(())) => tracing::info!(task = name, "stopped"),
@@ -146,7 +216,4 @@ pub async fn run(
             Err(_) => tracing::warn!(task = name, "did not stop within {TASK_STOP_TIMEOUT:?}"),
         }
     }
-    pool.close().await;
-    tracing::info!(all_connections_drained = drained, "shut down");
-    Ok(())
 }

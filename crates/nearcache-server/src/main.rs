@@ -3,13 +3,16 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use nearcache_server::{run, Config};
+use nearcache_server::{Application, Config};
 use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     // clap itself exits with status 2 on unparsable flags; so do we on invalid ones.
-    let settings = match Config::parse().validate() {
-        Ok(s) => s,
+    let built = Config::parse()
+        .into_settings()
+        .and_then(|settings| Ok((settings.listen, Application::build(settings)?)));
+    let (addr, app) = match built {
+        Ok(built) => built,
         Err(e) => {
             eprintln!("nearcache-server: {e}");
             return ExitCode::from(2);
@@ -29,10 +32,10 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind(settings.listen)
+        let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", settings.listen))?;
-        run(settings, listener, shutdown_signal()).await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+        app.run_until_stopped(listener, shutdown_signal()).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use nearcache::{Cache, Mode};
-use nearcache_http::{CachedPrincipal, Health, Probe};
+use nearcache_http::{CacheState, CachedPrincipal, Health, Probe};
 use nearcache_listener::{ListenerState, ListenerStatus};
 use nearcache_pg::UserId;
 
@@ -52,13 +52,15 @@ impl Probe for ServerProbe {
             .as_ref()
             .is_some_and(|l| l.snapshot().state == ListenerState::Listening);
         let cache = match (self.mode, &self.cache) {
-            (CacheMode::Coherent, Some(c)) => c.mode().as_str(),
-            (mode, _) => mode.as_str(),
+            (CacheMode::Coherent, Some(c)) if c.mode() == Mode::Coherent => CacheState::Coherent,
+            (CacheMode::Coherent, _) => CacheState::Bypass,
+            (CacheMode::Ttl, _) => CacheState::Ttl,
+            (CacheMode::Off, _) => CacheState::Off,
         };
         Health {
             // A listening listener proves the database answers too.
             ready: listening || self.db_ok.load(Ordering::Relaxed),
-            cache: cache.to_string(),
+            cache,
             problem: self.listener.as_ref().and_then(ListenerStatus::problem),
         }
     }
