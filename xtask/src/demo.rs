@@ -5,7 +5,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use serde_json::json;
 
-use crate::seed::{self, Instance};
+use crate::instance::{self, Instance};
+use crate::seed;
 
 /// Options of the demo.
 #[derive(clap::Args)]
@@ -29,15 +30,15 @@ pub(crate) fn run(args: Args) -> Result<()> {
 
 fn demo(url: &str, args: &Args) -> Result<()> {
     crate::migrate(url)?;
-    let binary = seed::build_server(false)?;
+    let binary = instance::build_server(false)?;
     let rt = crate::runtime()?;
     rt.block_on(async {
         seed::seed(url).await?;
         println!("==> database {url}");
         println!("    migrated and seeded: {} organizations, {} users", seed::ORGS, seed::USERS);
         let client = reqwest::Client::new();
-        let mut a = Instance::start(&binary, "a", url, seed::port_near(8081)?, &[])?;
-        let mut b = Instance::start(&binary, "b", url, seed::port_near(8082)?, &[])?;
+        let mut a = Instance::start(&binary, "a", url, instance::port_near(8081)?, &[])?;
+        let mut b = Instance::start(&binary, "b", url, instance::port_near(8082)?, &[])?;
         a.ready(&client, "coherent").await?;
         b.ready(&client, "coherent").await?;
         for i in [&a, &b] {

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod instance;
 mod seed;
 
 use std::process::{Command, ExitCode};

@@ -1,0 +1,135 @@
+//! HTTP throughput: wrk against one release instance at a time, in every cache mode.
+
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use super::Args;
+use crate::instance::Instance;
+use crate::seed;
+
+/// One wrk run.
+pub(super) struct HttpRun {
+    pub(super) name: String,
+    pub(super) rps: f64,
+    pub(super) p50: String,
+    pub(super) p99: String,
+}
+
+/// Every HTTP run, one instance at a time.
+pub(super) async fn http(
+    url: &str,
+    binary: &std::path::PathBuf,
+    args: &Args,
+) -> Result<Vec<HttpRun>> {
+    let dir = crate::workspace_root().join("target").join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let tokens = dir.join("tokens.txt");
+    let all: Vec<String> = (1..=seed::USERS).map(seed::token).collect();
+    std::fs::write(&tokens, all.join("\n"))?;
+    let script = |path: &str| -> Result<String> {
+        let file = dir.join(format!("rotate{}.lua", path.replace('/', "_")));
+        std::fs::write(
+            &file,
+            format!(
+                "local tokens = {{}}\nfor line in io.lines(\"{}\") do tokens[#tokens + 1] = line end\n\
+                 local i = math.random(#tokens)\n\
+                 request = function()\n  i = i % #tokens + 1\n  return wrk.format(\"GET\", \"{path}\", {{[\"Authorization\"] = \"Bearer \" .. tokens[i]}})\nend\n",
+                tokens.display()
+            ),
+        )?;
+        Ok(file.display().to_string())
+    };
+    let client = reqwest::Client::new();
+    let mut runs = Vec::new();
+    // (name, flags, cache mode, path, rotate tokens)
+    let plan: [(&str, &[&str], &str, &str, bool); 5] = [
+        ("GET /healthz (ceiling)", &[], "coherent", "/healthz", false),
+        (
+            "GET /healthz with rotating tokens (ceiling, same requests)",
+            &[],
+            "coherent",
+            "/healthz",
+            true,
+        ),
+        ("GET /me, cache coherent", &[], "coherent", "/me", true),
+        (
+            "GET /me, cache off",
+            &["--cache", "off"],
+            "off",
+            "/me",
+            true,
+        ),
+        (
+            "GET /me, ttl mode, 2 s TTL",
+            &["--cache", "ttl", "--cache-ttl", "2s"],
+            "ttl",
+            "/me",
+            true,
+        ),
+    ];
+    for (name, flags, mode, path, rotate) in plan {
+        let port = crate::instance::port_near(0)?;
+        let mut inst = Instance::start(binary, "bench", url, port, flags)?;
+        inst.ready(&client, mode).await?;
+        let (target, script_args) = if rotate {
+            (inst.url("/"), vec!["-s".to_string(), script(path)?])
+        } else {
+            (inst.url(path), vec![])
+        };
+        // Warm up (fills the cache where there is one), then measure.
+        wrk(&target, &script_args, args.connections, 3)?;
+        let out = wrk(&target, &script_args, args.connections, args.seconds)?;
+        let run = parse_wrk(name, &out)?;
+        eprintln!(
+            "    {name}: {:.0} requests/s, p50 {}, p99 {}",
+            run.rps, run.p50, run.p99
+        );
+        runs.push(run);
+        inst.stop();
+    }
+    Ok(runs)
+}
+
+fn wrk(target: &str, script: &[String], connections: u32, seconds: u64) -> Result<String> {
+    let out = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{connections}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            "--timeout",
+            "5s",
+        ])
+        .args(script)
+        .arg(target)
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    if !out.status.success() {
+        bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(text)
+}
+
+fn parse_wrk(name: &str, out: &str) -> Result<HttpRun> {
+    if let Some(line) = out.lines().find(|l| l.contains("Non-2xx")) {
+        bail!("{name}: {}; wrk said:\n{out}", line.trim());
+    }
+    let rps = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("no Requests/sec in wrk's output:\n{out}"))?;
+    let pct = |p: &str| {
+        out.lines()
+            .find_map(|l| l.trim().strip_prefix(p).map(|v| v.trim().to_string()))
+            .unwrap_or_else(|| "?".into())
+    };
+    Ok(HttpRun {
+        name: name.into(),
+        rps,
+        p50: pct("50%"),
+        p99: pct("99%"),
+    })
+}

@@ -1,0 +1,174 @@
+//! `cargo xtask bench`: the system measured side by side in one run, with a markdown report.
+//!
+//! * HTTP (wrk, tokens rotating over 10 000 users): `GET /healthz` (the ceiling), `GET /me`
+//!   with the cache coherent, off, and in ttl mode with a 2 s TTL (the original single-node
+//!   setup).
+//! * Invalidation latency: from an UPDATE's commit to the eviction in two in-process instances
+//!   (cache plus listener each), over 1000 updates.
+//! * Write throughput on `users` with the triggers and without, with 1 and 8 writers, for
+//!   profile updates and for `last_seen_at`-only updates.
+//! * The cache core's criterion benchmark against raw moka.
+//!
+//! The machine is shared and noisy: compare figures of one run, as ratios.
+//!
+//! One module per measurement (`http`, `latency`, `writes`, `core`), each returning named rows;
+//! this one runs them and writes the report (`report` has its helpers).
+
+mod core;
+mod http;
+mod latency;
+mod report;
+mod writes;
+
+use std::fmt::Write as _;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use crate::seed;
+use report::{machine, ms, pct};
+
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// Seconds of each wrk run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// wrk connections.
+    #[arg(long, default_value_t = 32)]
+    connections: u32,
+    /// Seconds of each write-throughput run.
+    #[arg(long, default_value_t = 5)]
+    write_seconds: u64,
+    /// Skip the criterion benchmark of the cache core.
+    #[arg(long)]
+    no_criterion: bool,
+    /// Run only these parts (http, latency, writes, core); all by default.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+}
+
+impl Args {
+    fn runs(&self, part: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|p| p == part)
+    }
+}
+
+pub(crate) fn run(args: Args) -> Result<()> {
+    if Command::new("wrk").arg("--version").output().is_err() {
+        bail!("wrk not found: install it with `apt-get install -y wrk` (Debian's package)");
+    }
+    let (url, started) = crate::database()?;
+    let result = bench(&url, &args);
+    if let Some(cluster) = started {
+        let _ = cluster.down();
+    }
+    result
+}
+
+fn bench(url: &str, args: &Args) -> Result<()> {
+    crate::migrate(url)?;
+    let binary = crate::instance::build_server(true)?;
+    let rt = crate::runtime()?;
+    let mut report = String::new();
+    let machine = machine();
+    writeln!(report, "# nearcache benchmark\n\n{machine}\n")?;
+
+    rt.block_on(seed::seed(url))?;
+    if args.runs("http") {
+        eprintln!(
+            "==> HTTP: wrk -c{} -d{}s, tokens rotating over {} users",
+            args.connections,
+            args.seconds,
+            seed::USERS
+        );
+        let http = rt.block_on(http::http(url, &binary, args))?;
+        writeln!(report, "## HTTP\n\nwrk, {} connections, 2 threads, {} s per run, tokens rotating over {} users; one instance at a time, on the same machine as wrk and Postgres. The second ceiling sends the same requests as the /me runs (a token header, built by the same wrk script, which costs wrk CPU on this shared machine).\n", args.connections, args.seconds, seed::USERS)?;
+        writeln!(
+            report,
+            "| run | requests/s | p50 | p99 | x ceiling | x ceiling, same requests | x cache off |\n|---|---|---|---|---|---|---|"
+        )?;
+        let ceiling = http[0].rps;
+        let same = http[1].rps;
+        let off = http
+            .iter()
+            .find(|r| r.name.contains("off"))
+            .map_or(1.0, |r| r.rps);
+        for r in &http {
+            writeln!(
+                report,
+                "| {} | {:.0} | {} | {} | {:.2} | {:.2} | {:.2} |",
+                r.name,
+                r.rps,
+                r.p50,
+                r.p99,
+                r.rps / ceiling,
+                r.rps / same,
+                r.rps / off
+            )?;
+        }
+    }
+
+    if args.runs("latency") {
+        eprintln!("==> invalidation latency: 1000 updates, two instances");
+        let lat = rt.block_on(latency::invalidation_latency(url))?;
+        writeln!(report, "\n## Invalidation latency\n\nFrom the UPDATE's return (commit acknowledged) to the eviction, over 1000 updates, two in-process instances each with its own cache and listener.\n")?;
+        writeln!(report, "| measure | p50 | p99 | max |\n|---|---|---|---|")?;
+        for series in &lat {
+            let v = &series.samples;
+            writeln!(
+                report,
+                "| {} | {} | {} | {} |",
+                series.name,
+                ms(pct(v, 50.0)),
+                ms(pct(v, 99.0)),
+                ms(pct(v, 100.0))
+            )?;
+        }
+    }
+
+    if args.runs("writes") {
+        eprintln!("==> write throughput with and without triggers");
+        let writes = rt.block_on(writes::write_throughput(
+            url,
+            Duration::from_secs(args.write_seconds),
+        ))?;
+        writeln!(report, "\n## Write throughput on users\n\n{} s per run, random users, each arm run twice (without, with, with, without) and averaged; with triggers a listener drains the notifications.\n", args.write_seconds)?;
+        writeln!(report, "| statement | writers | without triggers (tx/s) | with triggers (tx/s) | ratio |\n|---|---|---|---|---|")?;
+        for w in &writes {
+            writeln!(
+                report,
+                "| {} | {} | {:.0} | {:.0} | {:.2} |",
+                w.statement,
+                w.writers,
+                w.without,
+                w.with,
+                w.with / w.without
+            )?;
+        }
+    }
+
+    if !args.no_criterion && args.runs("core") {
+        eprintln!("==> cache core: criterion against raw moka");
+        let core = core::criterion()?;
+        writeln!(report, "\n## Cache core (criterion, ns per operation)\n\n| operation | nearcache | raw moka | ratio |\n|---|---|---|---|")?;
+        for row in core {
+            writeln!(
+                report,
+                "| {} | {:.0} | {:.0} | {:.2} |",
+                row.operation,
+                row.nearcache,
+                row.moka,
+                row.nearcache / row.moka
+            )?;
+        }
+    }
+
+    let path = crate::workspace_root()
+        .join("target")
+        .join("bench-report.md");
+    std::fs::write(&path, &report)?;
+    println!("{report}");
+    eprintln!("==> report written to {}", path.display());
+    Ok(())
+}
