@@ -1,7 +1,11 @@
-//! The cache: moka underneath, the fence, the gate, coalesced loads and callbacks on top.
+//! The cache: moka underneath, the fence, coalesced fenced loads and callbacks on top. Writes
+//! are in `write.rs`, invalidations and the gate in `gate.rs`.
+
+mod gate;
+mod write;
 
 use std::future::Future;
-use std::hash::{BuildHasher, Hash};
+use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -13,7 +17,7 @@ use crate::entry::{Callback, Cause, Change, Entry};
 use crate::expiry::EntryExpiry;
 #[cfg(test)]
 use crate::explore::Step;
-use crate::fence::{Fence, Forgotten};
+use crate::fence::Fence;
 use crate::flight::{Flights, Role};
 use crate::removal::{RemovalQueue, Removed};
 use crate::stats::{bump, Counters};
@@ -355,184 +359,6 @@ where
         self.notify(cause, Some(key), value);
     }
 
-    /// Stores `value` under `key` with the default TTL and no tags, replacing what was there;
-    /// a load of the key already in flight will not overwrite it. Returns whether it was
-    /// stored (not in bypass mode).
-    pub fn put(&self, key: K, value: V) -> bool {
-        self.write(key, value, |_| true)
-    }
-
-    /// Stores `value` under `key` only if the key has no entry. Returns whether it was stored.
-    pub fn insert_new(&self, key: K, value: V) -> bool {
-        self.write(key, value, |existing| existing.is_none())
-    }
-
-    fn write(&self, key: K, value: V, allowed: impl FnOnce(Option<&Entry<V>>) -> bool) -> bool {
-        let inner = &*self.inner;
-        let replaced = {
-            let mut fence = lock(&inner.fence);
-            if !inner.coherent.load(Ordering::Acquire) {
-                return false;
-            }
-            let existing = self.live(&key);
-            if !allowed(existing.as_deref()) {
-                return false;
-            }
-            let tags = existing.map_or_else(|| Arc::from([]), |e| e.tags.clone());
-            fence.invalidate_key(&key);
-            self.publish_epoch(&fence);
-            self.insert_locked(
-                &mut fence,
-                &key,
-                Some(value.clone()),
-                tags,
-                inner.config.ttl,
-            )
-        };
-        self.after_write(&key, Some(&value), replaced);
-        true
-    }
-
-    /// Isolated read-modify-write: `f` gets the current value (`None` if absent) and returns
-    /// the new one, or an error that leaves the entry as it was. Updates of one key run one at
-    /// a time; a concurrent `put`, fill or invalidation makes `f` run again on the newer state.
-    /// The entry keeps its tags. Returns whether a value was stored (not in bypass mode).
-    ///
-    /// `f` must not call `update` or `update_existing` of the same cache.
-    ///
-    /// # Errors
-    /// `f`'s error.
-    pub fn update<E>(&self, key: K, f: impl FnMut(Option<&V>) -> Result<V, E>) -> Result<bool, E> {
-        self.update_with(key, false, f)
-    }
-
-    /// Like [`Cache::update`], but only if the key holds a value; returns `Ok(false)` otherwise.
-    ///
-    /// # Errors
-    /// `f`'s error.
-    pub fn update_existing<E>(
-        &self,
-        key: K,
-        mut f: impl FnMut(&V) -> Result<V, E>,
-    ) -> Result<bool, E> {
-        self.update_with(key, true, |old| f(old.expect("only called with a value")))
-    }
-
-    fn update_with<E>(
-        &self,
-        key: K,
-        existing_only: bool,
-        mut f: impl FnMut(Option<&V>) -> Result<V, E>,
-    ) -> Result<bool, E> {
-        let inner = &*self.inner;
-        let stripe = inner.stripes.hash_one(&key) as usize % inner.update_locks.len();
-        let serial = lock(&inner.update_locks[stripe]);
-        let (new, replaced) = loop {
-            if !inner.coherent.load(Ordering::Acquire) {
-                return Ok(false);
-            }
-            let old = self.live(&key);
-            let old_value = old.as_ref().and_then(|e| e.value.as_ref());
-            if existing_only && old_value.is_none() {
-                return Ok(false);
-            }
-            let new = f(old_value)?;
-            let mut fence = lock(&inner.fence);
-            let now = self.live(&key);
-            let unchanged = match (&old, &now) {
-                (Some(a), Some(b)) => a.id == b.id,
-                (None, None) => true,
-                _ => false,
-            };
-            if !unchanged || !inner.coherent.load(Ordering::Acquire) {
-                continue;
-            }
-            let tags = old
-                .as_ref()
-                .map_or_else(|| Arc::from([]), |e| e.tags.clone());
-            fence.invalidate_key(&key);
-            self.publish_epoch(&fence);
-            let replaced =
-                self.insert_locked(&mut fence, &key, Some(new.clone()), tags, inner.config.ttl);
-            break (new, replaced);
-        };
-        // Callbacks run with no lock held, not even the key's, so they may update the key.
-        drop(serial);
-        self.after_write(&key, Some(&new), replaced);
-        Ok(true)
-    }
-
-    /// Removes `key` (ConCache's delete), and keeps a load of it in flight from storing.
-    pub fn delete(&self, key: &K) {
-        self.remove_key(key, Cause::Delete);
-    }
-
-    /// Removes `key` because its row changed, and keeps a load of it in flight from storing.
-    pub fn invalidate(&self, key: &K) {
-        bump(&self.inner.counters.invalidations);
-        self.remove_key(key, Cause::Invalidation);
-    }
-
-    fn remove_key(&self, key: &K, cause: Cause) {
-        let inner = &*self.inner;
-        let removed = {
-            let mut fence = lock(&inner.fence);
-            fence.invalidate_key(key);
-            self.publish_epoch(&fence);
-            inner.entries.remove(key)
-        };
-        self.process_removals();
-        if let Some(entry) = removed.filter(|e| self.is_current(e)) {
-            if cause == Cause::Invalidation {
-                bump(&inner.counters.invalidated_entries);
-            }
-            self.notify(cause, Some(key), entry.value.as_ref());
-        }
-    }
-
-    /// Removes every entry that carries `tag`, through the tag index (no scan), and keeps loads
-    /// in flight that depend on it from storing.
-    pub fn invalidate_tag(&self, tag: &Tag) {
-        let inner = &*self.inner;
-        bump(&inner.counters.invalidations);
-        let removed: Vec<(K, Arc<Entry<V>>)> = {
-            let mut fence = lock(&inner.fence);
-            let carriers = fence.invalidate_tag(tag);
-            self.publish_epoch(&fence);
-            carriers
-                .into_keys()
-                .filter_map(|k| inner.entries.remove(&k).map(|e| (k, e)))
-                .collect()
-        };
-        self.process_removals();
-        for (key, entry) in removed.iter().filter(|(_, e)| self.is_current(e)) {
-            bump(&inner.counters.invalidated_entries);
-            self.notify(Cause::Invalidation, Some(key), entry.value.as_ref());
-        }
-    }
-
-    /// Empties the cache in O(1) and keeps every load in flight from storing.
-    pub fn flush(&self) {
-        let forgotten = {
-            let mut fence = lock(&self.inner.fence);
-            self.flush_locked(&mut fence)
-        };
-        drop(forgotten);
-        self.process_removals();
-        self.notify(Cause::Flush, None, None);
-    }
-
-    fn flush_locked(&self, fence: &mut Fence<K>) -> Forgotten<K> {
-        let inner = &*self.inner;
-        let forgotten = fence.flush();
-        self.publish_epoch(fence);
-        // Entries of older generations are never served again; moka drops them lazily.
-        inner.generation.fetch_add(1, Ordering::AcqRel);
-        inner.entries.invalidate_all();
-        bump(&inner.counters.flushes);
-        forgotten
-    }
-
     /// Test builds only: the explorer's hook, installed once.
     #[cfg(test)]
     pub(crate) fn explore_with(&self, hook: crate::explore::Hook) {
@@ -551,39 +377,6 @@ where
 
     fn publish_epoch(&self, fence: &Fence<K>) {
         self.inner.epoch.store(fence.epoch(), Ordering::Release);
-    }
-
-    /// Switches the coherence gate. Entering [`Mode::Bypass`] flushes; leaving it does not
-    /// (nothing was stored meanwhile).
-    pub fn set_mode(&self, mode: Mode) {
-        let (flushed, forgotten) = {
-            let mut fence = lock(&self.inner.fence);
-            let was = self.inner.coherent.load(Ordering::Acquire);
-            match mode {
-                Mode::Coherent => {
-                    self.inner.coherent.store(true, Ordering::Release);
-                    (false, None)
-                }
-                Mode::Bypass => {
-                    self.inner.coherent.store(false, Ordering::Release);
-                    (was, Some(self.flush_locked(&mut fence)))
-                }
-            }
-        };
-        drop(forgotten);
-        self.process_removals();
-        if flushed {
-            self.notify(Cause::Flush, None, None);
-        }
-    }
-
-    /// The gate's mode.
-    pub fn mode(&self) -> Mode {
-        if self.inner.coherent.load(Ordering::Acquire) {
-            Mode::Coherent
-        } else {
-            Mode::Bypass
-        }
     }
 
     /// Marks `key` as read, which extends its time to idle (never past its TTL). Returns whether

@@ -1,0 +1,123 @@
+//! Invalidations, flushes and the coherence gate: what whoever knows about changes calls.
+//! Each updates the fence under its lock before it removes anything, so that no load that
+//! began before it can store afterwards.
+
+use std::hash::Hash;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::{lock, Cache};
+use crate::entry::{Cause, Entry};
+use crate::fence::{Fence, Forgotten};
+use crate::stats::bump;
+use crate::{Mode, Tag};
+
+impl<K, V> Cache<K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// Removes `key` (ConCache's delete), and keeps a load of it in flight from storing.
+    pub fn delete(&self, key: &K) {
+        self.remove_key(key, Cause::Delete);
+    }
+
+    /// Removes `key` because its row changed, and keeps a load of it in flight from storing.
+    pub fn invalidate(&self, key: &K) {
+        bump(&self.inner.counters.invalidations);
+        self.remove_key(key, Cause::Invalidation);
+    }
+
+    fn remove_key(&self, key: &K, cause: Cause) {
+        let inner = &*self.inner;
+        let removed = {
+            let mut fence = lock(&inner.fence);
+            fence.invalidate_key(key);
+            self.publish_epoch(&fence);
+            inner.entries.remove(key)
+        };
+        self.process_removals();
+        if let Some(entry) = removed.filter(|e| self.is_current(e)) {
+            if cause == Cause::Invalidation {
+                bump(&inner.counters.invalidated_entries);
+            }
+            self.notify(cause, Some(key), entry.value.as_ref());
+        }
+    }
+
+    /// Removes every entry that carries `tag`, through the tag index (no scan), and keeps loads
+    /// in flight that depend on it from storing.
+    pub fn invalidate_tag(&self, tag: &Tag) {
+        let inner = &*self.inner;
+        bump(&inner.counters.invalidations);
+        let removed: Vec<(K, Arc<Entry<V>>)> = {
+            let mut fence = lock(&inner.fence);
+            let carriers = fence.invalidate_tag(tag);
+            self.publish_epoch(&fence);
+            carriers
+                .into_keys()
+                .filter_map(|k| inner.entries.remove(&k).map(|e| (k, e)))
+                .collect()
+        };
+        self.process_removals();
+        for (key, entry) in removed.iter().filter(|(_, e)| self.is_current(e)) {
+            bump(&inner.counters.invalidated_entries);
+            self.notify(Cause::Invalidation, Some(key), entry.value.as_ref());
+        }
+    }
+
+    /// Empties the cache in O(1) and keeps every load in flight from storing.
+    pub fn flush(&self) {
+        let forgotten = {
+            let mut fence = lock(&self.inner.fence);
+            self.flush_locked(&mut fence)
+        };
+        drop(forgotten);
+        self.process_removals();
+        self.notify(Cause::Flush, None, None);
+    }
+
+    fn flush_locked(&self, fence: &mut Fence<K>) -> Forgotten<K> {
+        let inner = &*self.inner;
+        let forgotten = fence.flush();
+        self.publish_epoch(fence);
+        // Entries of older generations are never served again; moka drops them lazily.
+        inner.generation.fetch_add(1, Ordering::AcqRel);
+        inner.entries.invalidate_all();
+        bump(&inner.counters.flushes);
+        forgotten
+    }
+
+    /// Switches the coherence gate. Entering [`Mode::Bypass`] flushes; leaving it does not
+    /// (nothing was stored meanwhile).
+    pub fn set_mode(&self, mode: Mode) {
+        let (flushed, forgotten) = {
+            let mut fence = lock(&self.inner.fence);
+            let was = self.inner.coherent.load(Ordering::Acquire);
+            match mode {
+                Mode::Coherent => {
+                    self.inner.coherent.store(true, Ordering::Release);
+                    (false, None)
+                }
+                Mode::Bypass => {
+                    self.inner.coherent.store(false, Ordering::Release);
+                    (was, Some(self.flush_locked(&mut fence)))
+                }
+            }
+        };
+        drop(forgotten);
+        self.process_removals();
+        if flushed {
+            self.notify(Cause::Flush, None, None);
+        }
+    }
+
+    /// The gate's mode.
+    pub fn mode(&self) -> Mode {
+        if self.inner.coherent.load(Ordering::Acquire) {
+            Mode::Coherent
+        } else {
+            Mode::Bypass
+        }
+    }
+}
