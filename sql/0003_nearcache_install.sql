@@ -33,6 +33,9 @@
 --   again after adding a column — listeners refuse to serve from the cache until you do).
 -- * nearcache_check(tables, channel) lists what is wrong with an installation; listeners call
 --   it on every connection and stay in bypass until it reports nothing.
+-- * Attached tables are also published in the publication nearcache, which the WAL source
+--   (logical decoding) reads; a table without a primary key gets REPLICA IDENTITY FULL so that
+--   its updates can name their rows.
 -- * Payloads name the table without its schema. A rolled-back transaction sends nothing.
 -- * Two-phase commit: Postgres refuses PREPARE TRANSACTION in a transaction that has run
 --   NOTIFY, so a prepared transaction that writes an attached table fails at PREPARE. Use the
@@ -52,6 +55,17 @@ CREATE TABLE IF NOT EXISTS nearcache_attached (
     ignore_columns  text[] NOT NULL DEFAULT '{}',
     watched_columns text[] NOT NULL
 );
+
+-- The publication the WAL source decodes (logical replication); nearcache_attach adds each
+-- attached table to it. Creating it needs no particular wal_level; decoding it needs
+-- wal_level = logical.
+DO $install$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = 'nearcache') THEN
+        CREATE PUBLICATION nearcache;
+    END IF;
+END
+$install$;
 
 -- The channel, fixed per database. Created once; re-installing keeps a channel already set.
 DO $install$
@@ -232,6 +246,19 @@ BEGIN
                     FOR EACH STATEMENT WHEN (%s) EXECUTE FUNCTION nearcache_send()', tbl, pending);
     EXECUTE format('CREATE TRIGGER nearcache_send_truncate AFTER TRUNCATE ON %s
                     FOR EACH STATEMENT EXECUTE FUNCTION nearcache_send()', tbl);
+    -- The WAL source decodes the publication. A published table must be able to name its
+    -- rows in the WAL, or Postgres refuses its UPDATEs and DELETEs: a table without a primary
+    -- key (or another replica identity index) gets REPLICA IDENTITY FULL.
+    IF (SELECT relreplident FROM pg_class WHERE oid = tbl) = 'n'
+       OR ((SELECT relreplident FROM pg_class WHERE oid = tbl) = 'd'
+           AND NOT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = tbl AND indisprimary)) THEN
+        RAISE NOTICE 'nearcache_attach: % has no primary key; setting REPLICA IDENTITY FULL', tbl;
+        EXECUTE format('ALTER TABLE %s REPLICA IDENTITY FULL', tbl);
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid
+                    WHERE p.pubname = 'nearcache' AND r.prrelid = tbl) THEN
+        EXECUTE format('ALTER PUBLICATION nearcache ADD TABLE %s', tbl);
+    END IF;
     -- Fire whatever session_replication_role says.
     FOR t IN SELECT tgname FROM pg_trigger WHERE tgrelid = tbl AND tgname LIKE 'nearcache\_%' LOOP
         EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', tbl, t);
@@ -262,6 +289,12 @@ BEGIN
     END LOOP;
     EXECUTE format('DROP FUNCTION IF EXISTS %I()', 'nearcache_collect_' || tbl::oid::text);
     DELETE FROM nearcache_attached WHERE nearcache_attached.tbl = nearcache_detach.tbl;
+    -- Not while re-attaching: the table stays published.
+    IF coalesce(current_setting('nearcache.attaching', true), '') <> 'on'
+       AND EXISTS (SELECT 1 FROM pg_publication_rel r JOIN pg_publication p ON p.oid = r.prpubid
+                    WHERE p.pubname = 'nearcache' AND r.prrelid = tbl) THEN
+        EXECUTE format('ALTER PUBLICATION nearcache DROP TABLE %s', tbl);
+    END IF;
 END
 $$;
 

@@ -1,4 +1,5 @@
-//! The listener against a real Postgres: invalidations, faults, bad payloads, shutdown.
+//! The invalidation sources against a real Postgres: invalidations, faults, bad payloads,
+//! shutdown. The tests that hold for every source run for each (`notify::…`, `wal::…`).
 
 use std::process::Command;
 use std::sync::{Arc, Mutex};
@@ -6,22 +7,23 @@ use std::time::{Duration, Instant};
 
 use nearcache_listener::{run, Handler, ListenerConfig, ListenerState, ListenerStatus};
 use nearcache_tests::{wait_until, PrivateCluster, TestDb};
+use nearcache_wal::WalConfig;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::support::{exec, seed, terminate_listeners, update};
+use crate::support::{exec, seed, terminate_source, update, Source};
 
 #[derive(Default)]
-struct Recorder(Mutex<Vec<String>>);
+pub(crate) struct Recorder(Mutex<Vec<String>>);
 
 impl Recorder {
-    fn push(&self, e: impl Into<String>) {
+    pub(crate) fn push(&self, e: impl Into<String>) {
         self.0.lock().unwrap().push(e.into());
     }
-    fn events(&self) -> Vec<String> {
+    pub(crate) fn events(&self) -> Vec<String> {
         self.0.lock().unwrap().clone()
     }
-    fn position_after(&self, from: usize, e: &str) -> Option<usize> {
+    pub(crate) fn position_after(&self, from: usize, e: &str) -> Option<usize> {
         self.events()
             .iter()
             .skip(from)
@@ -52,18 +54,51 @@ impl Handler for Recorder {
     }
 }
 
-struct Running {
-    handler: Arc<Recorder>,
-    status: ListenerStatus,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<()>,
+pub(crate) struct Running {
+    pub(crate) handler: Arc<Recorder>,
+    pub(crate) status: ListenerStatus,
+    pub(crate) stop: Option<oneshot::Sender<()>>,
+    pub(crate) task: JoinHandle<()>,
 }
 
-fn start(url: &str, heartbeat: Duration, timeout: Duration) -> Running {
-    let mut config = ListenerConfig::new(url).unwrap();
-    config.heartbeat_interval = heartbeat;
-    config.heartbeat_timeout = timeout;
-    start_with(config)
+/// Starts `source` on the database at `url` with these heartbeat timings.
+pub(crate) fn start(source: Source, url: &str, heartbeat: Duration, timeout: Duration) -> Running {
+    match source {
+        Source::Notify => {
+            let mut config = ListenerConfig::new(url).unwrap();
+            config.heartbeat_interval = heartbeat;
+            config.heartbeat_timeout = timeout;
+            start_with(config)
+        }
+        Source::Wal => {
+            let mut config = WalConfig::new(url).unwrap();
+            config.heartbeat_interval = heartbeat;
+            config.heartbeat_timeout = timeout;
+            start_wal(config)
+        }
+    }
+}
+
+/// Starts the WAL source with `config`.
+pub(crate) fn start_wal(mut config: WalConfig) -> Running {
+    config.backoff_max = Duration::from_millis(500);
+    let handler = Arc::new(Recorder::default());
+    let status = ListenerStatus::default();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(nearcache_wal::run(
+        config,
+        handler.clone(),
+        status.clone(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    Running {
+        handler,
+        status,
+        stop: Some(stop),
+        task,
+    }
 }
 
 fn start_with(mut config: ListenerConfig) -> Running {
@@ -83,7 +118,15 @@ fn start_with(mut config: ListenerConfig) -> Running {
 }
 
 impl Running {
-    async fn until(&self, what: &str, from: usize, event: &str) -> usize {
+    /// Stops the source and waits until it has.
+    pub(crate) async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+
+    pub(crate) async fn until(&self, what: &str, from: usize, event: &str) -> usize {
         let mut at = 0;
         wait_until(Duration::from_secs(20), what, || {
             let found = self.handler.position_after(from, event);
@@ -153,17 +196,21 @@ async fn a_database_without_nearcache_keeps_the_cache_in_bypass() {
     assert!(!l.handler.events().contains(&"coherent".to_string()));
 }
 
-#[tokio::test]
-async fn committed_changes_reach_the_handler_as_invalidations() {
+async fn committed_changes_reach_the_handler_as_invalidations(source: Source) {
     let db = TestDb::new().await;
     let pool = db.pool().await;
     let (org, users) = seed(&pool, 1).await;
-    let l = start(db.url(), Duration::from_secs(1), Duration::from_secs(3));
+    let l = start(
+        source,
+        db.url(),
+        Duration::from_secs(1),
+        Duration::from_secs(3),
+    );
     let ready = l.until("coherent", 0, "coherent").await;
     assert_eq!(
         &l.handler.events()[..=ready],
         ["flush", "coherent"],
-        "LISTEN, flush, coherent"
+        "LISTEN or slot, flush, coherent"
     );
     let u = users[0].id;
     update(&pool, "users", u, "name = 'Grace'").await;
@@ -180,14 +227,18 @@ async fn committed_changes_reach_the_handler_as_invalidations() {
     l.until("the table flush", ready, "users:*").await;
 }
 
-#[tokio::test]
-async fn a_terminated_backend_bypasses_at_once_and_recovers_with_a_flush() {
+async fn a_terminated_backend_bypasses_at_once_and_recovers_with_a_flush(source: Source) {
     let db = TestDb::new().await;
     let pool = db.pool().await;
     let (_, users) = seed(&pool, 1).await;
-    let l = start(db.url(), Duration::from_secs(1), Duration::from_secs(3));
+    let l = start(
+        source,
+        db.url(),
+        Duration::from_secs(1),
+        Duration::from_secs(3),
+    );
     let ready = l.until("coherent", 0, "coherent").await;
-    assert_eq!(terminate_listeners(&pool).await, 1);
+    assert_eq!(terminate_source(&pool, source).await, 1);
     let down = l.until("bypass", ready, "bypass").await;
     // A change committed while the listener is away.
     let u = users[0].id;
@@ -209,11 +260,15 @@ async fn a_terminated_backend_bypasses_at_once_and_recovers_with_a_flush() {
     assert_eq!(l.status.snapshot().connections, 2);
 }
 
-#[tokio::test]
-async fn a_crashed_and_restarted_cluster_is_recovered_from() {
+async fn a_crashed_and_restarted_cluster_is_recovered_from(source: Source) {
     let cluster = PrivateCluster::start();
     let db = TestDb::on(&cluster.url()).await;
-    let l = start(db.url(), Duration::from_millis(200), Duration::from_secs(1));
+    let l = start(
+        source,
+        db.url(),
+        Duration::from_millis(200),
+        Duration::from_secs(1),
+    );
     let ready = l.until("coherent", 0, "coherent").await;
     cluster.cluster().crash().unwrap();
     let down = l.until("bypass", ready, "bypass").await;
@@ -231,6 +286,8 @@ async fn a_crashed_and_restarted_cluster_is_recovered_from() {
         &format!("users:{u}"),
     )
     .await;
+    // Before the cluster goes: a server stopping waits for its WAL consumers.
+    l.stop().await;
 }
 
 /// Sends SIGCONT to a stopped backend when dropped, even if the test fails.
@@ -244,13 +301,12 @@ impl Drop for Stopped {
     }
 }
 
-#[tokio::test]
-async fn a_backend_that_stops_answering_bypasses_within_the_heartbeat_timeout() {
+async fn a_backend_that_stops_answering_bypasses_within_the_heartbeat_timeout(source: Source) {
     let db = TestDb::new().await;
     let pool = db.pool().await;
     let timeout = Duration::from_millis(800);
     let interval = Duration::from_millis(100);
-    let l = start(db.url(), interval, timeout);
+    let l = start(source, db.url(), interval, timeout);
     let ready = l.until("coherent", 0, "coherent").await;
     wait_until(SLOW, "a first heartbeat", || {
         std::future::ready(l.status.snapshot().heartbeats > 0)
@@ -258,8 +314,9 @@ async fn a_backend_that_stops_answering_bypasses_within_the_heartbeat_timeout() 
     .await;
     let pid: i32 = sqlx::query_scalar(
         "SELECT pid FROM pg_stat_activity
-          WHERE application_name = 'nearcache-listener' AND datname = current_database()",
+          WHERE application_name = $1 AND datname = current_database()",
     )
+    .bind(source.application_name())
     .fetch_one(&pool)
     .await
     .unwrap();
@@ -285,7 +342,12 @@ async fn bad_payloads_are_counted_and_flushed_and_listening_goes_on() {
     let db = TestDb::new().await;
     let pool = db.pool().await;
     let (_, users) = seed(&pool, 1).await;
-    let l = start(db.url(), Duration::from_secs(1), Duration::from_secs(3));
+    let l = start(
+        Source::Notify,
+        db.url(),
+        Duration::from_secs(1),
+        Duration::from_secs(3),
+    );
     let ready = l.until("coherent", 0, "coherent").await;
     for bad in [
         "garbage",
@@ -318,10 +380,14 @@ async fn bad_payloads_are_counted_and_flushed_and_listening_goes_on() {
     assert!(!events.contains(&"bypass".to_string()));
 }
 
-#[tokio::test]
-async fn shutdown_stops_the_listener_promptly() {
+async fn shutdown_stops_the_source_promptly(source: Source) {
     let db = TestDb::new().await;
-    let mut l = start(db.url(), Duration::from_secs(1), Duration::from_secs(3));
+    let mut l = start(
+        source,
+        db.url(),
+        Duration::from_secs(1),
+        Duration::from_secs(3),
+    );
     l.until("coherent", 0, "coherent").await;
     l.stop.take().unwrap().send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(2), &mut l.task)
@@ -331,3 +397,29 @@ async fn shutdown_stops_the_listener_promptly() {
     assert_eq!(l.handler.events().last().unwrap(), "bypass");
     assert_eq!(l.status.snapshot().state, ListenerState::Stopped);
 }
+
+/// Each test above that takes a `Source`, once per source.
+macro_rules! for_each_source {
+    ($($test:ident),* $(,)?) => {
+        mod notify {
+            $(#[tokio::test]
+            async fn $test() {
+                super::$test(crate::support::Source::Notify).await;
+            })*
+        }
+        mod wal {
+            $(#[tokio::test]
+            async fn $test() {
+                super::$test(crate::support::Source::Wal).await;
+            })*
+        }
+    };
+}
+
+for_each_source!(
+    committed_changes_reach_the_handler_as_invalidations,
+    a_terminated_backend_bypasses_at_once_and_recovers_with_a_flush,
+    a_crashed_and_restarted_cluster_is_recovered_from,
+    a_backend_that_stops_answering_bypasses_within_the_heartbeat_timeout,
+    shutdown_stops_the_source_promptly,
+);

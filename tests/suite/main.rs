@@ -8,3 +8,4 @@ mod listener;
 mod service;
 mod support;
 mod tidy;
+mod wal;

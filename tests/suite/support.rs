@@ -43,12 +43,38 @@ pub(crate) async fn update(
 }
 
 /// Terminates the listener backends of the pool's database; returns how many.
-pub(crate) async fn terminate_listeners(pool: &PgPool) -> i64 {
+/// An invalidation source, for tests that hold for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    /// LISTEN/NOTIFY (`nearcache-listener`).
+    Notify,
+    /// Logical decoding (`nearcache-wal`).
+    Wal,
+}
+
+impl Source {
+    /// The application_name of its streaming connection.
+    pub(crate) fn application_name(self) -> &'static str {
+        match self {
+            Source::Notify => "nearcache-listener",
+            Source::Wal => "nearcache-wal",
+        }
+    }
+}
+
+/// Terminates the streaming backends of `source` on the pool's database; returns how many.
+pub(crate) async fn terminate_source(pool: &PgPool, source: Source) -> i64 {
     sqlx::query_scalar(
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
-          WHERE application_name = 'nearcache-listener' AND datname = current_database()",
+          WHERE application_name = $1 AND datname = current_database()",
     )
+    .bind(source.application_name())
     .fetch_one(pool)
     .await
     .unwrap()
+}
+
+/// Terminates the LISTEN connections on the pool's database; returns how many.
+pub(crate) async fn terminate_listeners(pool: &PgPool) -> i64 {
+    terminate_source(pool, Source::Notify).await
 }

@@ -78,13 +78,14 @@ fn dependencies_point_inward() {
     assert_eq!(ours("nearcache-store"), set(&[]));
     assert_eq!(ours("nearcache"), set(&["nearcache-store"]));
     assert_eq!(ours("nearcache-pg"), set(&[]));
-    assert_eq!(ours("nearcache-listener"), set(&[]));
+    assert_eq!(ours("nearcache-source"), set(&[]));
+    assert_eq!(ours("nearcache-listener"), set(&["nearcache-source"]));
     assert_eq!(
         ours("nearcache-http"),
         set(&["nearcache-store", "nearcache-pg"])
     );
     // The core does no I/O.
-    for core in ["nearcache", "nearcache-store"] {
+    for core in ["nearcache", "nearcache-store", "nearcache-source"] {
         for io in ["sqlx", "tokio-postgres", "hyper", "hyper-util"] {
             assert!(!deps[core].contains(io), "{core} depends on {io}");
         }

@@ -289,9 +289,14 @@ impl Cluster {
         // Settings for a throwaway test cluster: no fsync (a crash of the machine may lose
         // it, which is fine), but commits still reach the kernel before they return, so that
         // tests that crash the server (pg_ctl stop -m immediate) keep their committed data.
-        // Enough connections for parallel tests; reachable on loopback only.
+        // Enough connections for parallel tests; reachable on loopback only. Logical decoding
+        // with room for a slot and a WAL sender per test consumer, and prepared transactions
+        // for the two-phase tests. A short wal_sender_timeout: a stopping server waits that
+        // long for a WAL consumer that no longer reads.
         let conf = "\n# nearcache ephemeral cluster\nlisten_addresses = '127.0.0.1'\n\
                     max_connections = 400\nfsync = off\nsynchronous_commit = on\n\
+                    wal_level = logical\nmax_replication_slots = 100\nmax_wal_senders = 100\n\
+                    max_prepared_transactions = 20\nwal_sender_timeout = 5s\n\
                     full_page_writes = off\nshared_buffers = 128MB\n\
                     unix_socket_directories = ''\nlog_min_messages = warning\n";
         let path = data.join("postgresql.conf");

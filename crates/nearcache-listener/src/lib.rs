@@ -55,9 +55,11 @@
 mod config;
 mod listener;
 mod payload;
-mod status;
 
 pub use config::{ConfigError, ListenerConfig};
-pub use listener::{run, Handler};
+pub use listener::run;
+/// The contract and status shared with the other sources, under this crate's names too.
+pub use nearcache_source::{
+    Handler, Metric, SourceState as ListenerState, SourceStatus as ListenerStatus, StatusSnapshot,
+};
 pub use payload::{parse, Op, Payload, PayloadError, FORMAT_VERSION};
-pub use status::{ListenerState, ListenerStatus, Metric, StatusSnapshot};

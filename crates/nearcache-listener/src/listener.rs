@@ -10,26 +10,7 @@ use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, NoTls, Notification};
 
-use crate::{parse, ListenerConfig, ListenerState, ListenerStatus, Payload};
-
-/// What the listener tells the cache side. Calls come from one task, in protocol order.
-pub trait Handler: Send + Sync + 'static {
-    /// Stop serving from the cache and flush it: the listener can no longer be sure it hears
-    /// about changes.
-    fn bypass(&self);
-
-    /// Flush every cache the handler drives.
-    fn flush_all(&self);
-
-    /// Serve from the cache again: the listener is listening.
-    fn coherent(&self);
-
-    /// These rows of `table` changed. Returns `false` if the handler does not cache `table`.
-    fn invalidate(&self, table: &str, keys: &[String]) -> bool;
-
-    /// Any row of `table` may have changed. Returns `false` if the handler does not cache it.
-    fn flush_table(&self, table: &str) -> bool;
-}
+use crate::{parse, Handler, ListenerConfig, ListenerState, ListenerStatus, Payload};
 
 /// Why a session ended.
 #[derive(Debug, thiserror::Error)]

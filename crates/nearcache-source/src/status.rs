@@ -1,22 +1,24 @@
-//! What the listener is doing, for health checks and metrics.
+//! What an invalidation source is doing, for health checks and metrics.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
-/// The listener's connection state.
+/// The source's connection state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ListenerState {
-    /// Not listening (starting, reconnecting, stopped): the cache is in bypass.
+pub enum SourceState {
+    /// Not delivering (starting, reconnecting): the cache is in bypass.
     Connecting,
-    /// Listening: the cache is coherent.
+    /// Delivering every change from a known point on: the cache is coherent.
     Listening,
     /// Shut down.
     Stopped,
 }
 
-/// Counters and state of a listener, shared with whoever reports them. Cheap to clone.
+/// Counters and state of a source, shared with whoever reports them. Cheap to clone. The
+/// methods that change it are for sources; readers call [`SourceStatus::snapshot`] and
+/// [`SourceStatus::problem`].
 #[derive(Debug, Clone, Default)]
-pub struct ListenerStatus {
+pub struct SourceStatus {
     inner: Arc<Counters>,
 }
 
@@ -45,12 +47,12 @@ macro_rules! counters {
             $($name: AtomicU64,)*
         }
 
-        /// A snapshot of a [`ListenerStatus`].
+        /// A snapshot of a [`SourceStatus`].
         #[derive(Debug, Clone, Copy, PartialEq, Eq)]
         #[non_exhaustive]
         pub struct StatusSnapshot {
             /// Current state.
-            pub state: ListenerState,
+            pub state: SourceState,
             $(
                 #[doc = $help]
                 pub $name: u64,
@@ -59,7 +61,7 @@ macro_rules! counters {
             /// reads.
             pub heartbeat_rtt_micros: u64,
             /// Whether the last check of the database found its triggers missing or wrong (see
-            /// [`ListenerStatus::problem`]); the cache stays in bypass meanwhile.
+            /// [`SourceStatus::problem`]); the cache stays in bypass meanwhile.
             pub misconfigured: bool,
         }
 
@@ -70,15 +72,15 @@ macro_rules! counters {
             }
         }
 
-        impl ListenerStatus {
+        impl SourceStatus {
             /// Current counters and state.
             pub fn snapshot(&self) -> StatusSnapshot {
                 let c = &*self.inner;
                 StatusSnapshot {
                     state: match c.state.load(Relaxed) {
-                        1 => ListenerState::Listening,
-                        2 => ListenerState::Stopped,
-                        _ => ListenerState::Connecting,
+                        1 => SourceState::Listening,
+                        2 => SourceState::Stopped,
+                        _ => SourceState::Connecting,
                     },
                     $($name: c.$name.load(Relaxed),)*
                     heartbeat_rtt_micros: c.heartbeat_rtt_micros.load(Relaxed),
@@ -90,9 +92,9 @@ macro_rules! counters {
 }
 
 counters! {
-    connections: "Connections that reached LISTEN and passed the trigger check, the first included.",
-    disconnects: "Connections lost or given up after listening.",
-    notifications: "Notifications received on the cache channel.",
+    connections: "Connections that began delivering (LISTEN or slot ready, checks passed), the first included.",
+    disconnects: "Connections lost or given up after delivering.",
+    notifications: "Change messages received (notifications, decoded WAL changes).",
     malformed: "Payloads that did not parse (each answered with a flush).",
     ignored: "Notifications for tables the handler does not cache.",
     heartbeats: "Heartbeats that came back.",
@@ -106,8 +108,8 @@ impl StatusSnapshot {
         vec![
             Metric {
                 name: "listening",
-                help: "1 while the listener listens (the cache may serve).",
-                value: u64::from(self.state == ListenerState::Listening),
+                help: "1 while the source delivers changes (the cache may serve).",
+                value: u64::from(self.state == SourceState::Listening),
             },
             Metric {
                 name: "heartbeat_rtt_microseconds",
@@ -123,7 +125,7 @@ impl StatusSnapshot {
     }
 }
 
-impl ListenerStatus {
+impl SourceStatus {
     /// What the last check of the database found wrong (triggers missing, disabled or not
     /// watching every column, another channel, nearcache not installed), or `None`.
     pub fn problem(&self) -> Option<String> {
@@ -134,7 +136,8 @@ impl ListenerStatus {
             .clone()
     }
 
-    pub(crate) fn set_problem(&self, problem: Option<String>) {
+    /// Records what the source's check found wrong, or that nothing is.
+    pub fn set_problem(&self, problem: Option<String>) {
         *self
             .inner
             .problem
@@ -142,35 +145,43 @@ impl ListenerStatus {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = problem;
     }
 
-    pub(crate) fn set_state(&self, state: ListenerState) {
+    /// Records the connection state.
+    pub fn set_state(&self, state: SourceState) {
         let v = match state {
-            ListenerState::Connecting => 0,
-            ListenerState::Listening => 1,
-            ListenerState::Stopped => 2,
+            SourceState::Connecting => 0,
+            SourceState::Listening => 1,
+            SourceState::Stopped => 2,
         };
         self.inner.state.store(v, Relaxed);
     }
 
-    pub(crate) fn connected(&self) {
+    /// Counts a connection that began delivering.
+    pub fn connected(&self) {
         self.inner.connections.fetch_add(1, Relaxed);
     }
-    pub(crate) fn disconnected(&self) {
+    /// Counts a connection lost after delivering.
+    pub fn disconnected(&self) {
         self.inner.disconnects.fetch_add(1, Relaxed);
     }
-    pub(crate) fn notification(&self) {
+    /// Counts a change message.
+    pub fn notification(&self) {
         self.inner.notifications.fetch_add(1, Relaxed);
     }
-    pub(crate) fn malformed(&self) {
+    /// Counts a message that could not be read (answered with a flush).
+    pub fn malformed(&self) {
         self.inner.malformed.fetch_add(1, Relaxed);
     }
-    pub(crate) fn ignored(&self) {
+    /// Counts a message for a table the handler does not cache.
+    pub fn ignored(&self) {
         self.inner.ignored.fetch_add(1, Relaxed);
     }
-    pub(crate) fn heartbeat(&self, rtt_micros: u64) {
+    /// Counts a heartbeat that came back, with its round trip.
+    pub fn heartbeat(&self, rtt_micros: u64) {
         self.inner.heartbeats.fetch_add(1, Relaxed);
         self.inner.heartbeat_rtt_micros.store(rtt_micros, Relaxed);
     }
-    pub(crate) fn heartbeat_timeout(&self) {
+    /// Counts a heartbeat that did not come back in time.
+    pub fn heartbeat_timeout(&self) {
         self.inner.heartbeat_timeouts.fetch_add(1, Relaxed);
     }
 }

@@ -1,0 +1,111 @@
+//! Configuration of the WAL source.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The database URL does not parse, or names no host.
+    #[error("invalid database url: {0}")]
+    Url(String),
+    /// The heartbeat timings make no sense.
+    #[error("heartbeat interval and timeout must be positive")]
+    Heartbeat,
+}
+
+/// How the WAL source connects and watches its stream.
+#[derive(Debug, Clone)]
+pub struct WalConfig {
+    pub(crate) pg: tokio_postgres::Config,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) user: String,
+    pub(crate) password: String,
+    pub(crate) database: String,
+    pub(crate) tables: Vec<String>,
+    /// The publication the slot decodes. Default `nearcache` (created by the install SQL;
+    /// `nearcache_attach` adds each attached table to it).
+    pub publication: String,
+    /// How often the source sends itself a message through the WAL. Default 1 s.
+    pub heartbeat_interval: Duration,
+    /// How long that message may take to come back through the slot before the stream is
+    /// given up: the longest a silently stuck stream can leave the cache serving. Default 3 s.
+    pub heartbeat_timeout: Duration,
+    /// First delay before reconnecting. Default 100 ms.
+    pub backoff_min: Duration,
+    /// Largest delay before reconnecting. Default 10 s.
+    pub backoff_max: Duration,
+    /// How long connecting, creating the slot and starting may take. Default 5 s.
+    pub connect_timeout: Duration,
+    /// How many rows' digests of watched columns are remembered, to tell an update of ignored
+    /// columns only (which evicts nothing) from one that matters. Past it the memory starts
+    /// over, and the next update of each row evicts it (always safe). Default 100 000.
+    pub digest_capacity: usize,
+}
+
+impl WalConfig {
+    /// A configuration for the database at `url` (a `postgres://` URL or `key=value` pairs).
+    ///
+    /// # Errors
+    /// [`ConfigError::Url`] when the URL does not parse or names no TCP host.
+    pub fn new(url: &str) -> Result<Self, ConfigError> {
+        let pg =
+            tokio_postgres::Config::from_str(url).map_err(|e| ConfigError::Url(e.to_string()))?;
+        let host = pg
+            .get_hosts()
+            .iter()
+            .find_map(|h| match h {
+                tokio_postgres::config::Host::Tcp(h) => Some(h.clone()),
+                #[allow(unreachable_patterns)]
+                _ => None,
+            })
+            .ok_or_else(|| ConfigError::Url("no TCP host".into()))?;
+        let port = pg.get_ports().first().copied().unwrap_or(5432);
+        let user = pg.get_user().unwrap_or("postgres").to_string();
+        let password = pg
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default();
+        let database = pg.get_dbname().unwrap_or(&user).to_string();
+        Ok(Self {
+            pg,
+            host,
+            port,
+            user,
+            password,
+            database,
+            tables: Vec::new(),
+            publication: "nearcache".into(),
+            heartbeat_interval: Duration::from_secs(1),
+            heartbeat_timeout: Duration::from_secs(3),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            digest_capacity: 100_000,
+        })
+    }
+
+    /// The tables the handler caches: each must be in the publication, or the source stays in
+    /// bypass and says why.
+    #[must_use]
+    pub fn with_tables<I, S>(mut self, tables: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        self.tables = tables.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Checks what [`run`](crate::run) needs.
+    ///
+    /// # Errors
+    /// [`ConfigError::Heartbeat`] when a heartbeat timing is zero.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.heartbeat_interval.is_zero() || self.heartbeat_timeout.is_zero() {
+            return Err(ConfigError::Heartbeat);
+        }
+        Ok(())
+    }
+}

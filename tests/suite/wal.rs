@@ -1,0 +1,146 @@
+//! What only the WAL source does: ignored columns without triggers' help, writes the triggers
+//! cannot see, columns added later, its slot's life, and a database not set up for it.
+
+use std::time::Duration;
+
+use nearcache_tests::{wait_until, TestDb};
+use nearcache_wal::WalConfig;
+
+use crate::listener::{start, start_wal};
+use crate::support::{exec, seed, update, Source};
+
+const HB: Duration = Duration::from_secs(1);
+const TIMEOUT: Duration = Duration::from_secs(3);
+
+#[tokio::test]
+async fn an_update_of_ignored_columns_only_evicts_nothing() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let (org, users) = seed(&pool, 2).await;
+    let l = start(Source::Wal, db.url(), HB, TIMEOUT);
+    let ready = l.until("coherent", 0, "coherent").await;
+    let u = users[0].id;
+    let evicted = format!("users:{u}");
+    // The first change of a row the source has not seen evicts it, and teaches its digest.
+    update(&pool, "users", u, "name = 'Grace'").await;
+    let first = l.until("the first eviction", ready, &evicted).await;
+    // A login: only last_seen_at, which users ignore.
+    update(&pool, "users", u, "last_seen_at = now()").await;
+    // A change after it, on another table, is a sentinel: once it is seen, the login was too.
+    update(&pool, "organizations", org.id, "name = 'Sentinel'").await;
+    let sentinel = l
+        .until("the sentinel", first, &format!("organizations:{}", org.id))
+        .await;
+    let events = l.handler.events();
+    assert!(
+        !events[first + 1..sentinel].contains(&evicted),
+        "a last_seen_at-only update evicted the user: {events:?}"
+    );
+    // A watched column evicts again.
+    update(&pool, "users", u, "email = 'new@example.com'").await;
+    l.until("an eviction for a watched column", sentinel, &evicted)
+        .await;
+}
+
+#[tokio::test]
+async fn writes_the_triggers_cannot_see_are_evicted_too() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let (_, users) = seed(&pool, 1).await;
+    let l = start(Source::Wal, db.url(), HB, TIMEOUT);
+    let ready = l.until("coherent", 0, "coherent").await;
+    let u = users[0].id;
+    // Under the replica role (pg_restore --disable-triggers, apply workers), with triggers
+    // disabled outright.
+    exec(
+        &pool,
+        "ALTER EVENT TRIGGER nearcache_reattach DISABLE;
+         ALTER TABLE users DISABLE TRIGGER ALL;",
+    )
+    .await;
+    exec(
+        &pool,
+        &format!(
+            "BEGIN; SET LOCAL session_replication_role = replica;
+             UPDATE users SET name = 'Replica' WHERE id = '{u}'; COMMIT;"
+        ),
+    )
+    .await;
+    let first = l
+        .until("the replica-role write", ready, &format!("users:{u}"))
+        .await;
+    // A column added later, with nothing re-attached.
+    exec(&pool, "ALTER TABLE users ADD COLUMN nickname text").await;
+    update(&pool, "users", u, "nickname = 'ada'").await;
+    l.until("the new column's change", first + 1, &format!("users:{u}"))
+        .await;
+}
+
+#[tokio::test]
+async fn a_stopped_source_leaves_no_slot() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let mut l = start(Source::Wal, db.url(), HB, TIMEOUT);
+    l.until("coherent", 0, "coherent").await;
+    let slots = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_replication_slots
+              WHERE database = current_database() AND slot_name LIKE 'nearcache\\_%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(slots().await, 1, "one temporary slot while streaming");
+    l.stop.take().unwrap().send(()).unwrap();
+    (&mut l.task).await.unwrap();
+    wait_until(Duration::from_secs(10), "the slot gone", || async {
+        slots().await == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_live_source_confirms_what_it_processed() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let (_, users) = seed(&pool, 1).await;
+    let l = start(Source::Wal, db.url(), HB, TIMEOUT);
+    l.until("coherent", 0, "coherent").await;
+    for n in 0..200 {
+        update(&pool, "users", users[0].id, &format!("name = 'n{n}'")).await;
+    }
+    // The slot's confirmed position catches up with the WAL, so it holds nothing back.
+    wait_until(Duration::from_secs(20), "the slot caught up", || async {
+        let behind: i64 = sqlx::query_scalar(
+            "SELECT (pg_current_wal_lsn() - confirmed_flush_lsn)::int8 FROM pg_replication_slots
+              WHERE database = current_database() AND slot_name LIKE 'nearcache\\_%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        behind < 64 * 1024
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_table_outside_the_publication_keeps_the_cache_in_bypass() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    exec(&pool, "ALTER PUBLICATION nearcache DROP TABLE users").await;
+    let config = WalConfig::new(db.url())
+        .unwrap()
+        .with_tables(["users", "organizations"]);
+    let l = start_wal(config);
+    wait_until(Duration::from_secs(20), "the problem reported", || {
+        std::future::ready(l.status.problem().is_some())
+    })
+    .await;
+    let problem = l.status.problem().unwrap();
+    assert!(problem.contains("users is not in publication"), "{problem}");
+    assert!(!l.handler.events().contains(&"coherent".to_string()));
+    exec(&pool, "ALTER PUBLICATION nearcache ADD TABLE users").await;
+    l.until("coherent", 0, "coherent").await;
+    assert_eq!(l.status.problem(), None);
+}
