@@ -10,7 +10,8 @@
 --
 --     SELECT nearcache_attach('invoices', 'id', '{printed_at}');
 --
--- Each statement then sends, at commit, compact JSON payloads, never rows:
+-- (add notify => false when every instance uses the WAL source: the table is then only
+-- published, and the writer pays nothing). With notify, each statement then sends, at commit, compact JSON payloads, never rows:
 --
 --     {"v":1,"table":"users","op":"update","keys":["7f0c…","1b2d…"]}
 --     {"v":1,"table":"users","op":"flush"}          -- TRUNCATE, or too many keys
@@ -53,7 +54,9 @@ CREATE TABLE IF NOT EXISTS nearcache_attached (
     tbl             regclass PRIMARY KEY,
     key_column      text NOT NULL,
     ignore_columns  text[] NOT NULL DEFAULT '{}',
-    watched_columns text[] NOT NULL
+    watched_columns text[] NOT NULL,
+    -- false: published for the WAL source only, with no trigger in the writer's path.
+    notify          boolean NOT NULL DEFAULT true
 );
 
 -- The publication the WAL source decodes (logical replication); nearcache_attach adds each
@@ -149,8 +152,14 @@ BEGIN
 END
 $$;
 
--- Attaches the notification triggers to a table (replacing earlier ones) and records it.
-CREATE OR REPLACE FUNCTION nearcache_attach(tbl regclass, key_column text, ignore_columns text[] DEFAULT '{}')
+-- Attaches a table (replacing an earlier attach) and records it: publishes it for the WAL
+-- source and, unless notify is false, adds the notification triggers the LISTEN source needs.
+-- With notify => false the writer pays nothing at all (WAL-only deployments).
+-- The first version (sql/0002) had no notify argument; one signature only, or calls without
+-- it would be ambiguous.
+DROP FUNCTION IF EXISTS nearcache_attach(regclass, text, text[]);
+CREATE OR REPLACE FUNCTION nearcache_attach(tbl regclass, key_column text, ignore_columns text[] DEFAULT '{}',
+                                            notify boolean DEFAULT true)
 RETURNS void
 LANGUAGE plpgsql
 SET client_min_messages = warning
@@ -228,6 +237,7 @@ BEGIN
             RETURN NEW;
         END
         $body$ $f$, collect, setting, key_column);
+    IF notify THEN
     EXECUTE format('CREATE TRIGGER nearcache_collect_insert BEFORE INSERT ON %s
                     FOR EACH ROW EXECUTE FUNCTION %I()', tbl, collect);
     IF old_cols IS NOT NULL THEN
@@ -246,6 +256,9 @@ BEGIN
                     FOR EACH STATEMENT WHEN (%s) EXECUTE FUNCTION nearcache_send()', tbl, pending);
     EXECUTE format('CREATE TRIGGER nearcache_send_truncate AFTER TRUNCATE ON %s
                     FOR EACH STATEMENT EXECUTE FUNCTION nearcache_send()', tbl);
+    ELSE
+        EXECUTE format('DROP FUNCTION %I()', collect);
+    END IF;
     -- The WAL source decodes the publication. A published table must be able to name its
     -- rows in the WAL, or Postgres refuses its UPDATEs and DELETEs: a table without a primary
     -- key (or another replica identity index) gets REPLICA IDENTITY FULL.
@@ -263,12 +276,13 @@ BEGIN
     FOR t IN SELECT tgname FROM pg_trigger WHERE tgrelid = tbl AND tgname LIKE 'nearcache\_%' LOOP
         EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', tbl, t);
     END LOOP;
-    INSERT INTO nearcache_attached AS a (tbl, key_column, ignore_columns, watched_columns)
-    VALUES (tbl, key_column, ignore_columns, coalesce(watched, '{}'))
+    INSERT INTO nearcache_attached AS a (tbl, key_column, ignore_columns, watched_columns, notify)
+    VALUES (tbl, key_column, ignore_columns, coalesce(watched, '{}'), notify)
     ON CONFLICT ON CONSTRAINT nearcache_attached_pkey DO UPDATE
        SET key_column = excluded.key_column,
            ignore_columns = excluded.ignore_columns,
-           watched_columns = excluded.watched_columns;
+           watched_columns = excluded.watched_columns,
+           notify = excluded.notify;
     PERFORM set_config('nearcache.attaching', '', true);
 END
 $$;
@@ -308,11 +322,11 @@ BEGIN
     IF coalesce(current_setting('nearcache.attaching', true), '') = 'on' THEN
         RETURN;
     END IF;
-    FOR r IN SELECT DISTINCT a.tbl, a.key_column, a.ignore_columns
+    FOR r IN SELECT DISTINCT a.tbl, a.key_column, a.ignore_columns, a.notify
                FROM pg_event_trigger_ddl_commands() AS c
                JOIN nearcache_attached AS a ON a.tbl::oid = c.objid
               WHERE c.classid = 'pg_class'::regclass LOOP
-        PERFORM nearcache_attach(r.tbl, r.key_column, r.ignore_columns);
+        PERFORM nearcache_attach(r.tbl, r.key_column, r.ignore_columns, r.notify);
     END LOOP;
 END
 $$;
@@ -353,6 +367,10 @@ BEGIN
         SELECT * INTO a FROM nearcache_attached WHERE tbl = rel;
         IF NOT FOUND THEN
             problems := problems || format('table %s is not attached: SELECT nearcache_attach(%L, <key column>, <ignored columns>)', t, t);
+            CONTINUE;
+        END IF;
+        IF NOT a.notify THEN
+            problems := problems || format('table %s is attached for the WAL source only (notify => false): attach it again with notify for LISTEN', t);
             CONTINUE;
         END IF;
         SELECT string_agg(n, ', ') INTO missing

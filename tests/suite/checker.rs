@@ -11,12 +11,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nearcache_tests::app::{spawn_app, token};
+use nearcache_tests::app::{spawn_app_with, token};
 use nearcache_tests::TestDb;
 use rand::{Rng, SeedableRng};
 use serde_json::json;
 
-use crate::support::{seed, terminate_listeners};
+use crate::support::{seed, terminate_source, Source};
 
 const BOUND: Duration = Duration::from_millis(1000);
 const RUN_FOR: Duration = Duration::from_secs(6);
@@ -32,16 +32,15 @@ struct Read {
     version: u64,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn no_read_is_stale() {
+async fn no_read_is_stale(source: Source) {
     let seed_value: u64 = rand::random();
-    println!("checker seed {seed_value}");
+    println!("checker ({source:?}) seed {seed_value}");
     let db = TestDb::new().await;
     let pool = db.pool().await;
     let (_, users) = seed(&pool, 6).await;
     let mut apps = Vec::new();
     for _ in 0..3 {
-        let app = spawn_app(db.url()).await;
+        let app = spawn_app_with(db.url(), |s| s.source = source.kind()).await;
         app.ready("coherent").await;
         apps.push(app);
     }
@@ -117,7 +116,7 @@ async fn no_read_is_stale() {
             let mut killed = 0;
             while start.elapsed() < RUN_FOR {
                 tokio::time::sleep(Duration::from_millis(rng.gen_range(500..1500))).await;
-                killed += terminate_listeners(&pool).await;
+                killed += terminate_source(&pool, source).await;
             }
             killed
         })
@@ -145,7 +144,7 @@ async fn no_read_is_stale() {
         }
     }
     println!(
-        "checker: {} reads, {writes} writes, {killed} listener connections killed, {} stale",
+        "checker ({source:?}): {} reads, {writes} writes, {killed} source connections killed, {} stale",
         reads.len(),
         stale.len()
     );
@@ -171,3 +170,5 @@ async fn no_read_is_stale() {
         );
     }
 }
+
+for_each_source!(no_read_is_stale);

@@ -1,22 +1,23 @@
-//! Three instances of the service against one database, each with its own listener.
+//! Three instances of the service against one database, each with its own invalidation
+//! source; every test runs once per source.
 
 use std::time::{Duration, Instant};
 
-use nearcache_tests::app::{spawn_app, token, App};
+use nearcache_tests::app::{spawn_app_with, token, App};
 use nearcache_tests::{wait_until, PrivateCluster, TestDb};
 use serde_json::json;
 
-use crate::support::{seed, terminate_listeners, update};
+use crate::support::{seed, terminate_source, update, Source};
 
 /// How long a notification may take to reach every instance in these tests; on a LAN it is
 /// well under a millisecond, the rest is slack for a loaded machine. The cache TTL is five
 /// minutes, so only invalidation can meet it.
 const BOUND: Duration = Duration::from_secs(5);
 
-async fn three(url: &str) -> Vec<App> {
+async fn three(url: &str, source: Source) -> Vec<App> {
     let mut apps = Vec::new();
     for _ in 0..3 {
-        let app = spawn_app(url).await;
+        let app = spawn_app_with(url, |s| s.source = source.kind()).await;
         app.ready("coherent").await;
         apps.push(app);
     }
@@ -59,11 +60,11 @@ struct Fixture {
     apps: Vec<App>,
 }
 
-async fn fixture(n: usize) -> Fixture {
+async fn fixture(n: usize, source: Source) -> Fixture {
     let db = TestDb::new().await;
     let pool = db.pool().await;
     let (org, users) = seed(&pool, n).await;
-    let apps = three(db.url()).await;
+    let apps = three(db.url(), source).await;
     let tokens: Vec<String> = users.iter().map(|u| token(u.id, json!({}))).collect();
     for t in &tokens {
         warm(&apps, t).await;
@@ -84,8 +85,7 @@ async fn warm(apps: &[App], t: &str) {
     }
 }
 
-#[tokio::test]
-async fn writes_through_one_instance_and_by_sql_reach_the_others() {
+async fn writes_through_one_instance_and_by_sql_reach_the_others(source: Source) {
     // `_db` is bound so that the database lives as long as the test.
     let Fixture {
         _db,
@@ -94,7 +94,7 @@ async fn writes_through_one_instance_and_by_sql_reach_the_others() {
         tokens,
         apps,
         ..
-    } = fixture(1).await;
+    } = fixture(1, source).await;
     let t = &tokens[0];
     let (status, _) = apps[0].patch_me(t, &json!({"name": "Via A"})).await;
     assert_eq!(status, 200);
@@ -119,8 +119,7 @@ async fn writes_through_one_instance_and_by_sql_reach_the_others() {
     .await;
 }
 
-#[tokio::test]
-async fn renaming_an_organization_refreshes_all_its_users_everywhere() {
+async fn renaming_an_organization_refreshes_all_its_users_everywhere(source: Source) {
     let Fixture {
         _db,
         pool,
@@ -128,7 +127,7 @@ async fn renaming_an_organization_refreshes_all_its_users_everywhere() {
         tokens,
         apps,
         ..
-    } = fixture(3).await;
+    } = fixture(3, source).await;
     update(&pool, "organizations", org.id, "name = 'Renamed'").await;
     for t in &tokens {
         all_see(
@@ -143,8 +142,7 @@ async fn renaming_an_organization_refreshes_all_its_users_everywhere() {
     }
 }
 
-#[tokio::test]
-async fn a_deactivated_user_gets_401_everywhere() {
+async fn a_deactivated_user_gets_401_everywhere(source: Source) {
     // `_db` is bound so that the database lives as long as the test.
     let Fixture {
         _db,
@@ -153,7 +151,7 @@ async fn a_deactivated_user_gets_401_everywhere() {
         tokens,
         apps,
         ..
-    } = fixture(1).await;
+    } = fixture(1, source).await;
     let t = &tokens[0];
     update(&pool, "users", users[0].id, "active = false").await;
     for app in &apps {
@@ -164,8 +162,7 @@ async fn a_deactivated_user_gets_401_everywhere() {
     }
 }
 
-#[tokio::test]
-async fn an_instance_whose_listener_is_killed_stays_fresh_and_recovers() {
+async fn an_instance_whose_listener_is_killed_stays_fresh_and_recovers(source: Source) {
     // `_db` is bound so that the database lives as long as the test.
     let Fixture {
         _db,
@@ -174,10 +171,10 @@ async fn an_instance_whose_listener_is_killed_stays_fresh_and_recovers() {
         tokens,
         apps,
         ..
-    } = fixture(1).await;
+    } = fixture(1, source).await;
     let t = &tokens[0];
     // Every instance's listener goes; each must bypass, then recover.
-    assert_eq!(terminate_listeners(&pool).await, 3);
+    assert_eq!(terminate_source(&pool, source).await, 3);
     for name in ["one", "two", "three"] {
         update(&pool, "users", users[0].id, &format!("name = '{name}'")).await;
         // Whether bypassing or coherent again, a fresh value: a write committed after the
@@ -207,8 +204,7 @@ async fn an_instance_whose_listener_is_killed_stays_fresh_and_recovers() {
     .await;
 }
 
-#[tokio::test]
-async fn every_instance_recovers_from_a_cluster_restart() {
+async fn every_instance_recovers_from_a_cluster_restart(source: Source) {
     let cluster = PrivateCluster::start();
     let db = TestDb::on(&cluster.url()).await;
     let (t, user) = {
@@ -217,7 +213,7 @@ async fn every_instance_recovers_from_a_cluster_restart() {
         pool.close().await;
         (token(users[0].id, json!({})), users[0].id)
     };
-    let apps = three(db.url()).await;
+    let apps = three(db.url(), source).await;
     warm(&apps, &t).await;
     cluster.cluster().crash().unwrap();
     for app in &apps {
@@ -241,4 +237,16 @@ async fn every_instance_recovers_from_a_cluster_restart() {
         &json!("restarted"),
     )
     .await;
+    // Before the cluster goes: a server stopping waits for its WAL consumers.
+    for app in apps {
+        app.stop().await.unwrap();
+    }
 }
+
+for_each_source!(
+    writes_through_one_instance_and_by_sql_reach_the_others,
+    renaming_an_organization_refreshes_all_its_users_everywhere,
+    a_deactivated_user_gets_401_everywhere,
+    an_instance_whose_listener_is_killed_stays_fresh_and_recovers,
+    every_instance_recovers_from_a_cluster_restart,
+);

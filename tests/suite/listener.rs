@@ -398,24 +398,6 @@ async fn shutdown_stops_the_source_promptly(source: Source) {
     assert_eq!(l.status.snapshot().state, ListenerState::Stopped);
 }
 
-/// Each test above that takes a `Source`, once per source.
-macro_rules! for_each_source {
-    ($($test:ident),* $(,)?) => {
-        mod notify {
-            $(#[tokio::test]
-            async fn $test() {
-                super::$test(crate::support::Source::Notify).await;
-            })*
-        }
-        mod wal {
-            $(#[tokio::test]
-            async fn $test() {
-                super::$test(crate::support::Source::Wal).await;
-            })*
-        }
-    };
-}
-
 for_each_source!(
     committed_changes_reach_the_handler_as_invalidations,
     a_terminated_backend_bypasses_at_once_and_recovers_with_a_flush,

@@ -1,11 +1,14 @@
-//! The cross-crate test binary: the listener against a real Postgres, the service over real
+//! The cross-crate test binary: both invalidation sources against a real Postgres, the service over real
 //! TCP, several instances kept coherent, a randomized staleness checker, and tidy checks.
+
+// First: its macro (`for_each_source!`) is used by the modules below.
+#[macro_use]
+mod support;
 
 mod checker;
 mod cluster;
 mod coherence;
 mod listener;
 mod service;
-mod support;
 mod tidy;
 mod wal;

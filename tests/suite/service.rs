@@ -183,9 +183,11 @@ async fn healthz_says_why_the_cache_bypasses_when_a_table_lacks_its_triggers() {
     .await;
     let (status, body) = app.get("/healthz", None).await;
     assert_eq!((status, body["cache"].as_str()), (200, Some("bypass")));
+    // The default source is auto, which is the WAL on the test cluster.
+    assert_eq!(body["source"], "wal");
     let problem = body["problem"].as_str().unwrap();
     assert!(
-        problem.contains("organizations is not attached"),
+        problem.contains("table organizations is not in publication nearcache"),
         "{problem}"
     );
     app.stop().await.unwrap();

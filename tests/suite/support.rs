@@ -43,6 +43,25 @@ pub(crate) async fn update(
 }
 
 /// Terminates the listener backends of the pool's database; returns how many.
+/// Each named `async fn name(source: Source)` of the calling module becomes two tests,
+/// `notify::name` and `wal::name`: a test that holds for every source is written once.
+macro_rules! for_each_source {
+    ($($test:ident),* $(,)?) => {
+        mod notify {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $test() {
+                super::$test(crate::support::Source::Notify).await;
+            })*
+        }
+        mod wal {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $test() {
+                super::$test(crate::support::Source::Wal).await;
+            })*
+        }
+    };
+}
+
 /// An invalidation source, for tests that hold for each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Source {
@@ -53,6 +72,14 @@ pub(crate) enum Source {
 }
 
 impl Source {
+    /// The server's setting for it.
+    pub(crate) fn kind(self) -> nearcache_server::SourceKind {
+        match self {
+            Source::Notify => nearcache_server::SourceKind::Notify,
+            Source::Wal => nearcache_server::SourceKind::Wal,
+        }
+    }
+
     /// The application_name of its streaming connection.
     pub(crate) fn application_name(self) -> &'static str {
         match self {
@@ -72,9 +99,4 @@ pub(crate) async fn terminate_source(pool: &PgPool, source: Source) -> i64 {
     .fetch_one(pool)
     .await
     .unwrap()
-}
-
-/// Terminates the LISTEN connections on the pool's database; returns how many.
-pub(crate) async fn terminate_listeners(pool: &PgPool) -> i64 {
-    terminate_source(pool, Source::Notify).await
 }

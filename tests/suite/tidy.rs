@@ -80,6 +80,7 @@ fn dependencies_point_inward() {
     assert_eq!(ours("nearcache-pg"), set(&[]));
     assert_eq!(ours("nearcache-source"), set(&[]));
     assert_eq!(ours("nearcache-listener"), set(&["nearcache-source"]));
+    assert_eq!(ours("nearcache-wal"), set(&["nearcache-source"]));
     assert_eq!(
         ours("nearcache-http"),
         set(&["nearcache-store", "nearcache-pg"])
@@ -93,6 +94,7 @@ fn dependencies_point_inward() {
     for (adapter, foreign) in [
         ("nearcache-pg", ["tokio-postgres", "hyper"]),
         ("nearcache-listener", ["sqlx", "hyper"]),
+        ("nearcache-wal", ["sqlx", "hyper"]),
         ("nearcache-http", ["tokio-postgres", "moka"]),
     ] {
         for f in foreign {

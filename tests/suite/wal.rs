@@ -144,3 +144,37 @@ async fn a_table_outside_the_publication_keeps_the_cache_in_bypass() {
     l.until("coherent", 0, "coherent").await;
     assert_eq!(l.status.problem(), None);
 }
+
+#[tokio::test]
+async fn a_two_phase_write_is_evicted_at_commit_prepared() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let (_, users) = seed(&pool, 1).await;
+    // WAL only: no trigger in the writer's path, so nothing refuses PREPARE.
+    exec(
+        &pool,
+        "SELECT nearcache_attach('users', 'id', '{last_seen_at}', notify => false)",
+    )
+    .await;
+    let l = start(Source::Wal, db.url(), HB, TIMEOUT);
+    let ready = l.until("coherent", 0, "coherent").await;
+    let u = users[0].id;
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::raw_sql(&format!(
+        "BEGIN; UPDATE users SET name = 'Prepared' WHERE id = '{u}';
+         PREPARE TRANSACTION 'nearcache_2pc';"
+    ))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    l.handler.push("prepared");
+    sqlx::raw_sql("COMMIT PREPARED 'nearcache_2pc'")
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let evicted = l
+        .until("the prepared write", ready, &format!("users:{u}"))
+        .await;
+    let prepared = l.handler.position_after(ready, "prepared").unwrap();
+    assert!(evicted > prepared, "decoded at COMMIT PREPARED, not before");
+}

@@ -82,6 +82,8 @@ pub struct Health {
     /// Why the cache bypasses, when the reason is one an operator must fix (the database's
     /// triggers are missing or wrong); `None` otherwise.
     pub problem: Option<String>,
+    /// The invalidation source in use (`wal`, `notify`), once chosen.
+    pub source: Option<&'static str>,
 }
 
 /// What the composing binary tells the HTTP layer about the parts it cannot see.
@@ -260,6 +262,9 @@ fn healthz(state: &AppState) -> Response<Full<Bytes>> {
     let mut body = serde_json::json!({"status": word, "cache": health.cache.as_str()});
     if let Some(problem) = health.problem {
         body["problem"] = problem.into();
+    }
+    if let Some(source) = health.source {
+        body["source"] = source.into();
     }
     json(status, &body)
 }

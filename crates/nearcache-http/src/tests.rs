@@ -26,6 +26,7 @@ impl Probe for Ready {
             ready: self.0,
             cache: CacheState::Off,
             problem: None,
+            source: None,
         }
     }
     fn render_metrics(&self, out: &mut String) {

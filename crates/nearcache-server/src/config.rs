@@ -18,6 +18,30 @@ pub enum CacheMode {
     Off,
 }
 
+/// Where a coherent cache hears about changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SourceKind {
+    /// The WAL when the database allows it (`wal_level = logical` and a role that may
+    /// replicate), LISTEN/NOTIFY otherwise; decided once the database answers, and logged.
+    Auto,
+    /// Logical decoding of the publication `nearcache` through a temporary slot: nothing in the
+    /// writer's path.
+    Wal,
+    /// LISTEN/NOTIFY, fed by the triggers.
+    Notify,
+}
+
+impl SourceKind {
+    /// The flag's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SourceKind::Auto => "auto",
+            SourceKind::Wal => "wal",
+            SourceKind::Notify => "notify",
+        }
+    }
+}
+
 impl CacheMode {
     /// The flag's spelling.
     pub fn as_str(self) -> &'static str {
@@ -83,6 +107,10 @@ pub struct Config {
     /// Notification channel of the triggers (the database's `nearcache_channel()`).
     #[arg(long, env = "NEARCACHE_CHANNEL", default_value = "nearcache")]
     pub channel: String,
+    /// Where a coherent cache hears about changes: `auto` (the WAL if the database allows it,
+    /// else LISTEN), `wal` or `notify`.
+    #[arg(long, env = "NEARCACHE_SOURCE", value_enum, default_value = "auto")]
+    pub source: SourceKind,
     /// Database connections in the pool.
     #[arg(long, env = "NEARCACHE_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
@@ -111,6 +139,9 @@ pub enum ConfigError {
     /// Zero or inconsistent timings.
     #[error("{0}")]
     Timing(&'static str),
+    /// The WAL source cannot use this database URL.
+    #[error("{0}")]
+    Wal(#[from] nearcache_wal::ConfigError),
     /// A bad channel name.
     #[error("{0}")]
     Channel(#[from] nearcache_listener::ConfigError),
@@ -145,6 +176,8 @@ pub struct Settings {
     pub heartbeat_timeout: Duration,
     /// Notification channel.
     pub channel: String,
+    /// Invalidation source of a coherent cache.
+    pub source: SourceKind,
     /// Pool size.
     pub db_pool_size: u32,
     /// Pool acquire timeout.
@@ -166,6 +199,7 @@ impl Settings {
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(3),
             channel: "nearcache".into(),
+            source: SourceKind::Auto,
             db_pool_size: 16,
             db_timeout: Duration::from_secs(2),
             auth: AuthConfig::new(key),
@@ -210,6 +244,7 @@ impl Config {
         settings.heartbeat_interval = self.heartbeat_interval;
         settings.heartbeat_timeout = self.heartbeat_timeout;
         settings.channel = self.channel;
+        settings.source = self.source;
         settings.db_pool_size = self.db_pool_size;
         settings.db_timeout = self.db_timeout;
         Ok(settings)

@@ -11,11 +11,12 @@
 mod config;
 mod handler;
 mod probe;
+mod source;
 
 use std::future::Future;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use nearcache::{Cache, CacheConfig, Mode};
@@ -23,15 +24,17 @@ use nearcache_http::{AppState, Authenticator, CachedPrincipal, PrincipalStore, S
 use nearcache_listener::{ListenerConfig, ListenerStatus};
 use nearcache_pg::{PgUserRepo, UserId};
 use nearcache_store::PassThrough;
+use nearcache_wal::WalConfig;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{CacheMode, Config, ConfigError, Settings};
+pub use config::{CacheMode, Config, ConfigError, Settings, SourceKind};
 use handler::CacheHandler;
 use probe::ServerProbe;
+use source::Sources;
 
 /// How long background tasks get to stop after the HTTP server has drained.
 const TASK_STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,7 +45,7 @@ pub struct Application {
     database: PgConnectOptions,
     authenticator: Authenticator,
     cache: Option<Cache<UserId, Arc<CachedPrincipal>>>,
-    listener: Option<ListenerConfig>,
+    sources: Option<Sources>,
 }
 
 impl std::fmt::Debug for Application {
@@ -82,6 +85,17 @@ impl Application {
         listener.validate().map_err(|_| {
             ConfigError::Timing("--heartbeat-interval and --heartbeat-timeout must be positive")
         })?;
+        // The WAL source needs a TCP host; `auto` falls back to LISTEN without one.
+        let wal = match WalConfig::new(&settings.database_url) {
+            Ok(mut wal) => {
+                wal = wal.with_tables(handler::TABLES);
+                wal.heartbeat_interval = settings.heartbeat_interval;
+                wal.heartbeat_timeout = settings.heartbeat_timeout;
+                Some(wal)
+            }
+            Err(e) if settings.source == SourceKind::Wal => return Err(e.into()),
+            Err(_) => None,
+        };
         let cache = match settings.cache {
             CacheMode::Off => None,
             mode => Some(Cache::new(CacheConfig {
@@ -98,7 +112,11 @@ impl Application {
             })),
         };
         Ok(Self {
-            listener: (settings.cache == CacheMode::Coherent).then_some(listener),
+            sources: (settings.cache == CacheMode::Coherent).then_some(Sources {
+                kind: settings.source,
+                notify: listener,
+                wal,
+            }),
             settings,
             database,
             authenticator,
@@ -124,7 +142,7 @@ impl Application {
             database,
             authenticator,
             cache,
-            listener: listener_config,
+            sources,
         } = self;
         let pool = PgPoolOptions::new()
             .max_connections(settings.db_pool_size)
@@ -133,15 +151,20 @@ impl Application {
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
 
-        let listener_status = match (&cache, listener_config) {
-            (Some(c), Some(config)) => {
+        let chosen = Arc::new(OnceLock::new());
+        let listener_status = match (&cache, sources) {
+            (Some(c), Some(sources)) => {
                 let status = ListenerStatus::default();
                 let handler = Arc::new(CacheHandler::new(c.clone()));
-                let token = stop.clone();
-                let task = nearcache_listener::run(config, handler, status.clone(), async move {
-                    token.cancelled().await;
-                });
-                tasks.push(("listener", tokio::spawn(task)));
+                let task = source::run(
+                    sources,
+                    handler,
+                    status.clone(),
+                    chosen.clone(),
+                    pool.clone(),
+                    stop.clone(),
+                );
+                tasks.push(("invalidation source", tokio::spawn(task)));
                 Some(status)
             }
             _ => None,
@@ -160,6 +183,7 @@ impl Application {
             settings.cache,
             cache,
             listener_status,
+            chosen,
             db_ok,
         ));
         let repo = Arc::new(PgUserRepo::new(pool.clone()));

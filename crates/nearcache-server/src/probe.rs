@@ -4,20 +4,22 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use nearcache::{Cache, Mode};
 use nearcache_http::{CacheState, CachedPrincipal, Health, Probe};
 use nearcache_listener::{ListenerState, ListenerStatus};
 use nearcache_pg::UserId;
 
-use crate::CacheMode;
+use crate::{CacheMode, SourceKind};
 
 /// What `/healthz` and `/metrics` report beyond HTTP.
 pub(crate) struct ServerProbe {
     mode: CacheMode,
     cache: Option<Cache<UserId, Arc<CachedPrincipal>>>,
     listener: Option<ListenerStatus>,
+    /// The invalidation source, once chosen.
+    source: Arc<OnceLock<SourceKind>>,
     db_ok: Arc<AtomicBool>,
 }
 
@@ -26,12 +28,14 @@ impl ServerProbe {
         mode: CacheMode,
         cache: Option<Cache<UserId, Arc<CachedPrincipal>>>,
         listener: Option<ListenerStatus>,
+        source: Arc<OnceLock<SourceKind>>,
         db_ok: Arc<AtomicBool>,
     ) -> Self {
         Self {
             mode,
             cache,
             listener,
+            source,
             db_ok,
         }
     }
@@ -62,6 +66,7 @@ impl Probe for ServerProbe {
             ready: listening || self.db_ok.load(Ordering::Relaxed),
             cache,
             problem: self.listener.as_ref().and_then(ListenerStatus::problem),
+            source: self.source.get().map(|s| s.as_str()),
         }
     }
 
@@ -82,6 +87,13 @@ impl Probe for ServerProbe {
                 let name = format!("nearcache_cache_{}_total", m.name);
                 metric(out, &name, "counter", m.help, m.value);
             }
+        }
+        if let Some(source) = self.source.get() {
+            let _ = writeln!(
+                out,
+                "# HELP nearcache_source_info The invalidation source in use.\n# TYPE nearcache_source_info gauge\nnearcache_source_info{{source=\"{}\"}} 1",
+                source.as_str()
+            );
         }
         if let Some(listener) = &self.listener {
             let s = listener.snapshot();

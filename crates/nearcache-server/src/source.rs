@@ -1,0 +1,70 @@
+//! Which invalidation source drives the cache, and running it: `auto` asks the database once it
+//! answers whether the WAL can be decoded, and falls back to LISTEN otherwise.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use nearcache_listener::ListenerConfig;
+use nearcache_source::{Handler, SourceStatus};
+use nearcache_wal::WalConfig;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::SourceKind;
+
+/// The configurations of both sources and the choice between them.
+pub(crate) struct Sources {
+    pub(crate) kind: SourceKind,
+    pub(crate) notify: ListenerConfig,
+    /// `None` when the URL cannot serve a replication connection (then `auto` means LISTEN).
+    pub(crate) wal: Option<WalConfig>,
+}
+
+/// Whether the database lets us decode its WAL: logical decoding on, and a role that may
+/// replicate.
+async fn wal_possible(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT current_setting('wal_level') = 'logical'
+            AND (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user)",
+    )
+    .fetch_one(pool)
+    .await
+}
+
+/// Runs the chosen source until `stop`; records the choice in `chosen` once it is made.
+pub(crate) async fn run<H: Handler>(
+    sources: Sources,
+    handler: Arc<H>,
+    status: SourceStatus,
+    chosen: Arc<OnceLock<SourceKind>>,
+    pool: PgPool,
+    stop: CancellationToken,
+) {
+    let kind = match (sources.kind, &sources.wal) {
+        (SourceKind::Auto, None) => SourceKind::Notify,
+        (SourceKind::Auto, Some(_)) => loop {
+            // The cache stays in bypass (it starts there) until the database answers.
+            match wal_possible(&pool).await {
+                Ok(true) => break SourceKind::Wal,
+                Ok(false) => break SourceKind::Notify,
+                Err(e) => tracing::debug!(error = %e, "source: cannot ask the database yet"),
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        },
+        (kind, _) => kind,
+    };
+    let _ = chosen.set(kind);
+    tracing::info!(
+        source = kind.as_str(),
+        configured = sources.kind.as_str(),
+        "invalidation source chosen"
+    );
+    let stopped = async move { stop.cancelled().await };
+    match (kind, sources.wal) {
+        (SourceKind::Wal, Some(wal)) => nearcache_wal::run(wal, handler, status, stopped).await,
+        _ => nearcache_listener::run(sources.notify, handler, status, stopped).await,
+    }
+}
