@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use nearcache_tests::{wait_until, TestDb};
+use nearcache_tests::{wait_until, PrivateCluster, TestDb};
 use nearcache_wal::WalConfig;
 
 use crate::listener::{start, start_wal};
@@ -177,4 +177,64 @@ async fn a_two_phase_write_is_evicted_at_commit_prepared() {
         .await;
     let prepared = l.handler.position_after(ready, "prepared").unwrap();
     assert!(evicted > prepared, "decoded at COMMIT PREPARED, not before");
+}
+
+#[tokio::test]
+async fn a_statement_on_many_rows_becomes_a_table_flush() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    exec(
+        &pool,
+        "CREATE TABLE docs (k int PRIMARY KEY, v int NOT NULL);
+         INSERT INTO docs SELECT g, 0 FROM generate_series(1, 100000) g;
+         SELECT nearcache_attach('docs', 'k', notify => false);",
+    )
+    .await;
+    let l = start(Source::Wal, db.url(), HB, TIMEOUT);
+    let ready = l.until("coherent", 0, "coherent").await;
+    exec(&pool, "UPDATE docs SET v = v + 1").await;
+    l.until("the table flush", ready, "docs:*").await;
+    let keys = l
+        .handler
+        .events()
+        .iter()
+        .filter(|e| e.starts_with("docs:") && *e != "docs:*")
+        .count();
+    assert_eq!(keys, 0, "100 000 rows are one flush, not 100 000 keys");
+}
+
+#[tokio::test]
+async fn no_free_slot_keeps_the_cache_in_bypass_and_says_why() {
+    let cluster = PrivateCluster::start();
+    let db = TestDb::on(&cluster.url()).await;
+    let pool = db.pool().await;
+    // Every slot of the cluster taken (it has 100).
+    exec(
+        &pool,
+        "SELECT pg_create_logical_replication_slot('filler_' || g, 'pgoutput')
+           FROM generate_series(1, 100) g",
+    )
+    .await;
+    let l = start(Source::Wal, db.url(), HB, TIMEOUT);
+    wait_until(Duration::from_secs(20), "the problem reported", || {
+        std::future::ready(l.status.problem().is_some())
+    })
+    .await;
+    let problem = l.status.problem().unwrap();
+    assert!(
+        problem.contains("cannot create a replication slot"),
+        "{problem}"
+    );
+    assert!(!l.handler.events().contains(&"coherent".to_string()));
+    // A slot freed: the next attempt streams.
+    exec(&pool, "SELECT pg_drop_replication_slot('filler_1')").await;
+    l.until("coherent", 0, "coherent").await;
+    assert_eq!(l.status.problem(), None);
+    exec(
+        &pool,
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+          WHERE slot_name LIKE 'filler\\_%'",
+    )
+    .await;
+    l.stop().await;
 }

@@ -42,7 +42,14 @@ fn demo(url: &str, args: &Args) -> Result<()> {
         a.ready(&client, "coherent").await?;
         b.ready(&client, "coherent").await?;
         for i in [&a, &b] {
-            println!("==> instance {}: {}  (log: {})", i.name, i.url(""), i.log.display());
+            let health: serde_json::Value = client.get(i.url("/healthz")).send().await?.json().await?;
+            println!(
+                "==> instance {}: {}  (invalidation source: {}; log: {})",
+                i.name,
+                i.url(""),
+                health["source"].as_str().unwrap_or("?"),
+                i.log.display()
+            );
         }
         println!("\n==> tokens (HS256, secret {:?}, valid for an hour)", seed::SECRET);
         let tokens: Vec<String> = (1..=3).map(seed::token).collect();
@@ -57,7 +64,7 @@ fn demo(url: &str, args: &Args) -> Result<()> {
             a.url("/me")
         );
         println!("curl -s {}", b.url("/healthz"));
-        println!("curl -s {} | grep -E '^nearcache_(cache|listener)'", b.url("/metrics"));
+        println!("curl -s {} | grep -E '^nearcache_(cache|listener|source)'", b.url("/metrics"));
 
         println!("\n==> a change through A, seen through B");
         let get_name = |inst: &Instance, t: &str| {
@@ -84,7 +91,7 @@ fn demo(url: &str, args: &Args) -> Result<()> {
             let seen = get_name(&b, &tokens[0]).await?;
             if seen == new_name {
                 println!(
-                    "GET   B /me        -> name {seen:?} (B evicted its copy on A's notification; seen {:.1} ms after the PATCH returned)",
+                    "GET   B /me        -> name {seen:?} (B evicted its copy when the change reached it; seen {:.1} ms after the PATCH returned)",
                     start.elapsed().as_secs_f64() * 1000.0
                 );
                 break;

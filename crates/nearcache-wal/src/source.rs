@@ -231,10 +231,18 @@ async fn stream<H: Handler + ?Sized>(
     );
     let create =
         format!("CREATE_REPLICATION_SLOT {slot} TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT");
-    tokio::time::timeout(timeout, repl.0.simple_query(&create))
-        .await
-        .map_err(|_| not_yet(SessionError::Timeout("creating the slot")))?
-        .map_err(|e| not_yet(SessionError::Replication(e)))?;
+    match tokio::time::timeout(timeout, repl.0.simple_query(&create)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            // Usually every slot is taken (max_replication_slots) or the role may not
+            // replicate: something an operator must fix, so it is shown, not just logged.
+            status.set_problem(Some(format!(
+                "cannot create a replication slot: {e} (free slots: max_replication_slots, max_wal_senders; the role needs REPLICATION)"
+            )));
+            return Err(not_yet(SessionError::Replication(e)));
+        }
+        Err(_) => return Err(not_yet(SessionError::Timeout("creating the slot"))),
+    }
     repl.0
         .start()
         .await
@@ -243,6 +251,7 @@ async fn stream<H: Handler + ?Sized>(
         .await
         .map_err(|_| not_yet(SessionError::Timeout("starting replication")))?
         .map_err(|e| not_yet(SessionError::Replication(e)))?;
+    status.set_problem(None);
     // The slot delivers every change committed after its consistent point; anything before
     // it is flushed away now.
     handler.flush_all();
@@ -321,6 +330,10 @@ enum Pending {
     Flush(String),
 }
 
+/// Past this many keys in one transaction, its changes become table flushes: a statement
+/// that touches a million rows needs no million strings in memory.
+const MAX_PENDING_KEYS: usize = 10_000;
+
 /// Turns the stream's events into handler calls, at each transaction's commit.
 struct Decoder {
     relations: HashMap<u32, Relation>,
@@ -329,6 +342,10 @@ struct Decoder {
     digests: HashMap<(String, String), Vec<u64>>,
     capacity: usize,
     pending: Vec<Pending>,
+    /// Keys in `pending`.
+    pending_keys: usize,
+    /// Tables of the current transaction that will be flushed whole.
+    flushed: Vec<String>,
 }
 
 impl Decoder {
@@ -339,6 +356,8 @@ impl Decoder {
             digests: HashMap::new(),
             capacity: capacity.max(1),
             pending: Vec::new(),
+            pending_keys: 0,
+            flushed: Vec::new(),
         }
     }
 
@@ -352,10 +371,16 @@ impl Decoder {
         heartbeat: Option<&str>,
     ) -> Result<bool, pgoutput::DecodeError> {
         match event {
-            ReplicationEvent::Begin { .. } => self.pending.clear(),
+            ReplicationEvent::Begin { .. } => self.clear_pending(),
             ReplicationEvent::XLogData { data, .. } => self.change(pgoutput::decode(&data)?)?,
             ReplicationEvent::Commit { end_lsn, .. } => {
-                for p in self.pending.drain(..) {
+                let flushed = std::mem::take(&mut self.flushed);
+                let pending: Vec<Pending> = self.pending.drain(..).collect();
+                self.pending_keys = 0;
+                for p in pending
+                    .into_iter()
+                    .chain(flushed.into_iter().map(Pending::Flush))
+                {
                     status.notification();
                     let cached = match p {
                         Pending::Keys(table, keys) => handler.invalidate(&table, &keys),
@@ -378,7 +403,7 @@ impl Decoder {
                 }
             }
             ReplicationEvent::KeepAlive { wal_end, .. } => {
-                if self.pending.is_empty() {
+                if self.pending.is_empty() && self.flushed.is_empty() {
                     repl.update_applied_lsn(wal_end);
                 }
             }
@@ -386,6 +411,36 @@ impl Decoder {
             ReplicationEvent::StoppedAt { .. } => {}
         }
         Ok(false)
+    }
+
+    fn clear_pending(&mut self) {
+        self.pending.clear();
+        self.pending_keys = 0;
+        self.flushed.clear();
+    }
+
+    /// Queues a change for the commit; past [`MAX_PENDING_KEYS`], every table of the
+    /// transaction is flushed instead.
+    fn push(&mut self, p: Pending) {
+        let table = match &p {
+            Pending::Keys(t, _) | Pending::Flush(t) => t,
+        };
+        if self.flushed.contains(table) {
+            return;
+        }
+        if let Pending::Keys(_, keys) = &p {
+            self.pending_keys += keys.len();
+        }
+        self.pending.push(p);
+        if self.pending_keys > MAX_PENDING_KEYS {
+            for p in self.pending.drain(..) {
+                let (Pending::Keys(t, _) | Pending::Flush(t)) = p;
+                if !self.flushed.contains(&t) {
+                    self.flushed.push(t);
+                }
+            }
+            self.pending_keys = 0;
+        }
     }
 
     fn change(&mut self, change: Change) -> Result<(), pgoutput::DecodeError> {
@@ -397,9 +452,9 @@ impl Decoder {
                 let (table, key) = self.key(relation, &new)?;
                 if let Some(key) = key {
                     self.remember(&table, &key, &new, None);
-                    self.pending.push(Pending::Keys(table, vec![key]));
+                    self.push(Pending::Keys(table, vec![key]));
                 } else {
-                    self.pending.push(Pending::Flush(table));
+                    self.push(Pending::Flush(table));
                 }
             }
             Change::Update { relation, old, new } => {
@@ -412,15 +467,14 @@ impl Decoder {
                     (Some(old_key), Some(new_key)) if old_key != new_key => {
                         self.forget(&table, &old_key);
                         self.remember(&table, &new_key, &new, None);
-                        self.pending
-                            .push(Pending::Keys(table, vec![old_key, new_key]));
+                        self.push(Pending::Keys(table, vec![old_key, new_key]));
                     }
                     (Some(_), Some(key)) => {
                         if self.remember(&table, &key, &new, old.as_ref()) {
-                            self.pending.push(Pending::Keys(table, vec![key]));
+                            self.push(Pending::Keys(table, vec![key]));
                         }
                     }
-                    _ => self.pending.push(Pending::Flush(table)),
+                    _ => self.push(Pending::Flush(table)),
                 }
             }
             Change::Delete { relation, old } => {
@@ -428,16 +482,16 @@ impl Decoder {
                 match key {
                     Some(key) => {
                         self.forget(&table, &key);
-                        self.pending.push(Pending::Keys(table, vec![key]));
+                        self.push(Pending::Keys(table, vec![key]));
                     }
-                    None => self.pending.push(Pending::Flush(table)),
+                    None => self.push(Pending::Flush(table)),
                 }
             }
             Change::Truncate { relations } => {
                 for id in relations {
                     let table = self.relation(id)?.name.clone();
                     self.digests.retain(|(t, _), _| *t != table);
-                    self.pending.push(Pending::Flush(table));
+                    self.push(Pending::Flush(table));
                 }
             }
             Change::Skipped => {}

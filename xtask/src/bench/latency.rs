@@ -1,5 +1,5 @@
 //! Invalidation latency: from an UPDATE's commit to the eviction in two in-process instances,
-//! each a cache with its own listener.
+//! each a cache with its own source, for each source.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use nearcache::{Cache, CacheConfig, Mode, Tag};
 use nearcache_listener::{Handler, ListenerConfig, ListenerStatus};
+use nearcache_wal::WalConfig;
 use rand::Rng;
 
 use crate::seed;
@@ -49,12 +50,69 @@ impl Handler for Timed {
 
 /// Latencies of one measure.
 pub(super) struct Series {
-    pub(super) name: &'static str,
+    pub(super) name: String,
     pub(super) samples: Vec<Duration>,
 }
 
-/// From an UPDATE's return to the eviction, in two in-process instances, over 1000 updates.
+/// An invalidation source to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Source {
+    Wal,
+    Notify,
+}
+
+impl Source {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Source::Wal => "WAL",
+            Source::Notify => "LISTEN",
+        }
+    }
+}
+
+/// Spawns `source` for `handler` until `stop` says so.
+pub(super) fn spawn_source<H: Handler>(
+    source: Source,
+    url: &str,
+    handler: Arc<H>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<ListenerStatus> {
+    let status = ListenerStatus::default();
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    match source {
+        Source::Wal => {
+            tokio::spawn(nearcache_wal::run(
+                WalConfig::new(url)?,
+                handler,
+                status.clone(),
+                stopped,
+            ));
+        }
+        Source::Notify => {
+            tokio::spawn(nearcache_listener::run(
+                ListenerConfig::new(url)?,
+                handler,
+                status.clone(),
+                stopped,
+            ));
+        }
+    }
+    Ok(status)
+}
+
+/// For each source, from an UPDATE's return to the eviction, in two in-process instances,
+/// over 1000 updates.
 pub(super) async fn invalidation_latency(url: &str) -> Result<Vec<Series>> {
+    let mut all = Vec::new();
+    for source in [Source::Wal, Source::Notify] {
+        all.extend(latency_of(url, source).await?);
+    }
+    Ok(all)
+}
+
+async fn latency_of(url: &str, source: Source) -> Result<Vec<Series>> {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .connect(url)
@@ -70,16 +128,7 @@ pub(super) async fn invalidation_latency(url: &str) -> Result<Vec<Series>> {
             seen: Mutex::default(),
             changed: tokio::sync::Notify::new(),
         });
-        let status = ListenerStatus::default();
-        let mut stop = stop_rx.clone();
-        tokio::spawn(nearcache_listener::run(
-            ListenerConfig::new(url)?,
-            handler.clone(),
-            status.clone(),
-            async move {
-                let _ = stop.wait_for(|s| *s).await;
-            },
-        ));
+        let status = spawn_source(source, url, handler.clone(), stop_rx.clone())?;
         instances.push((handler, status));
     }
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -135,11 +184,11 @@ pub(super) async fn invalidation_latency(url: &str) -> Result<Vec<Series>> {
     pool.close().await;
     Ok(vec![
         Series {
-            name: "commit to eviction, per instance",
+            name: format!("{}: commit to eviction, per instance", source.name()),
             samples: per_instance,
         },
         Series {
-            name: "commit to eviction on all instances",
+            name: format!("{}: commit to eviction on all instances", source.name()),
             samples: all,
         },
     ])

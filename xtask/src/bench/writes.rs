@@ -1,35 +1,76 @@
-//! Write throughput on `users` with the notification triggers and without.
+//! Write throughput on `users` with no nearcache, with the WAL source and with LISTEN.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use nearcache_listener::Handler;
 use rand::SeedableRng;
 
+use super::latency::{spawn_source, Source};
 use crate::seed;
 
-/// One statement at one concurrency, with the triggers attached and detached.
+/// One statement at one concurrency: commits per second with no nearcache, with the WAL
+/// source (table published, no trigger, a consumer decoding), and with the LISTEN source
+/// (triggers, a listener draining).
 pub(super) struct WriteRow {
     pub(super) statement: &'static str,
     pub(super) writers: usize,
-    /// Commits per second without the triggers.
-    pub(super) without: f64,
-    /// Commits per second with the triggers.
-    pub(super) with: f64,
+    pub(super) none: f64,
+    pub(super) wal: f64,
+    pub(super) notify: f64,
 }
 
-/// The triggers attached as the reference service attaches them (sql/0004).
-const ATTACH_USERS: &str = "SELECT nearcache_attach('users', 'id', '{last_seen_at}')";
+/// How `users` is set up for an arm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arm {
+    None,
+    Wal,
+    Notify,
+}
 
-/// Write throughput on `users`, triggers attached against detached, arms A-B-B-A.
+impl Arm {
+    fn setup(self) -> &'static str {
+        match self {
+            Arm::None => "SELECT nearcache_detach('users')",
+            Arm::Wal => "SELECT nearcache_attach('users', 'id', '{last_seen_at}', notify => false)",
+            // As the reference service attaches it (sql/0004).
+            Arm::Notify => "SELECT nearcache_attach('users', 'id', '{last_seen_at}')",
+        }
+    }
+}
+
+/// A handler that only counts: the consumers' work, without a cache.
+#[derive(Default)]
+struct Sink(AtomicU64);
+
+impl Handler for Sink {
+    fn bypass(&self) {}
+    fn flush_all(&self) {}
+    fn coherent(&self) {}
+    fn invalidate(&self, _: &str, keys: &[String]) -> bool {
+        self.0.fetch_add(keys.len() as u64, Ordering::Relaxed);
+        true
+    }
+    fn flush_table(&self, _: &str) -> bool {
+        true
+    }
+}
+
+/// Write throughput on `users` in three arms, run A-B-C-C-B-A so that each runs once early and
+/// once late (the table ages as it is written: dead tuples, HOT chains). Both consumers run in
+/// every arm, as instances would, so that they take the same CPU from the writers in each.
 pub(super) async fn write_throughput(url: &str, each: Duration) -> Result<Vec<WriteRow>> {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(10)
         .connect(url)
         .await?;
-    // A listener drains notifications, as instances would.
-    let mut drain = sqlx::postgres::PgListener::connect_with(&pool).await?;
-    drain.listen("nearcache").await?;
-    let drainer = tokio::spawn(async move { while drain.recv().await.is_ok() {} });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let sink = Arc::new(Sink::default());
+    spawn_source(Source::Wal, url, sink.clone(), stop_rx.clone())?;
+    spawn_source(Source::Notify, url, sink.clone(), stop_rx)?;
     let statements = [
         (
             "UPDATE users SET name (profile)",
@@ -43,36 +84,35 @@ pub(super) async fn write_throughput(url: &str, each: Duration) -> Result<Vec<Wr
     let mut rows = Vec::new();
     for (label, sql) in statements {
         for writers in [1usize, 8] {
-            // A, B, B, A: the table ages as it is written (dead tuples, HOT chains), so each
-            // arm runs once early and once late.
-            let (mut without, mut with) = (0.0, 0.0);
-            for attached in [false, true, true, false] {
-                let sql_attach = if attached {
-                    ATTACH_USERS
-                } else {
-                    "SELECT nearcache_detach('users')"
-                };
-                sqlx::query(sql_attach).execute(&pool).await?;
-                let rate = writes(&pool, sql, writers, each).await? / 2.0;
-                if attached {
-                    with += rate;
-                } else {
-                    without += rate;
-                }
+            let mut rate: HashMap<&'static str, f64> = HashMap::new();
+            for arm in [
+                Arm::None,
+                Arm::Wal,
+                Arm::Notify,
+                Arm::Notify,
+                Arm::Wal,
+                Arm::None,
+            ] {
+                sqlx::query(arm.setup()).execute(&pool).await?;
+                *rate.entry(arm.setup()).or_default() +=
+                    writes(&pool, sql, writers, each).await? / 2.0;
             }
-            sqlx::query(ATTACH_USERS).execute(&pool).await?;
-            eprintln!(
-                "    {label}, {writers} writers: {without:.0} tx/s without triggers, {with:.0} with"
-            );
-            rows.push(WriteRow {
+            let row = WriteRow {
                 statement: label,
                 writers,
-                without,
-                with,
-            });
+                none: rate[Arm::None.setup()],
+                wal: rate[Arm::Wal.setup()],
+                notify: rate[Arm::Notify.setup()],
+            };
+            eprintln!(
+                "    {label}, {writers} writers: {:.0} tx/s with no nearcache, {:.0} with the WAL source, {:.0} with LISTEN",
+                row.none, row.wal, row.notify
+            );
+            rows.push(row);
         }
     }
-    drainer.abort();
+    sqlx::query(Arm::Notify.setup()).execute(&pool).await?;
+    let _ = stop_tx.send(true);
     pool.close().await;
     Ok(rows)
 }
