@@ -1,7 +1,6 @@
 //! The listening loop: connect, LISTEN, serve notifications and heartbeats, reconnect.
 
 use std::future::Future;
-use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,6 +8,8 @@ use futures_util::StreamExt;
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, NoTls, Notification};
+
+use nearcache_source::{sleep_until_opt, supervise, AbortOnDrop};
 
 use crate::{parse, Handler, ListenerConfig, ListenerState, ListenerStatus, Payload};
 
@@ -48,43 +49,16 @@ pub async fn run<H>(
     H: Handler + ?Sized,
 {
     config.validate().expect("invalid listener configuration");
-    let mut shutdown = pin!(shutdown);
     let heartbeat_channel = format!(
         "{}_hb_{:08x}",
         config.channel,
         rand::thread_rng().gen::<u32>()
     );
-    let mut backoff = config.backoff_min;
-    loop {
-        status.set_state(ListenerState::Connecting);
-        let session = session(&config, &*handler, &status, &heartbeat_channel);
-        let ended = tokio::select! {
-            biased;
-            () = &mut shutdown => None,
-            ended = session => Some(ended),
-        };
-        // Whatever happened, nobody guarantees the cache hears about changes now.
-        status.set_state(ListenerState::Connecting);
-        handler.bypass();
-        let Some((error, was_listening)) = ended else {
-            break;
-        };
-        if was_listening {
-            status.disconnected();
-            backoff = config.backoff_min;
-        }
-        tracing::warn!(error = %error, "listener: bypassing the cache and reconnecting in {backoff:?}");
-        // Full jitter between half and all of the backoff, so instances spread out.
-        let delay = backoff.mul_f64(rand::thread_rng().gen_range(0.5..=1.0));
-        tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            () = tokio::time::sleep(delay) => {}
-        }
-        backoff = (backoff * 2).min(config.backoff_max);
-    }
-    status.set_state(ListenerState::Stopped);
-    tracing::info!("listener: stopped");
+    let backoff = (config.backoff_min, config.backoff_max);
+    supervise("listener", backoff, &*handler, &status, shutdown, || {
+        session(&config, &*handler, &status, &heartbeat_channel)
+    })
+    .await;
 }
 
 /// One connection's life. Returns why it ended and whether it got as far as listening.
@@ -229,13 +203,6 @@ async fn check(
     }
 }
 
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
 fn dispatch<H: Handler + ?Sized>(handler: &H, status: &ListenerStatus, payload: &str) {
     status.notification();
     match parse(payload) {
@@ -256,14 +223,6 @@ fn dispatch<H: Handler + ?Sized>(handler: &H, status: &ListenerStatus, payload: 
             tracing::warn!(error = %e, payload = %shown, "listener: unreadable notification, flushing");
             handler.flush_all();
         }
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 

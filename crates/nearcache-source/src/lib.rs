@@ -1,5 +1,6 @@
-//! The vocabulary every invalidation source shares: the [`Handler`] a source drives, and the
-//! [`SourceStatus`] it reports for health checks and metrics.
+//! The vocabulary every invalidation source shares: the [`Handler`] a source drives, the
+//! [`SourceStatus`] it reports for health checks and metrics, and [`supervise`], the
+//! bypass-and-reconnect loop around a source's sessions.
 //!
 //! Depend on it to write a handler (the glue between a source and your caches) or a source.
 //! The sources themselves (`nearcache-listener` for LISTEN/NOTIFY, `nearcache-wal` for logical
@@ -8,6 +9,8 @@
 
 mod handler;
 mod status;
+mod supervise;
 
 pub use handler::Handler;
 pub use status::{Metric, SourceState, SourceStatus, StatusSnapshot};
+pub use supervise::{sleep_until_opt, supervise, AbortOnDrop};

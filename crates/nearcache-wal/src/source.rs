@@ -5,11 +5,12 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
-use std::pin::pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nearcache_source::{Handler, SourceState, SourceStatus};
+use nearcache_source::{
+    sleep_until_opt, supervise, AbortOnDrop, Handler, SourceState, SourceStatus,
+};
 use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent};
 use rand::Rng;
 use tokio_postgres::NoTls;
@@ -56,37 +57,12 @@ pub async fn run<H>(
     H: Handler + ?Sized,
 {
     config.validate().expect("invalid WAL source configuration");
-    let mut shutdown = pin!(shutdown);
     let nonce = format!("{:016x}", rand::thread_rng().gen::<u64>());
-    let mut backoff = config.backoff_min;
-    loop {
-        status.set_state(SourceState::Connecting);
-        let session = session(&config, &*handler, &status, &nonce);
-        let ended = tokio::select! {
-            biased;
-            () = &mut shutdown => None,
-            ended = session => Some(ended),
-        };
-        status.set_state(SourceState::Connecting);
-        handler.bypass();
-        let Some((error, was_streaming)) = ended else {
-            break;
-        };
-        if was_streaming {
-            status.disconnected();
-            backoff = config.backoff_min;
-        }
-        tracing::warn!(error = %error, "wal source: bypassing the cache and reconnecting in {backoff:?}");
-        let delay = backoff.mul_f64(rand::thread_rng().gen_range(0.5..=1.0));
-        tokio::select! {
-            biased;
-            () = &mut shutdown => break,
-            () = tokio::time::sleep(delay) => {}
-        }
-        backoff = (backoff * 2).min(config.backoff_max);
-    }
-    status.set_state(SourceState::Stopped);
-    tracing::info!("wal source: stopped");
+    let backoff = (config.backoff_min, config.backoff_max);
+    supervise("wal", backoff, &*handler, &status, shutdown, || {
+        session(&config, &*handler, &status, &nonce)
+    })
+    .await;
 }
 
 /// What the control connection learnt: each published table's ignored columns.
@@ -591,20 +567,5 @@ impl Decoder {
 
     fn forget(&mut self, table: &str, key: &str) {
         self.digests.remove(&(table.to_string(), key.to_string()));
-    }
-}
-
-async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }

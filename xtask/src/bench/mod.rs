@@ -134,18 +134,19 @@ fn bench(url: &str, args: &Args) -> Result<()> {
             Duration::from_secs(args.write_seconds),
         ))?;
         writeln!(report, "\n## Write throughput on users\n\n{} s per run, random users, arms run A-B-C-C-B-A and averaged. Both consumers (a WAL source and a LISTEN source, in the bench process) run during every arm, on the same 2 cores as Postgres and the writers.\n", args.write_seconds)?;
-        writeln!(report, "| statement | writers | no nearcache (tx/s) | WAL source (tx/s) | LISTEN (tx/s) | WAL x none | LISTEN x none |\n|---|---|---|---|---|---|---|")?;
+        writeln!(report, "| statement | writers | no nearcache (tx/s) | WAL source (tx/s) | LISTEN (tx/s) | WAL x none | LISTEN x none | WAL held back (max) |\n|---|---|---|---|---|---|---|---|")?;
         for w in &writes {
             writeln!(
                 report,
-                "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} |",
+                "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} MB |",
                 w.statement,
                 w.writers,
                 w.none,
                 w.wal,
                 w.notify,
                 w.wal / w.none,
-                w.notify / w.none
+                w.notify / w.none,
+                w.retained_max as f64 / 1e6
             )?;
         }
     }

@@ -21,6 +21,8 @@ pub(super) struct WriteRow {
     pub(super) none: f64,
     pub(super) wal: f64,
     pub(super) notify: f64,
+    /// The most WAL the WAL source's slot held back during its arms, in bytes.
+    pub(super) retained_max: i64,
 }
 
 /// How `users` is set up for an arm.
@@ -85,6 +87,7 @@ pub(super) async fn write_throughput(url: &str, each: Duration) -> Result<Vec<Wr
     for (label, sql) in statements {
         for writers in [1usize, 8] {
             let mut rate: HashMap<&'static str, f64> = HashMap::new();
+            let mut retained_max = 0;
             for arm in [
                 Arm::None,
                 Arm::Wal,
@@ -94,8 +97,12 @@ pub(super) async fn write_throughput(url: &str, each: Duration) -> Result<Vec<Wr
                 Arm::None,
             ] {
                 sqlx::query(arm.setup()).execute(&pool).await?;
+                let sampler = (arm == Arm::Wal).then(|| tokio::spawn(retained(pool.clone(), each)));
                 *rate.entry(arm.setup()).or_default() +=
                     writes(&pool, sql, writers, each).await? / 2.0;
+                if let Some(sampler) = sampler {
+                    retained_max = retained_max.max(sampler.await??);
+                }
             }
             let row = WriteRow {
                 statement: label,
@@ -103,6 +110,7 @@ pub(super) async fn write_throughput(url: &str, each: Duration) -> Result<Vec<Wr
                 none: rate[Arm::None.setup()],
                 wal: rate[Arm::Wal.setup()],
                 notify: rate[Arm::Notify.setup()],
+                retained_max,
             };
             eprintln!(
                 "    {label}, {writers} writers: {:.0} tx/s with no nearcache, {:.0} with the WAL source, {:.0} with LISTEN",
@@ -115,6 +123,24 @@ pub(super) async fn write_throughput(url: &str, each: Duration) -> Result<Vec<Wr
     let _ = stop_tx.send(true);
     pool.close().await;
     Ok(rows)
+}
+
+/// The most WAL the WAL source's slot holds back (`pg_current_wal_lsn() -
+/// confirmed_flush_lsn`), sampled every 100 ms for `each`.
+async fn retained(pool: sqlx::PgPool, each: Duration) -> Result<i64> {
+    let start = Instant::now();
+    let mut max = 0;
+    while start.elapsed() < each {
+        let behind: Option<i64> = sqlx::query_scalar(
+            "SELECT max(pg_current_wal_lsn() - confirmed_flush_lsn)::int8 FROM pg_replication_slots
+              WHERE slot_name LIKE 'nearcache\\_%'",
+        )
+        .fetch_one(&pool)
+        .await?;
+        max = max.max(behind.unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(max)
 }
 
 async fn writes(

@@ -1,0 +1,81 @@
+//! What every source does around its sessions: bypass whenever a session ends, reconnect with
+//! exponential backoff and jitter, stop on shutdown. A source supplies only its session.
+
+use std::fmt::Display;
+use std::future::Future;
+use std::pin::pin;
+use std::time::Duration;
+
+use rand::Rng;
+
+use crate::{Handler, SourceState, SourceStatus};
+
+/// Runs `session` until `shutdown` completes, again and again: whenever one ends (it returns
+/// why, and whether it got as far as delivering), the handler goes to bypass at once, and the
+/// next starts after a delay that doubles from `backoff_min` up to `backoff_max` (reset by a
+/// session that delivered), with jitter between half and all of it. On shutdown the handler
+/// is put in bypass too, since nobody will tell it about changes any more.
+pub async fn supervise<H, S, F, E>(
+    source: &'static str,
+    backoff: (Duration, Duration),
+    handler: &H,
+    status: &SourceStatus,
+    shutdown: impl Future<Output = ()>,
+    mut session: S,
+) where
+    H: Handler + ?Sized,
+    S: FnMut() -> F,
+    F: Future<Output = (E, bool)>,
+    E: Display,
+{
+    let (backoff_min, backoff_max) = backoff;
+    let mut shutdown = pin!(shutdown);
+    let mut delay = backoff_min;
+    loop {
+        status.set_state(SourceState::Connecting);
+        let ended = tokio::select! {
+            biased;
+            () = &mut shutdown => None,
+            ended = session() => Some(ended),
+        };
+        // Whatever happened, nobody guarantees the cache hears about changes now.
+        status.set_state(SourceState::Connecting);
+        handler.bypass();
+        let Some((error, delivered)) = ended else {
+            break;
+        };
+        if delivered {
+            status.disconnected();
+            delay = backoff_min;
+        }
+        tracing::warn!(source, error = %error, "bypassing the cache and reconnecting in {delay:?}");
+        // Full jitter between half and all of the delay, so that instances spread out.
+        let jittered = delay.mul_f64(rand::thread_rng().gen_range(0.5..=1.0));
+        tokio::select! {
+            biased;
+            () = &mut shutdown => break,
+            () = tokio::time::sleep(jittered) => {}
+        }
+        delay = (delay * 2).min(backoff_max);
+    }
+    status.set_state(SourceState::Stopped);
+    tracing::info!(source, "stopped");
+}
+
+/// Sleeps until `deadline`, or forever without one: a heartbeat's deadline in a `select!`.
+pub async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Aborts a task when dropped: a connection driver that must not outlive its session.
+#[derive(Debug)]
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
