@@ -198,6 +198,21 @@ impl Cluster {
         }
     }
 
+    /// Appends `settings` (lines of `name = value`) to the cluster's postgresql.conf; they take
+    /// effect at the next start. The cluster must have been created (`up`).
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn configure(&self, settings: &str) -> Result<(), ClusterError> {
+        let path = self.data().join("postgresql.conf");
+        let mut text = fs::read_to_string(&path)?;
+        text.push('\n');
+        text.push_str(settings);
+        text.push('\n');
+        fs::write(&path, text)?;
+        Ok(())
+    }
+
     /// Stops the server (fast shutdown) if it runs.
     ///
     /// # Errors

@@ -7,6 +7,7 @@
 //!   (cache plus source each), over 1000 updates, for the WAL source and for LISTEN.
 //! * Write throughput on `users` with no nearcache, the WAL source and LISTEN, with 1 and 8
 //!   writers, for profile updates and for `last_seen_at`-only updates.
+//! * What `wal_level = logical` costs a writer, against a second cluster at `replica`.
 //! * The cache core's criterion benchmark against raw moka.
 //!
 //! The machine is shared and noisy: compare figures of one run, as ratios.
@@ -43,7 +44,7 @@ pub(crate) struct Args {
     /// Skip the criterion benchmark of the cache core.
     #[arg(long)]
     no_criterion: bool,
-    /// Run only these parts (http, latency, writes, core); all by default.
+    /// Run only these parts (http, latency, writes, wal-level, core); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
 }
@@ -133,13 +134,14 @@ fn bench(url: &str, args: &Args) -> Result<()> {
             url,
             Duration::from_secs(args.write_seconds),
         ))?;
-        writeln!(report, "\n## Write throughput on users\n\n{} s per run, random users, arms run A-B-C-C-B-A and averaged. Both consumers (a WAL source and a LISTEN source, in the bench process) run during every arm, on the same 2 cores as Postgres and the writers.\n", args.write_seconds)?;
+        writeln!(report, "\n## Write throughput on users\n\n{} s per run, random users, arms run A-B-C-C-B-A and averaged. Both consumers (a WAL source and a LISTEN source, in the bench process) run during every arm. Unpinned, everything shares both cores; pinned, every Postgres process runs on CPU 1 and the bench process (writers' clients and consumers) on CPU 0, as instances would run off the database's CPUs.\n", args.write_seconds)?;
         writeln!(report, "| statement | writers | no nearcache (tx/s) | WAL source (tx/s) | LISTEN (tx/s) | WAL x none | LISTEN x none | WAL held back (max) |\n|---|---|---|---|---|---|---|---|")?;
         for w in &writes {
             writeln!(
                 report,
-                "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} MB |",
+                "| {}{} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} MB |",
                 w.statement,
+                if w.pinned { ", pinned" } else { "" },
                 w.writers,
                 w.none,
                 w.wal,
@@ -147,6 +149,23 @@ fn bench(url: &str, args: &Args) -> Result<()> {
                 w.wal / w.none,
                 w.notify / w.none,
                 w.retained_max as f64 / 1e6
+            )?;
+        }
+    }
+
+    if args.runs("wal-level") {
+        eprintln!("==> what wal_level = logical costs a writer, against replica (two clusters)");
+        let rows = writes::wal_level_cost(&rt, url, Duration::from_secs(args.write_seconds))?;
+        writeln!(report, "\n## The cost of wal_level = logical\n\nProfile updates with no nearcache, {} s per run, on this cluster (wal_level = logical) and on a second one made alike but with wal_level = replica, arms A-B-B-A.\n", args.write_seconds)?;
+        writeln!(
+            report,
+            "| writers | logical (tx/s) | replica (tx/s) | logical x replica |\n|---|---|---|---|"
+        )?;
+        for (writers, logical, replica) in rows {
+            writeln!(
+                report,
+                "| {writers} | {logical:.0} | {replica:.0} | {:.2} |",
+                logical / replica
             )?;
         }
     }

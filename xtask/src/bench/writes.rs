@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use nearcache_listener::Handler;
 use rand::SeedableRng;
 
@@ -16,6 +16,9 @@ use crate::seed;
 /// source (table published, no trigger, a consumer decoding), and with the LISTEN source
 /// (triggers, a listener draining).
 pub(super) struct WriteRow {
+    /// Postgres on one core, the bench process (writers' clients and the consumers) on the
+    /// other, as a deployment keeps its instances off the database's CPUs.
+    pub(super) pinned: bool,
     pub(super) statement: &'static str,
     pub(super) writers: usize,
     pub(super) none: f64,
@@ -84,45 +87,116 @@ pub(super) async fn write_throughput(url: &str, each: Duration) -> Result<Vec<Wr
         ),
     ];
     let mut rows = Vec::new();
-    for (label, sql) in statements {
-        for writers in [1usize, 8] {
-            let mut rate: HashMap<&'static str, f64> = HashMap::new();
-            let mut retained_max = 0;
-            for arm in [
-                Arm::None,
-                Arm::Wal,
-                Arm::Notify,
-                Arm::Notify,
-                Arm::Wal,
-                Arm::None,
-            ] {
-                sqlx::query(arm.setup()).execute(&pool).await?;
-                let sampler = (arm == Arm::Wal).then(|| tokio::spawn(retained(pool.clone(), each)));
-                *rate.entry(arm.setup()).or_default() +=
-                    writes(&pool, sql, writers, each).await? / 2.0;
-                if let Some(sampler) = sampler {
-                    retained_max = retained_max.max(sampler.await??);
+    for pinned in [false, true] {
+        let _pins = if pinned {
+            Some(Pins::apply(&pool).await?)
+        } else {
+            None
+        };
+        for (label, sql) in statements {
+            for writers in [1usize, 8] {
+                let mut rate: HashMap<&'static str, f64> = HashMap::new();
+                let mut retained_max = 0;
+                for arm in [
+                    Arm::None,
+                    Arm::Wal,
+                    Arm::Notify,
+                    Arm::Notify,
+                    Arm::Wal,
+                    Arm::None,
+                ] {
+                    sqlx::query(arm.setup()).execute(&pool).await?;
+                    let sampler =
+                        (arm == Arm::Wal).then(|| tokio::spawn(retained(pool.clone(), each)));
+                    *rate.entry(arm.setup()).or_default() +=
+                        writes(&pool, sql, writers, each).await? / 2.0;
+                    if let Some(sampler) = sampler {
+                        retained_max = retained_max.max(sampler.await??);
+                    }
                 }
-            }
-            let row = WriteRow {
-                statement: label,
-                writers,
-                none: rate[Arm::None.setup()],
-                wal: rate[Arm::Wal.setup()],
-                notify: rate[Arm::Notify.setup()],
-                retained_max,
-            };
-            eprintln!(
-                "    {label}, {writers} writers: {:.0} tx/s with no nearcache, {:.0} with the WAL source, {:.0} with LISTEN",
+                let row = WriteRow {
+                    pinned,
+                    statement: label,
+                    writers,
+                    none: rate[Arm::None.setup()],
+                    wal: rate[Arm::Wal.setup()],
+                    notify: rate[Arm::Notify.setup()],
+                    retained_max,
+                };
+                eprintln!(
+                "    {label}, {writers} writers{}: {:.0} tx/s with no nearcache, {:.0} with the WAL source, {:.0} with LISTEN",
+                if pinned { ", pinned" } else { "" },
                 row.none, row.wal, row.notify
             );
-            rows.push(row);
+                rows.push(row);
+            }
         }
     }
     sqlx::query(Arm::Notify.setup()).execute(&pool).await?;
     let _ = stop_tx.send(true);
     pool.close().await;
     Ok(rows)
+}
+
+/// CPU pinning for a run: every process of the Postgres server on CPU 1 (new backends inherit
+/// the postmaster's), this process (writers' clients, consumers) on CPU 0. Undone on drop.
+struct Pins(Vec<u32>);
+
+impl Pins {
+    async fn apply(pool: &sqlx::PgPool) -> Result<Self> {
+        let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(pool)
+            .await?;
+        let postmaster = ppid(backend as u32).context("the backend's parent")?;
+        let mut server = vec![postmaster];
+        for entry in std::fs::read_dir("/proc")? {
+            let Ok(pid) = entry?.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            if ppid(pid) == Some(postmaster) {
+                server.push(pid);
+            }
+        }
+        for pid in &server {
+            taskset("1", *pid)?;
+        }
+        taskset("0", std::process::id())?;
+        Ok(Self(server))
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        for pid in self.0.iter().copied().chain([std::process::id()]) {
+            let _ = taskset("0-1", pid);
+        }
+    }
+}
+
+/// The parent of `pid`, from /proc.
+fn ppid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command may hold spaces and parentheses: fields start after the last ')'.
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Pins every thread of `pid` to `cpus`.
+fn taskset(cpus: &str, pid: u32) -> Result<()> {
+    let out = std::process::Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .output()
+        .context("taskset (util-linux)")?;
+    anyhow::ensure!(
+        out.status.success() || !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "taskset -c {cpus} {pid}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
 }
 
 /// The most WAL the WAL source's slot holds back (`pg_current_wal_lsn() -
@@ -173,4 +247,66 @@ async fn writes(
         total += t.await??;
     }
     Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// What `wal_level = logical` itself costs a writer: the same profile updates, with no
+/// nearcache, on this cluster (logical) and on a second one made with `wal_level = replica`,
+/// arms A-B-B-A. Rows: (writers, logical commits/s, replica commits/s).
+pub(super) fn wal_level_cost(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    each: Duration,
+) -> Result<Vec<(usize, f64, f64)>> {
+    let dir = crate::workspace_root().join("target").join("bench-replica");
+    let replica = xtask::Cluster::new(&dir)?;
+    replica.up()?;
+    replica.configure("wal_level = replica")?;
+    replica.down()?;
+    replica.up()?;
+    let replica_url = replica.url()?;
+    let result = crate::migrate(&replica_url).and_then(|()| {
+        rt.block_on(async {
+            seed::seed(&replica_url).await?;
+            let logical = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(10)
+                .connect(url)
+                .await?;
+            let other = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(10)
+                .connect(&replica_url)
+                .await?;
+            let level: String = sqlx::query_scalar("SHOW wal_level")
+                .fetch_one(&other)
+                .await?;
+            anyhow::ensure!(
+                level == "replica",
+                "the second cluster runs wal_level = {level}"
+            );
+            let sql = "UPDATE users SET name = 'w' || $2 WHERE id = $1::uuid";
+            for pool in [&logical, &other] {
+                sqlx::query(Arm::None.setup()).execute(pool).await?;
+            }
+            let mut rows = Vec::new();
+            for writers in [1usize, 8] {
+                let (mut a, mut b) = (0.0, 0.0);
+                for on_logical in [true, false, false, true] {
+                    let pool = if on_logical { &logical } else { &other };
+                    let rate = writes(pool, sql, writers, each).await? / 2.0;
+                    if on_logical {
+                        a += rate;
+                    } else {
+                        b += rate;
+                    }
+                }
+                eprintln!(
+                    "    {writers} writers: {a:.0} tx/s at wal_level = logical, {b:.0} at replica"
+                );
+                rows.push((writers, a, b));
+            }
+            sqlx::query(Arm::Notify.setup()).execute(&logical).await?;
+            anyhow::Ok(rows)
+        })
+    });
+    let _ = replica.destroy();
+    result
 }
