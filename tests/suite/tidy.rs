@@ -76,8 +76,11 @@ fn dependencies_point_inward() {
     };
     let set = |v: &[&str]| -> BTreeSet<String> { v.iter().map(|s| s.to_string()).collect() };
     assert_eq!(ours("nearcache-store"), set(&[]));
-    assert_eq!(ours("nearcache"), set(&["nearcache-store"]));
-    assert_eq!(ours("nearcache-pg"), set(&[]));
+    assert_eq!(
+        ours("nearcache"),
+        set(&["nearcache-store", "nearcache-source"])
+    );
+    assert_eq!(ours("nearcache-pg"), set(&["nearcache-store"]));
     assert_eq!(ours("nearcache-source"), set(&[]));
     assert_eq!(ours("nearcache-listener"), set(&["nearcache-source"]));
     assert_eq!(ours("nearcache-wal"), set(&["nearcache-source"]));

@@ -9,7 +9,7 @@ use hyper::body::Body;
 use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use nearcache_pg::{Principal, ProfileUpdate, RepoError, UserId, UserRepo};
-use nearcache_store::{Fill, LoadError, Store, Tag};
+use nearcache_store::{Fill, LoadError, Store};
 use serde::{Deserialize, Serialize};
 
 use crate::{ApiError, Authenticator, Metrics};
@@ -143,13 +143,11 @@ impl AppState {
         let loader = Box::pin(async move {
             match repo.principal(id).await {
                 Ok(Some(p)) => {
-                    let org = Tag::row("organizations", p.organization.id);
-                    Ok(Fill::found(Arc::new(CachedPrincipal::new(p)))
-                        .with_tag(Tag::row("users", id))
-                        .with_tag(org))
+                    let tags = p.tags();
+                    Ok(Fill::found(Arc::new(CachedPrincipal::new(p))).with_tags(tags))
                 }
                 // Remembered briefly, so a flood of tokens for a deleted user costs little.
-                Ok(None) => Ok(Fill::absent().with_tag(Tag::row("users", id))),
+                Ok(None) => Ok(Fill::absent().with_tag(id.tag())),
                 Err(e) => Err(LoadError::new(e)),
             }
         });
@@ -337,7 +335,7 @@ where
     // Read-your-writes: forget the old principal before answering, whatever the outcome (a
     // write that reported an error may still have committed). The notification that follows
     // does the same, harmlessly.
-    state.inner.store.invalidate_tag(&Tag::row("users", id));
+    state.inner.store.invalidate_tag(&id.tag());
     written.map_err(|e| ApiError::from_repo(&e))?;
     let principal = state.principal(id).await?;
     Ok(json_bytes(StatusCode::OK, principal.me.clone()))

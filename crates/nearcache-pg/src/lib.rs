@@ -34,6 +34,7 @@
 mod domain;
 mod error;
 mod repo;
+pub mod tags;
 
 pub use domain::{
     NewUser, OrgId, Organization, Principal, ProfileUpdate, User, UserId, ValidationError,

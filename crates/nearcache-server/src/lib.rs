@@ -32,7 +32,6 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 pub use config::{CacheMode, Config, ConfigError, Settings, SourceKind};
-use handler::CacheHandler;
 use probe::ServerProbe;
 use source::Sources;
 
@@ -155,7 +154,7 @@ impl Application {
         let listener_status = match (&cache, sources) {
             (Some(c), Some(sources)) => {
                 let status = ListenerStatus::default();
-                let handler = Arc::new(CacheHandler::new(c.clone()));
+                let handler = Arc::new(handler::handler(c.clone()));
                 let task = source::run(
                     sources,
                     handler,

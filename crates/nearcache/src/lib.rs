@@ -3,9 +3,9 @@
 //!
 //! Depend on this crate where a cache is built and wired (the binary of a service); code that
 //! only *uses* a cache depends on `nearcache-store` and its [`Store`] trait, which [`Cache`]
-//! implements. This crate does no I/O: what tells it that rows changed (for instance
-//! `nearcache-listener`, which LISTENs to Postgres) calls [`Cache::invalidate_tag`],
-//! [`Cache::flush`] and [`Cache::set_mode`].
+//! implements. This crate does no I/O: what tells it that rows changed (a source:
+//! `nearcache-wal` or `nearcache-listener`) drives a [`TableHandler`], which calls
+//! [`Cache::invalidate_tag`], [`Cache::flush`] and [`Cache::set_mode`].
 //!
 //! # What it offers
 //!
@@ -75,12 +75,14 @@ mod expiry;
 mod explore;
 mod fence;
 mod flight;
+mod handler;
 mod removal;
 mod stats;
 
 pub use cache::Cache;
 pub use config::CacheConfig;
 pub use entry::{Cause, Change};
+pub use handler::TableHandler;
 pub use nearcache_store::{Fill, LoadError, Loader, Mode, Store, Tag};
 pub use stats::{Metric, Stats};
 

@@ -6,45 +6,43 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use nearcache::{Cache, CacheConfig, Mode, Tag};
+use nearcache::{Cache, CacheConfig, Mode, TableHandler};
 use nearcache_listener::{Handler, ListenerConfig, ListenerStatus};
 use nearcache_wal::WalConfig;
 use rand::Rng;
 
 use crate::seed;
 
-/// A listener handler on a cache that records when each key was evicted.
+/// The core's handler on a cache, recording when each key was evicted.
 struct Timed {
     cache: Cache<String, u32>,
+    inner: TableHandler<String, u32>,
     seen: Mutex<HashMap<String, Instant>>,
     changed: tokio::sync::Notify,
 }
 
 impl Handler for Timed {
     fn bypass(&self) {
-        self.cache.set_mode(Mode::Bypass);
+        self.inner.bypass();
     }
     fn flush_all(&self) {
-        self.cache.flush();
+        self.inner.flush_all();
     }
     fn coherent(&self) {
-        self.cache.set_mode(Mode::Coherent);
+        self.inner.coherent();
     }
     fn invalidate(&self, table: &str, keys: &[String]) -> bool {
-        for k in keys {
-            self.cache.invalidate_tag(&Tag::row(table, k));
-        }
+        let cached = self.inner.invalidate(table, keys);
         let now = Instant::now();
         let mut seen = self.seen.lock().unwrap();
         for k in keys {
             seen.insert(k.clone(), now);
         }
         self.changed.notify_waiters();
-        true
+        cached
     }
-    fn flush_table(&self, _: &str) -> bool {
-        self.cache.flush();
-        true
+    fn flush_table(&self, table: &str) -> bool {
+        self.inner.flush_table(table)
     }
 }
 
@@ -120,11 +118,13 @@ async fn latency_of(url: &str, source: Source) -> Result<Vec<Series>> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut instances = Vec::new();
     for _ in 0..2 {
+        let cache = Cache::new(CacheConfig {
+            initial_mode: Mode::Bypass,
+            ..CacheConfig::default()
+        });
         let handler = Arc::new(Timed {
-            cache: Cache::new(CacheConfig {
-                initial_mode: Mode::Bypass,
-                ..CacheConfig::default()
-            }),
+            inner: TableHandler::new(cache.clone(), nearcache_pg::tags::PRINCIPAL_TABLES),
+            cache,
             seen: Mutex::default(),
             changed: tokio::sync::Notify::new(),
         });
