@@ -149,7 +149,7 @@ async fn a_table_outside_the_publication_keeps_the_cache_in_bypass() {
 async fn a_two_phase_write_is_evicted_at_commit_prepared() {
     let db = TestDb::new().await;
     let pool = db.pool().await;
-    let (_, users) = seed(&pool, 1).await;
+    let (org, users) = seed(&pool, 1).await;
     // WAL only: no trigger in the writer's path, so nothing refuses PREPARE.
     exec(
         &pool,
@@ -159,6 +159,7 @@ async fn a_two_phase_write_is_evicted_at_commit_prepared() {
     let l = start(Source::Wal, db.url(), HB, TIMEOUT);
     let ready = l.until("coherent", 0, "coherent").await;
     let u = users[0].id;
+    let evicted = format!("users:{u}");
     let mut conn = pool.acquire().await.unwrap();
     sqlx::raw_sql(&format!(
         "BEGIN; UPDATE users SET name = 'Prepared' WHERE id = '{u}';
@@ -167,16 +168,22 @@ async fn a_two_phase_write_is_evicted_at_commit_prepared() {
     .execute(&mut *conn)
     .await
     .unwrap();
-    l.handler.push("prepared");
+    // A change committed after the PREPARE is a sentinel: once it is seen, a decoding of the
+    // prepared transaction at PREPARE would have been seen too.
+    update(&pool, "organizations", org.id, "name = 'Sentinel'").await;
+    let sentinel = l
+        .until("the sentinel", ready, &format!("organizations:{}", org.id))
+        .await;
+    assert!(
+        !l.handler.events()[ready..sentinel].contains(&evicted),
+        "the prepared write was decoded before COMMIT PREPARED"
+    );
     sqlx::raw_sql("COMMIT PREPARED 'nearcache_2pc'")
         .execute(&mut *conn)
         .await
         .unwrap();
-    let evicted = l
-        .until("the prepared write", ready, &format!("users:{u}"))
+    l.until("the prepared write, at COMMIT PREPARED", sentinel, &evicted)
         .await;
-    let prepared = l.handler.position_after(ready, "prepared").unwrap();
-    assert!(evicted > prepared, "decoded at COMMIT PREPARED, not before");
 }
 
 #[tokio::test]

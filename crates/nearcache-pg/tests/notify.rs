@@ -52,6 +52,15 @@ async fn run(pool: &PgPool, sql: &str, params: &[&str]) {
         .unwrap();
 }
 
+/// Runs `setup` (what a writer may do in its own session), then `sql` with `key` bound, in one
+/// transaction that commits.
+async fn in_session(pool: &PgPool, setup: &str, sql: &str, key: &str) {
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::raw_sql(setup).execute(&mut *tx).await.unwrap();
+    sqlx::query(sql).bind(key).execute(&mut *tx).await.unwrap();
+    tx.commit().await.unwrap();
+}
+
 async fn org(pool: &PgPool) -> String {
     sqlx::query_scalar("INSERT INTO organizations (name) VALUES ('acme') RETURNING id::text")
         .fetch_one(pool)
@@ -343,17 +352,13 @@ async fn the_channel_is_fixed_per_database_and_no_session_setting_redirects_it(p
     let o = org(&pool).await;
     let mut probe = Probe::new(&pool).await;
     // A writer's session setting (the old way of choosing the channel) changes nothing.
-    let mut tx = pool.begin().await.unwrap();
-    sqlx::query("SET LOCAL nearcache.channel = 'elsewhere'")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE organizations SET plan = 'pro' WHERE id = $1::uuid")
-        .bind(&o)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    in_session(
+        &pool,
+        "SET LOCAL nearcache.channel = 'elsewhere'",
+        "UPDATE organizations SET plan = 'pro' WHERE id = $1::uuid",
+        &o,
+    )
+    .await;
     assert_eq!(
         probe.drain(&pool).await,
         vec![json!({"v": 1, "table": "organizations", "op": "update", "keys": [o]})]
@@ -380,18 +385,14 @@ async fn the_channel_is_fixed_per_database_and_no_session_setting_redirects_it(p
 async fn writes_under_the_replica_role_notify(pool: PgPool) {
     let o = org(&pool).await;
     let mut probe = Probe::new(&pool).await;
-    let mut tx = pool.begin().await.unwrap();
     // What pg_restore --disable-triggers, apply workers and bulk loaders run under.
-    sqlx::query("SET LOCAL session_replication_role = replica")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE organizations SET name = 'renamed' WHERE id = $1::uuid")
-        .bind(&o)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    in_session(
+        &pool,
+        "SET LOCAL session_replication_role = replica",
+        "UPDATE organizations SET name = 'renamed' WHERE id = $1::uuid",
+        &o,
+    )
+    .await;
     assert_eq!(
         probe.drain(&pool).await,
         vec![json!({"v": 1, "table": "organizations", "op": "update", "keys": [o]})]
@@ -680,23 +681,17 @@ async fn keys_of_any_characters_never_abort_a_write_and_are_always_covered(pool:
 async fn a_session_that_corrupts_the_pending_keys_gets_a_flush_not_an_error(pool: PgPool) {
     let o = org(&pool).await;
     let mut probe = Probe::new(&pool).await;
-    let mut tx = pool.begin().await.unwrap();
-    let setting: String =
-        sqlx::query_scalar("SELECT 'nearcache.pending_' || 'organizations'::regclass::oid::text")
-            .fetch_one(&mut *tx)
-            .await
-            .unwrap();
-    sqlx::query("SELECT set_config($1, '\"unterminated', true)")
-        .bind(&setting)
-        .execute(&mut *tx)
+    let oid: String = sqlx::query_scalar("SELECT 'organizations'::regclass::oid::text")
+        .fetch_one(&pool)
         .await
         .unwrap();
-    sqlx::query("UPDATE organizations SET plan = 'pro' WHERE id = $1::uuid")
-        .bind(&o)
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.commit().await.unwrap();
+    in_session(
+        &pool,
+        &format!("SELECT set_config('nearcache.pending_{oid}', '\"unterminated', true)"),
+        "UPDATE organizations SET plan = 'pro' WHERE id = $1::uuid",
+        &o,
+    )
+    .await;
     assert_eq!(
         probe.drain(&pool).await,
         vec![json!({"v": 1, "table": "organizations", "op": "flush"})]
@@ -728,4 +723,39 @@ async fn any_table_can_be_attached(pool: PgPool) {
             json!({"v": 1, "table": "invoices", "op": "update", "keys": ["A-1"]}),
         ]
     );
+}
+
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+async fn a_table_attached_without_notify_sends_nothing_and_the_check_says_so(pool: PgPool) {
+    let o = org(&pool).await;
+    run(
+        &pool,
+        "SELECT nearcache_attach('organizations', 'id', notify => false)",
+        &[],
+    )
+    .await;
+    let mut probe = Probe::new(&pool).await;
+    run(
+        &pool,
+        "UPDATE organizations SET plan = 'pro' WHERE id = $1::uuid",
+        &[&o],
+    )
+    .await;
+    assert_eq!(probe.drain(&pool).await, Vec::<Value>::new());
+    let problems: Vec<String> =
+        sqlx::query_scalar("SELECT nearcache_check('{organizations}', 'nearcache')")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(problems[0].contains("WAL source only"), "{problems:?}");
+    // Still published, for the WAL source.
+    let published: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_publication_tables
+                         WHERE pubname = 'nearcache' AND tablename = 'organizations')",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(published);
 }

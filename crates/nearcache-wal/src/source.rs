@@ -151,14 +151,12 @@ async fn session<H: Handler + ?Sized>(
     }
 }
 
-enum Never {}
-
 async fn stream<H: Handler + ?Sized>(
     config: &WalConfig,
     handler: &H,
     status: &SourceStatus,
     nonce: &str,
-) -> Result<Never, (SessionError, bool)> {
+) -> Result<std::convert::Infallible, (SessionError, bool)> {
     let not_yet = |e| (e, false);
     let timeout = config.connect_timeout;
     let (control, connection) = tokio::time::timeout(timeout, config.pg.connect(NoTls))
@@ -427,7 +425,7 @@ impl Decoder {
             Change::Insert { relation, new } => {
                 let (table, key) = self.key(relation, &new)?;
                 if let Some(key) = key {
-                    self.remember(&table, &key, &new, None);
+                    self.remember(relation, &key, &new, None);
                     self.push(Pending::Keys(table, vec![key]));
                 } else {
                     self.push(Pending::Flush(table));
@@ -442,11 +440,11 @@ impl Decoder {
                 match (old_key, new_key) {
                     (Some(old_key), Some(new_key)) if old_key != new_key => {
                         self.forget(&table, &old_key);
-                        self.remember(&table, &new_key, &new, None);
+                        self.remember(relation, &new_key, &new, None);
                         self.push(Pending::Keys(table, vec![old_key, new_key]));
                     }
                     (Some(_), Some(key)) => {
-                        if self.remember(&table, &key, &new, old.as_ref()) {
+                        if self.remember(relation, &key, &new, old.as_ref()) {
                             self.push(Pending::Keys(table, vec![key]));
                         }
                     }
@@ -503,64 +501,68 @@ impl Decoder {
     /// Records the watched columns of a row as decoded, and returns whether they changed (or
     /// may have: a row never seen counts as changed). Tables that ignore no column always
     /// count as changed, without a digest.
-    fn remember(&mut self, table: &str, key: &str, new: &Tuple, old: Option<&Tuple>) -> bool {
-        let Some(ignored) = self.ignored.get(table).filter(|i| !i.is_empty()) else {
+    fn remember(&mut self, relation: u32, key: &str, new: &Tuple, old: Option<&Tuple>) -> bool {
+        let Some(r) = self.relations.get(&relation) else {
             return true;
         };
-        let Some(relation) = self.relations.values().find(|r| r.name == table) else {
+        let Some(ignored) = self.ignored.get(&r.name).filter(|i| !i.is_empty()) else {
             return true;
         };
-        let hashes: Vec<Option<u64>> = relation
-            .columns
-            .iter()
-            .zip(new)
-            .filter(|(c, _)| !ignored.contains(&c.name))
-            .map(|(_, v)| match v {
-                Value::Unchanged => None,
-                v => {
+        let watched = || {
+            r.columns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| !ignored.contains(&c.name))
+                .map(|(i, _)| i)
+        };
+        // With a full replica identity the old row says what changed by itself.
+        if let Some(old) = old {
+            return watched().any(|i| {
+                new.get(i).is_none_or(|n| *n != Value::Unchanged) && old.get(i) != new.get(i)
+            });
+        }
+        let hashes: Vec<Option<u64>> = watched()
+            // A tuple shorter than its relation (it should not happen) hashes as unknown.
+            .map(|i| match new.get(i) {
+                None | Some(Value::Unchanged) => None,
+                Some(v) => {
                     let mut h = DefaultHasher::new();
                     v.hash(&mut h);
                     Some(h.finish())
                 }
             })
             .collect();
-        // With a full replica identity the old row says what changed by itself.
-        if let Some(old) = old {
-            let changed = relation
-                .columns
+        let slot = (r.name.clone(), key.to_string());
+        // A digest of another shape (a column was added since) is as good as none.
+        let before = self
+            .digests
+            .get(&slot)
+            .filter(|b| b.len() == hashes.len())
+            .cloned();
+        let changed = before.as_ref().is_none_or(|b| {
+            hashes
                 .iter()
-                .zip(old.iter().zip(new))
-                .filter(|(c, _)| !ignored.contains(&c.name))
-                .any(|(_, (o, n))| *n != Value::Unchanged && o != n);
-            return changed;
-        }
-        let slot = (table.to_string(), key.to_string());
-        let changed = match self.digests.get(&slot) {
-            Some(before) if before.len() == hashes.len() => hashes
-                .iter()
-                .zip(before)
-                .any(|(now, before)| now.is_some_and(|h| h != *before)),
-            _ => true,
-        };
-        if self.digests.len() >= self.capacity && !self.digests.contains_key(&slot) {
-            // Forgetting is safe: a row without a digest counts as changed.
-            self.digests.clear();
-        }
-        let before = self.digests.get(&slot).cloned();
-        let merged: Vec<u64> = hashes
+                .zip(b)
+                .any(|(now, before)| now.is_some_and(|h| h != *before))
+        });
+        // An unchanged TOASTed column keeps its earlier hash; without one the row stays
+        // unknown rather than remembered with a guess.
+        let merged: Option<Vec<u64>> = hashes
             .iter()
             .enumerate()
-            .map(|(i, h)| {
-                h.or_else(|| before.as_ref().and_then(|b| b.get(i).copied()))
-                    .unwrap_or(0)
-            })
+            .map(|(i, h)| h.or_else(|| before.as_ref().map(|b| b[i])))
             .collect();
-        // An unchanged TOASTed column of a row never seen has no known hash: keep the row
-        // unknown rather than remember a guess.
-        if hashes.iter().any(Option::is_none) && before.is_none() {
-            self.digests.remove(&slot);
-        } else {
-            self.digests.insert(slot, merged);
+        match merged {
+            Some(merged) => {
+                if self.digests.len() >= self.capacity && !self.digests.contains_key(&slot) {
+                    // Forgetting is safe: a row without a digest counts as changed.
+                    self.digests.clear();
+                }
+                self.digests.insert(slot, merged);
+            }
+            None => {
+                self.digests.remove(&slot);
+            }
         }
         changed
     }

@@ -45,6 +45,9 @@ pub(crate) enum Step {
     HandedOver,
     /// A waiter took the leader's outcome as its own answer.
     TookOver,
+    /// A waiter refused the leader's outcome (or had none); it looks at the cache again, then
+    /// loads for itself.
+    Refused,
     /// A boundary of the scenario's own (an operation's own pause, a loader reading).
     Scenario(&'static str),
 }

@@ -221,6 +221,7 @@ where
                 }
                 // The leader hung, vanished, or loaded before an invalidation we must honour.
                 // A write may have stored a newer value meanwhile.
+                step!(self, Step::Refused);
                 if let Some(entry) = self.current(&key) {
                     bump(&self.inner.counters.hits);
                     return Ok(entry.value.clone());
