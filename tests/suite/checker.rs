@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use nearcache_tests::app::{spawn_app_with, token};
 use nearcache_tests::TestDb;
-use rand::{Rng, SeedableRng};
+use rand::{RngExt, SeedableRng};
 use serde_json::json;
 
 use crate::support::{seed, terminate_source, Source};
@@ -62,8 +62,8 @@ async fn no_read_is_stale(source: Source) {
             while start.elapsed() < RUN_FOR {
                 version += 1;
                 let name = format!("v{version}");
-                if rng.gen_bool(0.5) {
-                    let app = &apps[rng.gen_range(0..apps.len())];
+                if rng.random_bool(0.5) {
+                    let app = &apps[rng.random_range(0..apps.len())];
                     let (status, _) = app.patch_me(&tokens[u], &json!({"name": name})).await;
                     assert_eq!(status, 200);
                 } else {
@@ -80,7 +80,7 @@ async fn no_read_is_stale(source: Source) {
                     .entry(u)
                     .or_default()
                     .push((version, Instant::now()));
-                tokio::time::sleep(Duration::from_millis(rng.gen_range(5..60))).await;
+                tokio::time::sleep(Duration::from_millis(rng.random_range(5..60))).await;
             }
         }));
     }
@@ -89,8 +89,10 @@ async fn no_read_is_stale(source: Source) {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed_value.wrapping_add(1000 + r));
         tasks.push(tokio::spawn(async move {
             while start.elapsed() < RUN_FOR {
-                let (user, instance) =
-                    (rng.gen_range(0..tokens.len()), rng.gen_range(0..apps.len()));
+                let (user, instance) = (
+                    rng.random_range(0..tokens.len()),
+                    rng.random_range(0..apps.len()),
+                );
                 let started = Instant::now();
                 let (status, body) = apps[instance].get("/me", Some(&tokens[user])).await;
                 assert_eq!(status, 200);
@@ -115,7 +117,7 @@ async fn no_read_is_stale(source: Source) {
         tokio::spawn(async move {
             let mut killed = 0;
             while start.elapsed() < RUN_FOR {
-                tokio::time::sleep(Duration::from_millis(rng.gen_range(500..1500))).await;
+                tokio::time::sleep(Duration::from_millis(rng.random_range(500..1500))).await;
                 killed += terminate_source(&pool, source).await;
             }
             killed

@@ -25,7 +25,10 @@ pub(crate) async fn seed(pool: &PgPool, n: usize) -> (Organization, Vec<User>) {
 
 /// Runs one statement.
 pub(crate) async fn exec(pool: &PgPool, sql: &str) {
-    sqlx::raw_sql(sql).execute(pool).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+        .execute(pool)
+        .await
+        .unwrap();
 }
 
 /// `UPDATE <table> SET <assignments> WHERE id = <id>`, committed by SQL, not through a service.

@@ -161,10 +161,10 @@ async fn a_two_phase_write_is_evicted_at_commit_prepared() {
     let u = users[0].id;
     let evicted = format!("users:{u}");
     let mut conn = pool.acquire().await.unwrap();
-    sqlx::raw_sql(&format!(
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
         "BEGIN; UPDATE users SET name = 'Prepared' WHERE id = '{u}';
          PREPARE TRANSACTION 'nearcache_2pc';"
-    ))
+    )))
     .execute(&mut *conn)
     .await
     .unwrap();

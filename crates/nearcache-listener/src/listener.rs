@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use rand::Rng;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, NoTls, Notification};
 
@@ -49,11 +48,7 @@ pub async fn run<H>(
     H: Handler + ?Sized,
 {
     config.validate().expect("invalid listener configuration");
-    let heartbeat_channel = format!(
-        "{}_hb_{:08x}",
-        config.channel,
-        rand::thread_rng().gen::<u32>()
-    );
+    let heartbeat_channel = format!("{}_hb_{:08x}", config.channel, rand::random::<u32>());
     let backoff = (config.backoff_min, config.backoff_max);
     supervise("listener", backoff, &*handler, &status, shutdown, || {
         session(&config, &*handler, &status, &heartbeat_channel)

@@ -1,7 +1,7 @@
 //! The repository trait and its Postgres implementation.
 
 use async_trait::async_trait;
-use sqlx::PgPool;
+use sqlx::{AssertSqlSafe, PgPool};
 use time::OffsetDateTime;
 
 use crate::{NewUser, OrgId, Organization, Principal, ProfileUpdate, RepoError, User, UserId};
@@ -143,9 +143,9 @@ impl UserRepo for PgUserRepo {
     }
 
     async fn create_organization(&self, name: &str, plan: &str) -> Result<Organization, RepoError> {
-        Ok(sqlx::query_as(&format!(
+        Ok(sqlx::query_as(AssertSqlSafe(format!(
             "INSERT INTO organizations (name, plan) VALUES ($1, $2) RETURNING {ORG_COLUMNS}"
-        ))
+        )))
         .bind(name)
         .bind(plan)
         .fetch_one(&self.pool)
@@ -153,9 +153,9 @@ impl UserRepo for PgUserRepo {
     }
 
     async fn create_user(&self, user: &NewUser) -> Result<User, RepoError> {
-        Ok(sqlx::query_as(&format!(
+        Ok(sqlx::query_as(AssertSqlSafe(format!(
             "INSERT INTO users (org_id, email, name) VALUES ($1, $2, $3) RETURNING {USER_COLUMNS}"
-        ))
+        )))
         .bind(user.org_id)
         .bind(&user.email)
         .bind(&user.name)
@@ -164,9 +164,9 @@ impl UserRepo for PgUserRepo {
     }
 
     async fn rename_organization(&self, id: OrgId, name: &str) -> Result<Organization, RepoError> {
-        Ok(sqlx::query_as(&format!(
+        Ok(sqlx::query_as(AssertSqlSafe(format!(
             "UPDATE organizations SET name = $2 WHERE id = $1 RETURNING {ORG_COLUMNS}"
-        ))
+        )))
         .bind(id)
         .bind(name)
         .fetch_one(&self.pool)
@@ -174,10 +174,10 @@ impl UserRepo for PgUserRepo {
     }
 
     async fn update_profile(&self, id: UserId, update: &ProfileUpdate) -> Result<User, RepoError> {
-        Ok(sqlx::query_as(&format!(
+        Ok(sqlx::query_as(AssertSqlSafe(format!(
             "UPDATE users SET name = coalesce($2, name), email = coalesce($3, email)
               WHERE id = $1 RETURNING {USER_COLUMNS}"
-        ))
+        )))
         .bind(id)
         .bind(update.name())
         .bind(update.email())

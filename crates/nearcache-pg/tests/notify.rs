@@ -46,7 +46,9 @@ impl Probe {
 async fn run(pool: &PgPool, sql: &str, params: &[&str]) {
     params
         .iter()
-        .fold(sqlx::query(sql), |q, p| q.bind(*p))
+        .fold(sqlx::query(sqlx::AssertSqlSafe(sql.to_owned())), |q, p| {
+            q.bind(*p)
+        })
         .execute(pool)
         .await
         .unwrap();
@@ -56,8 +58,15 @@ async fn run(pool: &PgPool, sql: &str, params: &[&str]) {
 /// transaction that commits.
 async fn in_session(pool: &PgPool, setup: &str, sql: &str, key: &str) {
     let mut tx = pool.begin().await.unwrap();
-    sqlx::raw_sql(setup).execute(&mut *tx).await.unwrap();
-    sqlx::query(sql).bind(key).execute(&mut *tx).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(setup.to_owned()))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+        .bind(key)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
     tx.commit().await.unwrap();
 }
 
@@ -605,17 +614,17 @@ async fn install_works_on_a_database_without_the_reference_schema(pool: PgPool) 
 
 /// A random key: mostly short, sometimes up to 10 KB, of characters JSON must escape (quotes,
 /// backslashes, control characters) and multibyte ones.
-fn random_key(rng: &mut impl rand::Rng, i: usize) -> String {
+fn random_key(rng: &mut impl rand::RngExt, i: usize) -> String {
     const ALPHABET: [char; 12] = [
         '"', '\\', '\u{1}', '\n', '\u{1f}', 'a', 'Z', '0', 'é', '漢', '🦀', ' ',
     ];
-    let len = if rng.gen_ratio(1, 100) {
-        rng.gen_range(1_000..10_000)
+    let len = if rng.random_ratio(1, 100) {
+        rng.random_range(1_000..10_000)
     } else {
-        rng.gen_range(0..60)
+        rng.random_range(0..60)
     };
     let mut key: String = (0..len)
-        .map(|_| ALPHABET[rng.gen_range(0..ALPHABET.len())])
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())])
         .collect();
     key.push_str(&format!("#{i}"));
     key
@@ -623,7 +632,7 @@ fn random_key(rng: &mut impl rand::Rng, i: usize) -> String {
 
 #[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
 async fn keys_of_any_characters_never_abort_a_write_and_are_always_covered(pool: PgPool) {
-    use rand::{Rng, SeedableRng};
+    use rand::{RngExt, SeedableRng};
     let seed: u64 = std::env::var("NEARCACHE_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -641,10 +650,10 @@ async fn keys_of_any_characters_never_abort_a_write_and_are_always_covered(pool:
     run(&pool, "SELECT nearcache_attach('docs', 'k')", &[]).await;
     let mut probe = Probe::new(&pool).await;
     for case in 0..25 {
-        let rows = if rng.gen_ratio(1, 5) {
-            rng.gen_range(500..=2_000)
+        let rows = if rng.random_ratio(1, 5) {
+            rng.random_range(500..=2_000)
         } else {
-            rng.gen_range(1..50)
+            rng.random_range(1..50)
         };
         let keys: Vec<String> = (0..rows).map(|i| random_key(&mut rng, i)).collect();
         for sql in [

@@ -6,8 +6,6 @@ use std::future::Future;
 use std::pin::pin;
 use std::time::Duration;
 
-use rand::Rng;
-
 use crate::{Handler, SourceState, SourceStatus};
 
 /// Runs `session` until `shutdown` completes, again and again: whenever one ends (it returns
@@ -50,7 +48,7 @@ pub async fn supervise<H, S, F, E>(
         }
         tracing::warn!(source, error = %error, "bypassing the cache and reconnecting in {delay:?}");
         // Full jitter between half and all of the delay, so that instances spread out.
-        let jittered = delay.mul_f64(rand::thread_rng().gen_range(0.5..=1.0));
+        let jittered = delay.mul_f64(rand::random_range(0.5..=1.0));
         tokio::select! {
             biased;
             () = &mut shutdown => break,

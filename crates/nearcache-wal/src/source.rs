@@ -12,7 +12,6 @@ use nearcache_source::{
     sleep_until_opt, supervise, AbortOnDrop, Handler, SourceState, SourceStatus,
 };
 use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent};
-use rand::Rng;
 use tokio_postgres::NoTls;
 
 use crate::pgoutput::{self, Change, Relation, Tuple, Value};
@@ -57,7 +56,7 @@ pub async fn run<H>(
     H: Handler + ?Sized,
 {
     config.validate().expect("invalid WAL source configuration");
-    let nonce = format!("{:016x}", rand::thread_rng().gen::<u64>());
+    let nonce = format!("{:016x}", rand::random::<u64>());
     let backoff = (config.backoff_min, config.backoff_max);
     supervise("wal", backoff, &*handler, &status, shutdown, || {
         session(&config, &*handler, &status, &nonce)
@@ -185,7 +184,7 @@ async fn stream<H: Handler + ?Sized>(
 
     // A temporary slot belongs to the replication session that creates it: it goes when the
     // session ends, however it ends, and retains no WAL after that.
-    let slot = format!("nearcache_{:016x}", rand::thread_rng().gen::<u64>());
+    let slot = format!("nearcache_{:016x}", rand::random::<u64>());
     let repl_config = ReplicationConfig::new(
         config.host.clone(),
         config.user.clone(),

@@ -9,7 +9,7 @@ use anyhow::{bail, Result};
 use nearcache::{Cache, CacheConfig, Mode, TableHandler};
 use nearcache_listener::{Handler, ListenerConfig, ListenerStatus};
 use nearcache_wal::WalConfig;
-use rand::Rng;
+use rand::RngExt;
 
 use crate::seed;
 
@@ -143,9 +143,9 @@ async fn latency_of(url: &str, source: Source) -> Result<Vec<Series>> {
     }
     let mut per_instance = Vec::new();
     let mut all = Vec::new();
-    let mut rng = rand::thread_rng();
+    let mut rng = rand::rng();
     for n in 0..1000 {
-        let key = seed::user_id(rng.gen_range(1..=seed::USERS));
+        let key = seed::user_id(rng.random_range(1..=seed::USERS));
         for (h, _) in &instances {
             h.seen.lock().unwrap().remove(&key);
         }

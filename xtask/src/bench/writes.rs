@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use nearcache_listener::Handler;
-use rand::SeedableRng;
 
 use super::latency::{spawn_source, Source};
 use crate::seed;
@@ -229,9 +228,9 @@ async fn writes(
         let pool = pool.clone();
         tasks.push(tokio::spawn(async move {
             let mut n = 0u64;
-            let mut rng = rand::rngs::StdRng::from_entropy();
+            let mut rng = rand::make_rng::<rand::rngs::StdRng>();
             while start.elapsed() < each {
-                let key = seed::user_id(rand::Rng::gen_range(&mut rng, 1..=seed::USERS));
+                let key = seed::user_id(rand::RngExt::random_range(&mut rng, 1..=seed::USERS));
                 sqlx::query(sql)
                     .bind(key)
                     .bind(n.to_string())
