@@ -11,4 +11,5 @@ mod coherence;
 mod listener;
 mod service;
 mod tidy;
+mod tls;
 mod wal;

@@ -82,8 +82,11 @@ fn dependencies_point_inward() {
     );
     assert_eq!(ours("nearcache-pg"), set(&["nearcache-store"]));
     assert_eq!(ours("nearcache-source"), set(&[]));
-    assert_eq!(ours("nearcache-listener"), set(&["nearcache-source"]));
-    assert_eq!(ours("nearcache-wal"), set(&["nearcache-source"]));
+    // The Postgres sources share their connection settings (URL, TLS), nothing else.
+    assert_eq!(ours("nearcache-pgconn"), set(&[]));
+    for source in ["nearcache-listener", "nearcache-wal"] {
+        assert_eq!(ours(source), set(&["nearcache-source", "nearcache-pgconn"]));
+    }
     assert_eq!(
         ours("nearcache-http"),
         set(&["nearcache-store", "nearcache-pg"])
@@ -98,6 +101,7 @@ fn dependencies_point_inward() {
         ("nearcache-pg", ["tokio-postgres", "hyper"]),
         ("nearcache-listener", ["sqlx", "hyper"]),
         ("nearcache-wal", ["sqlx", "hyper"]),
+        ("nearcache-pgconn", ["sqlx", "hyper"]),
         ("nearcache-http", ["tokio-postgres", "moka"]),
     ] {
         for f in foreign {

@@ -213,6 +213,41 @@ impl Cluster {
         Ok(())
     }
 
+    /// Makes the server accept TLS connections only, with the certificate chain `cert_pem` and
+    /// its private key `key_pem`, written into the data folder; a connection without TLS is
+    /// refused (pg_hba `hostssl` lines only). Takes effect at the next start.
+    ///
+    /// # Errors
+    /// When the files cannot be written or handed to the postgres user.
+    pub fn serve_tls_only(&self, cert_pem: &str, key_pem: &str) -> Result<(), ClusterError> {
+        use std::os::unix::fs::PermissionsExt;
+        let data = self.data();
+        let key = data.join("server.key");
+        fs::write(data.join("server.crt"), cert_pem)?;
+        fs::write(&key, key_pem)?;
+        // Postgres refuses a key others may read.
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600))?;
+        fs::write(
+            data.join("pg_hba.conf"),
+            "hostssl all all 127.0.0.1/32 trust\nhostssl replication all 127.0.0.1/32 trust\n",
+        )?;
+        if self.as_postgres {
+            let status = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(data.join("server.crt"))
+                .arg(&key)
+                .arg(data.join("pg_hba.conf"))
+                .status()?;
+            if !status.success() {
+                return Err(ClusterError::Command {
+                    what: "chown of the TLS files to postgres".into(),
+                    detail: status.to_string(),
+                });
+            }
+        }
+        self.configure("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'")
+    }
+
     /// Stops the server (fast shutdown) if it runs.
     ///
     /// # Errors

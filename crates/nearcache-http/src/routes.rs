@@ -82,6 +82,9 @@ pub struct Health {
     /// Why the cache bypasses, when the reason is one an operator must fix (the database's
     /// triggers are missing or wrong); `None` otherwise.
     pub problem: Option<String>,
+    /// While the cache bypasses: why the source's last attempt or connection ended (a refused
+    /// connection, an untrusted certificate), as the source reported it.
+    pub source_error: Option<String>,
     /// The invalidation source in use (`wal`, `notify`), once chosen.
     pub source: Option<&'static str>,
 }
@@ -260,6 +263,9 @@ fn healthz(state: &AppState) -> Response<Full<Bytes>> {
     let mut body = serde_json::json!({"status": word, "cache": health.cache.as_str()});
     if let Some(problem) = health.problem {
         body["problem"] = problem.into();
+    }
+    if let Some(error) = health.source_error {
+        body["source_error"] = error.into();
     }
     if let Some(source) = health.source {
         body["source"] = source.into();

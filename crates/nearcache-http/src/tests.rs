@@ -26,6 +26,7 @@ impl Probe for Ready {
             ready: self.0,
             cache: CacheState::Off,
             problem: None,
+            source_error: None,
             source: None,
         }
     }

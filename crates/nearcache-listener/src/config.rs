@@ -1,14 +1,15 @@
 //! Configuration of the listener.
 
-use std::str::FromStr;
 use std::time::Duration;
+
+use nearcache_pgconn::PgUrl;
 
 /// A configuration that cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The database URL does not parse.
-    #[error("invalid database url: {0}")]
-    Url(#[source] tokio_postgres::Error),
+    /// The database URL does not parse, or its TLS settings cannot work.
+    #[error(transparent)]
+    Url(#[from] nearcache_pgconn::UrlError),
     /// The channel is not a lowercase identifier.
     #[error(
         "invalid channel {0:?}: use 1 to 40 characters of a-z, 0-9 and _, starting with a letter"
@@ -22,7 +23,7 @@ pub enum ConfigError {
 /// How the listener connects and how it watches its connection.
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
-    pub(crate) pg: tokio_postgres::Config,
+    pub(crate) url: PgUrl,
     pub(crate) channel: String,
     pub(crate) tables: Vec<String>,
     /// How often the listener notifies itself. Default 1 s.
@@ -42,11 +43,11 @@ impl ListenerConfig {
     /// A configuration for the database at `url`, on the default channel `nearcache`.
     ///
     /// # Errors
-    /// [`ConfigError::Url`] when the URL does not parse.
+    /// [`ConfigError::Url`] when the URL does not parse, its `sslmode` is unknown or its
+    /// `sslrootcert` cannot be read (see [`nearcache_pgconn`] for the TLS settings).
     pub fn new(url: &str) -> Result<Self, ConfigError> {
-        let pg = tokio_postgres::Config::from_str(url).map_err(ConfigError::Url)?;
         Ok(Self {
-            pg,
+            url: PgUrl::parse(url)?,
             channel: "nearcache".into(),
             tables: Vec::new(),
             heartbeat_interval: Duration::from_secs(1),
@@ -113,7 +114,7 @@ impl ListenerConfig {
 
     /// The connection settings with what the listener needs on top of the URL's.
     pub(crate) fn connection(&self) -> tokio_postgres::Config {
-        let mut pg = self.pg.clone();
+        let mut pg = self.url.config().clone();
         pg.application_name("nearcache-listener")
             .connect_timeout(self.connect_timeout)
             .keepalives(true)

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls, Notification};
+use tokio_postgres::{AsyncMessage, Notification};
 
 use nearcache_source::{sleep_until_opt, supervise, AbortOnDrop};
 
@@ -64,7 +64,7 @@ async fn session<H: Handler + ?Sized>(
     heartbeat_channel: &str,
 ) -> (SessionError, bool) {
     let pg = config.connection();
-    let connecting = pg.connect(NoTls);
+    let connecting = config.url.connect(&pg);
     let (client, mut connection) =
         match tokio::time::timeout(config.connect_timeout, connecting).await {
             Ok(Ok(pair)) => pair,

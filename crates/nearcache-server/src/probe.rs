@@ -66,6 +66,11 @@ impl Probe for ServerProbe {
             ready: listening || self.db_ok.load(Ordering::Relaxed),
             cache,
             problem: self.listener.as_ref().and_then(ListenerStatus::problem),
+            source_error: self
+                .listener
+                .as_ref()
+                .filter(|_| cache == CacheState::Bypass)
+                .and_then(ListenerStatus::last_error),
             source: self.source.get().map(|s| s.as_str()),
         }
     }

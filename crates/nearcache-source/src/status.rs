@@ -44,6 +44,8 @@ macro_rules! counters {
             heartbeat_rtt_micros: AtomicU64,
             /// Why the database's installation cannot be trusted, if it cannot.
             problem: Mutex<Option<String>>,
+            /// Why the last attempt or connection ended, until the next one delivers.
+            last_error: Mutex<Option<String>>,
             $($name: AtomicU64,)*
         }
 
@@ -94,6 +96,7 @@ macro_rules! counters {
 counters! {
     connections: "Connections that began delivering (LISTEN or slot ready, checks passed), the first included.",
     disconnects: "Connections lost or given up after delivering.",
+    failures: "Attempts that ended before delivering (refused, TLS or authentication failures, failed checks); retried with backoff.",
     notifications: "Change messages received (notifications, decoded WAL changes).",
     malformed: "Payloads that did not parse (each answered with a flush).",
     ignored: "Notifications for tables the handler does not cache.",
@@ -145,6 +148,30 @@ impl SourceStatus {
             .unwrap_or_else(std::sync::PoisonError::into_inner) = problem;
     }
 
+    /// Why the last attempt or connection ended (a refused connection, a certificate the TLS
+    /// settings do not trust, a lost stream), until a connection delivers again; `None` then.
+    pub fn last_error(&self) -> Option<String> {
+        self.inner
+            .last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Records why an attempt or a connection ended: a `failure` if it never delivered.
+    pub fn ended(&self, error: String, delivered: bool) {
+        if delivered {
+            self.inner.disconnects.fetch_add(1, Relaxed);
+        } else {
+            self.inner.failures.fetch_add(1, Relaxed);
+        }
+        *self
+            .inner
+            .last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(error);
+    }
+
     /// Records the connection state.
     pub fn set_state(&self, state: SourceState) {
         let v = match state {
@@ -155,13 +182,14 @@ impl SourceStatus {
         self.inner.state.store(v, Relaxed);
     }
 
-    /// Counts a connection that began delivering.
+    /// Counts a connection that began delivering, and forgets the last error.
     pub fn connected(&self) {
         self.inner.connections.fetch_add(1, Relaxed);
-    }
-    /// Counts a connection lost after delivering.
-    pub fn disconnected(&self) {
-        self.inner.disconnects.fetch_add(1, Relaxed);
+        *self
+            .inner
+            .last_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
     /// Counts a change message.
     pub fn notification(&self) {

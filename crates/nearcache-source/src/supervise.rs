@@ -1,7 +1,7 @@
 //! What every source does around its sessions: bypass whenever a session ends, reconnect with
 //! exponential backoff and jitter, stop on shutdown. A source supplies only its session.
 
-use std::fmt::Display;
+use std::error::Error;
 use std::future::Future;
 use std::pin::pin;
 use std::time::Duration;
@@ -24,7 +24,7 @@ pub async fn supervise<H, S, F, E>(
     H: Handler + ?Sized,
     S: FnMut() -> F,
     F: Future<Output = (E, bool)>,
-    E: Display,
+    E: Error,
 {
     let (backoff_min, backoff_max) = backoff;
     let mut shutdown = pin!(shutdown);
@@ -42,8 +42,9 @@ pub async fn supervise<H, S, F, E>(
         let Some((error, delivered)) = ended else {
             break;
         };
+        let error = explain(&error);
+        status.ended(error.clone(), delivered);
         if delivered {
-            status.disconnected();
             delay = backoff_min;
         }
         tracing::warn!(source, error = %error, "bypassing the cache and reconnecting in {delay:?}");
@@ -58,6 +59,21 @@ pub async fn supervise<H, S, F, E>(
     }
     status.set_state(SourceState::Stopped);
     tracing::info!(source, "stopped");
+}
+
+/// An error with its causes, each said once: tokio-postgres' "error performing TLS handshake"
+/// alone does not tell an operator that the certificate's issuer is unknown; its source does.
+pub fn explain(error: &dyn Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(e) = cause {
+        let more = e.to_string();
+        if !text.contains(&more) {
+            text = format!("{text}: {more}");
+        }
+        cause = e.source();
+    }
+    text
 }
 
 /// Sleeps until `deadline`, or forever without one: a heartbeat's deadline in a `select!`.
@@ -75,5 +91,25 @@ pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, thiserror::Error)]
+    #[error("connecting: {0}")]
+    struct Outer(#[source] Middle);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("error performing TLS handshake")]
+    struct Middle(#[source] std::io::Error);
+
+    #[test]
+    fn an_explanation_names_every_cause_once() {
+        let e = Outer(Middle(std::io::Error::other("invalid peer certificate")));
+        assert_eq!(
+            super::explain(&e),
+            "connecting: error performing TLS handshake: invalid peer certificate"
+        );
     }
 }

@@ -1,7 +1,8 @@
 //! Configuration of the WAL source.
 
-use std::str::FromStr;
 use std::time::Duration;
+
+use nearcache_pgconn::{PgUrl, SslMode};
 
 /// A configuration that cannot work.
 #[derive(Debug, thiserror::Error)]
@@ -9,6 +10,9 @@ pub enum ConfigError {
     /// The database URL does not parse, or names no host.
     #[error("invalid database url: {0}")]
     Url(String),
+    /// The URL's TLS settings cannot work.
+    #[error(transparent)]
+    Tls(#[from] nearcache_pgconn::UrlError),
     /// The heartbeat timings make no sense.
     #[error("heartbeat interval and timeout must be positive")]
     Heartbeat,
@@ -17,7 +21,7 @@ pub enum ConfigError {
 /// How the WAL source connects and watches its stream.
 #[derive(Debug, Clone)]
 pub struct WalConfig {
-    pub(crate) pg: tokio_postgres::Config,
+    pub(crate) url: PgUrl,
     pub(crate) host: String,
     pub(crate) port: u16,
     pub(crate) user: String,
@@ -50,8 +54,8 @@ impl WalConfig {
     /// # Errors
     /// [`ConfigError::Url`] when the URL does not parse or names no TCP host.
     pub fn new(url: &str) -> Result<Self, ConfigError> {
-        let pg =
-            tokio_postgres::Config::from_str(url).map_err(|e| ConfigError::Url(e.to_string()))?;
+        let url = PgUrl::parse(url)?;
+        let pg = url.config();
         let host = pg
             .get_hosts()
             .iter()
@@ -69,7 +73,7 @@ impl WalConfig {
             .unwrap_or_default();
         let database = pg.get_dbname().unwrap_or(&user).to_string();
         Ok(Self {
-            pg,
+            url,
             host,
             port,
             user,
@@ -96,6 +100,25 @@ impl WalConfig {
     {
         self.tables = tables.into_iter().map(Into::into).collect();
         self
+    }
+
+    /// The replication connection's TLS settings: the URL's `sslmode` and `sslrootcert`, as
+    /// the control connection uses them. pgwire-replication refuses `verify-full` with an IP
+    /// address for a host: name the host as its certificate does.
+    pub(crate) fn replication_tls(&self) -> pgwire_replication::TlsConfig {
+        use pgwire_replication::{SslMode as Mode, TlsConfig};
+        let tls = self.url.tls();
+        let root = tls.root_cert().map(std::path::Path::to_path_buf);
+        match tls.mode() {
+            SslMode::Disable => TlsConfig::disabled(),
+            SslMode::Prefer => TlsConfig {
+                mode: Mode::Prefer,
+                ..TlsConfig::disabled()
+            },
+            SslMode::Require => TlsConfig::require(),
+            SslMode::VerifyCa => TlsConfig::verify_ca(root),
+            SslMode::VerifyFull => TlsConfig::verify_full(root),
+        }
     }
 
     /// Checks what [`run`](crate::run) needs.

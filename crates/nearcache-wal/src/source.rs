@@ -12,7 +12,6 @@ use nearcache_source::{
     sleep_until_opt, supervise, AbortOnDrop, Handler, SourceState, SourceStatus,
 };
 use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent};
-use tokio_postgres::NoTls;
 
 use crate::pgoutput::{self, Change, Relation, Tuple, Value};
 use crate::WalConfig;
@@ -158,10 +157,11 @@ async fn stream<H: Handler + ?Sized>(
 ) -> Result<std::convert::Infallible, (SessionError, bool)> {
     let not_yet = |e| (e, false);
     let timeout = config.connect_timeout;
-    let (control, connection) = tokio::time::timeout(timeout, config.pg.connect(NoTls))
-        .await
-        .map_err(|_| not_yet(SessionError::Timeout("connecting")))?
-        .map_err(|e| not_yet(SessionError::Connect(e)))?;
+    let (control, connection) =
+        tokio::time::timeout(timeout, config.url.connect(config.url.config()))
+            .await
+            .map_err(|_| not_yet(SessionError::Timeout("connecting")))?
+            .map_err(|e| not_yet(SessionError::Connect(e)))?;
     let control = Arc::new(control);
     let _driver = AbortOnDrop(tokio::spawn(async move {
         if let Err(e) = connection.await {
@@ -194,6 +194,7 @@ async fn stream<H: Handler + ?Sized>(
         config.publication.clone(),
     )
     .with_port(config.port)
+    .with_tls(config.replication_tls())
     .with_status_interval(Duration::from_secs(1))
     .with_application_name("nearcache-wal");
     let mut repl = Replication(

@@ -1,0 +1,471 @@
+//! Postgres connection settings shared by nearcache's invalidation sources (the LISTEN
+//! connection and the WAL source's control connection): a database URL read as libpq reads it,
+//! `sslmode` and `sslrootcert` included, and a rustls connector that does what the mode says.
+//!
+//! tokio-postgres parses URLs itself but knows only `disable`, `prefer` and `require`, and
+//! rejects `sslrootcert`; [`PgUrl::parse`] takes both out of the URL, hands the rest to
+//! tokio-postgres and builds the TLS side with rustls (ring, like the rest of the workspace):
+//!
+//! | `sslmode`     | TLS                          | certificate checked                  |
+//! |---------------|------------------------------|--------------------------------------|
+//! | `disable`     | never                        | —                                    |
+//! | `prefer` (default) | if the server offers it | no                                   |
+//! | `require`     | always                       | no                                   |
+//! | `verify-ca`   | always                       | chain, against the root certificates |
+//! | `verify-full` | always                       | chain and host name                  |
+//!
+//! The root certificates are the PEM file named by `sslrootcert`, or, without it, the Mozilla
+//! roots of `webpki-roots` (`sslrootcert=system` says the same). This is what the sqlx pool
+//! (with its rustls feature) and the replication client of the WAL source do with the same URL,
+//! so one URL means one policy on every connection an instance opens.
+//!
+//! ```
+//! let url = nearcache_pgconn::PgUrl::parse(
+//!     "postgres://app@db.internal:5432/app?sslmode=verify-full&application_name=api",
+//! )
+//! .unwrap();
+//! assert_eq!(url.tls().mode(), nearcache_pgconn::SslMode::VerifyFull);
+//! assert_eq!(url.config().get_dbname(), Some("app"));
+//! ```
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_postgres::config::SslMode as PgSslMode;
+use tokio_postgres::tls::MakeTlsConnect;
+use tokio_postgres::{Client, Connection, Socket};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+/// libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SslMode {
+    /// Never TLS.
+    Disable,
+    /// TLS if the server offers it, without checking its certificate (libpq's default).
+    #[default]
+    Prefer,
+    /// TLS, without checking the certificate.
+    Require,
+    /// TLS, the certificate chain checked against the root certificates.
+    VerifyCa,
+    /// TLS, the chain and the host name checked.
+    VerifyFull,
+}
+
+impl SslMode {
+    /// The URL's spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+impl FromStr for SslMode {
+    type Err = UrlError;
+
+    fn from_str(s: &str) -> Result<Self, UrlError> {
+        Ok(match s {
+            "disable" => SslMode::Disable,
+            "prefer" | "allow" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            other => return Err(UrlError::SslMode(other.to_string())),
+        })
+    }
+}
+
+impl fmt::Display for SslMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A database URL that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum UrlError {
+    /// tokio-postgres does not accept the rest of the URL.
+    #[error("invalid database url: {0}")]
+    Url(#[source] tokio_postgres::Error),
+    /// An `sslmode` libpq does not know.
+    #[error("invalid sslmode {0:?}: use disable, prefer, require, verify-ca or verify-full")]
+    SslMode(String),
+    /// The `sslrootcert` file cannot be read or holds no certificate.
+    #[error("sslrootcert {path}: {detail}")]
+    RootCert {
+        /// The path given.
+        path: PathBuf,
+        /// Why it cannot be used.
+        detail: String,
+    },
+    /// rustls refuses the configuration.
+    #[error("tls: {0}")]
+    Tls(String),
+}
+
+/// How connections to the database use TLS: the mode, the root certificates, and a connector
+/// for tokio-postgres built from them once.
+#[derive(Clone)]
+pub struct Tls {
+    mode: SslMode,
+    root_cert: Option<PathBuf>,
+    connector: MakeRustlsConnect,
+}
+
+impl fmt::Debug for Tls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tls")
+            .field("mode", &self.mode)
+            .field("root_cert", &self.root_cert)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Tls {
+    /// A policy for `mode`, trusting the certificates of the PEM file `root_cert` (or the
+    /// Mozilla roots without one).
+    ///
+    /// # Errors
+    /// [`UrlError::RootCert`] when the file cannot be read or holds no certificate.
+    pub fn new(mode: SslMode, root_cert: Option<PathBuf>) -> Result<Self, UrlError> {
+        let connector = MakeRustlsConnect::new(client_config(mode, root_cert.as_deref())?);
+        Ok(Self {
+            mode,
+            root_cert,
+            connector,
+        })
+    }
+
+    /// The mode.
+    pub fn mode(&self) -> SslMode {
+        self.mode
+    }
+
+    /// The PEM file of trusted root certificates, if the URL named one.
+    pub fn root_cert(&self) -> Option<&Path> {
+        self.root_cert.as_deref()
+    }
+
+    /// The connector to hand to [`tokio_postgres::Config::connect`].
+    pub fn connector(&self) -> MakeRustlsConnect {
+        self.connector.clone()
+    }
+}
+
+/// A database URL as libpq reads it: tokio-postgres' settings and the TLS policy.
+#[derive(Debug, Clone)]
+pub struct PgUrl {
+    config: tokio_postgres::Config,
+    tls: Tls,
+}
+
+/// What [`PgUrl::connect`] returns: a client and the connection task to drive.
+pub type Connected = (
+    Client,
+    Connection<Socket, <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream>,
+);
+
+impl PgUrl {
+    /// Reads `url`, a `postgres://` URL or `key=value` pairs.
+    ///
+    /// # Errors
+    /// [`UrlError`] when tokio-postgres refuses the URL, the `sslmode` is unknown, or the
+    /// `sslrootcert` file cannot be used.
+    pub fn parse(url: &str) -> Result<Self, UrlError> {
+        let (rest, mode, root_cert) = take_tls_params(url)?;
+        let mut config = tokio_postgres::Config::from_str(&rest).map_err(UrlError::Url)?;
+        let mode = mode.map(|m| m.parse()).transpose()?.unwrap_or_default();
+        config.ssl_mode(match mode {
+            SslMode::Disable => PgSslMode::Disable,
+            SslMode::Prefer => PgSslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => PgSslMode::Require,
+        });
+        let root_cert = root_cert.filter(|p| p != "system").map(PathBuf::from);
+        Ok(Self {
+            config,
+            tls: Tls::new(mode, root_cert)?,
+        })
+    }
+
+    /// tokio-postgres' settings (without the TLS parameters it cannot read).
+    pub fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
+    /// The TLS policy.
+    pub fn tls(&self) -> &Tls {
+        &self.tls
+    }
+
+    /// Connects with `config` (these settings, perhaps with more of the caller's) and this
+    /// TLS policy.
+    ///
+    /// # Errors
+    /// What tokio-postgres reports, a failed certificate check included.
+    pub async fn connect(
+        &self,
+        config: &tokio_postgres::Config,
+    ) -> Result<Connected, tokio_postgres::Error> {
+        config.connect(self.tls.connector()).await
+    }
+}
+
+/// Takes `sslmode` and `sslrootcert` out of a URL or a key-value string.
+fn take_tls_params(url: &str) -> Result<(String, Option<String>, Option<String>), UrlError> {
+    let mut mode = None;
+    let mut root = None;
+    let mut take = |key: &str, value: String| match key {
+        "sslmode" => {
+            mode = Some(value);
+            true
+        }
+        "sslrootcert" => {
+            root = Some(value);
+            true
+        }
+        _ => false,
+    };
+    let rest = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        match url.split_once('?') {
+            None => url.to_string(),
+            Some((base, query)) => {
+                let kept: Vec<&str> = query
+                    .split('&')
+                    .filter(|pair| {
+                        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+                        let v = percent_encoding::percent_decode_str(v)
+                            .decode_utf8_lossy()
+                            .into_owned();
+                        !take(k, v)
+                    })
+                    .collect();
+                if kept.is_empty() {
+                    base.to_string()
+                } else {
+                    format!("{base}?{}", kept.join("&"))
+                }
+            }
+        }
+    } else {
+        url.split_whitespace()
+            .filter(|token| {
+                let (k, v) = token.split_once('=').unwrap_or((token, ""));
+                !take(k.trim(), v.trim().trim_matches('\'').to_string())
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    Ok((rest, mode, root))
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+fn client_config(mode: SslMode, root_cert: Option<&Path>) -> Result<ClientConfig, UrlError> {
+    let roots = Arc::new(root_store(root_cert)?);
+    let builder = ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| UrlError::Tls(e.to_string()))?;
+    let verifier = WebPkiServerVerifier::builder_with_provider(roots.clone(), provider())
+        .build()
+        .map_err(|e| UrlError::Tls(e.to_string()))?;
+    let config = match mode {
+        SslMode::VerifyFull => builder.with_webpki_verifier(verifier),
+        SslMode::VerifyCa => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(ChainOnly(verifier))),
+        SslMode::Disable | SslMode::Prefer | SslMode::Require => builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Unchecked(provider()))),
+    };
+    Ok(config.with_no_client_auth())
+}
+
+fn root_store(path: Option<&Path>) -> Result<RootCertStore, UrlError> {
+    let mut roots = RootCertStore::empty();
+    let Some(path) = path else {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        return Ok(roots);
+    };
+    let error = |detail: String| UrlError::RootCert {
+        path: path.to_path_buf(),
+        detail,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| error(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| error(format!("not PEM: {e}")))?;
+    let (added, _) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(error("holds no certificate".into()));
+    }
+    Ok(roots)
+}
+
+/// `verify-ca`: the chain must lead to a trusted root; the name in it may differ from the host.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName
+                | rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+/// `prefer` and `require`: encryption without authentication of the server, as in libpq. The
+/// handshake's signatures are still checked, so the session is bound to the key presented.
+#[derive(Debug)]
+struct Unchecked(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for Unchecked {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tls_parameters_leave_the_url_and_the_rest_stays() {
+        let url = PgUrl::parse(
+            "postgres://u:p%40ss@h:6000/db?sslmode=verify-ca&application_name=x&sslrootcert=%2Fnone",
+        );
+        // The root certificate file does not exist: a clear error naming it.
+        let err = url.unwrap_err().to_string();
+        assert!(err.starts_with("sslrootcert /none: "), "{err}");
+
+        let url = PgUrl::parse("postgres://u:p%40ss@h:6000/db?sslmode=require&application_name=x")
+            .unwrap();
+        assert_eq!(url.tls().mode(), SslMode::Require);
+        assert_eq!(url.config().get_ssl_mode(), PgSslMode::Require);
+        assert_eq!(url.config().get_application_name(), Some("x"));
+        assert_eq!(url.config().get_password(), Some(&b"p@ss"[..]));
+
+        let url = PgUrl::parse("host=h dbname=db sslmode=verify-full user=u").unwrap();
+        assert_eq!(url.tls().mode(), SslMode::VerifyFull);
+        assert_eq!(url.config().get_dbname(), Some("db"));
+
+        let url = PgUrl::parse("postgres://u@h/db").unwrap();
+        assert_eq!(url.tls().mode(), SslMode::Prefer, "libpq's default");
+        assert_eq!(url.config().get_ssl_mode(), PgSslMode::Prefer);
+
+        let url = PgUrl::parse("postgres://u@h/db?sslmode=disable").unwrap();
+        assert_eq!(url.config().get_ssl_mode(), PgSslMode::Disable);
+
+        let err = PgUrl::parse("postgres://u@h/db?sslmode=verify").unwrap_err();
+        assert!(
+            err.to_string().contains("invalid sslmode \"verify\""),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_root_certificate_file_must_hold_a_certificate() {
+        let dir = std::env::temp_dir().join(format!("nearcache-pgconn-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let err = Tls::new(SslMode::VerifyFull, Some(empty.clone())).unwrap_err();
+        assert!(err.to_string().contains("holds no certificate"), "{err}");
+
+        let ca = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let good = dir.join("ca.pem");
+        std::fs::write(&good, ca.cert.pem()).unwrap();
+        let tls = Tls::new(SslMode::VerifyFull, Some(good.clone())).unwrap();
+        assert_eq!(tls.root_cert(), Some(good.as_path()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
