@@ -33,6 +33,12 @@ macro_rules! id_type {
             }
         }
 
+        impl nearcache_store::RowKey for $name {
+            fn write_key(&self, out: &mut String) {
+                self.0.write_key(out);
+            }
+        }
+
         impl FromStr for $name {
             type Err = uuid::Error;
             fn from_str(s: &str) -> Result<Self, Self::Err> {

@@ -768,3 +768,100 @@ async fn a_table_attached_without_notify_sends_nothing_and_the_check_says_so(poo
     .unwrap();
     assert!(published);
 }
+
+/// The key contract: the key a change is reported with is Postgres' `key::text`, and
+/// `Tag::row` writes a Rust key of the common types the same way, so the tag a loader puts on a
+/// value is the tag the change invalidates. (The WAL source reports the same text: pgoutput
+/// sends each column through its type's output function, which is what `::text` calls.)
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+async fn keys_of_common_types_tag_as_postgres_prints_them(pool: PgPool) {
+    use nearcache_store::Tag;
+
+    let upper_uuid = "ABCDEF00-1234-4ABC-8DEF-0123456789AB";
+    let text_key = "O'Brien \"quoted\" \\ back — ünïcødé 🦀";
+    // (table, column type, SQL literal, the tag the Rust key builds)
+    let cases: Vec<(&str, &str, String, Tag)> = vec![
+        (
+            "k_int4",
+            "int4",
+            "-2147483648".into(),
+            Tag::row("k_int4", i32::MIN),
+        ),
+        (
+            "k_int8",
+            "int8",
+            "9007199254740993".into(),
+            Tag::row("k_int8", 9_007_199_254_740_993_i64),
+        ),
+        (
+            "k_text",
+            "text",
+            format!("'{}'", text_key.replace('\'', "''")),
+            Tag::row("k_text", text_key),
+        ),
+        (
+            "k_numeric",
+            "numeric",
+            "1.50".into(),
+            Tag::row("k_numeric", "1.50"),
+        ),
+        (
+            "k_uuid",
+            "uuid",
+            format!("'{upper_uuid}'"),
+            Tag::row("k_uuid", uuid::Uuid::parse_str(upper_uuid).unwrap()),
+        ),
+    ];
+    for (table, ty, _, _) in &cases {
+        run(
+            &pool,
+            &format!("CREATE TABLE {table} (id {ty} PRIMARY KEY, v int)"),
+            &[],
+        )
+        .await;
+        run(
+            &pool,
+            &format!("SELECT nearcache_attach('{table}', 'id')"),
+            &[],
+        )
+        .await;
+    }
+    let mut probe = Probe::new(&pool).await;
+    for (table, _, literal, _) in &cases {
+        run(
+            &pool,
+            &format!("INSERT INTO {table} VALUES ({literal}, 1)"),
+            &[],
+        )
+        .await;
+    }
+    let payloads = probe.drain(&pool).await;
+    for ((table, _, literal, tag), payload) in cases.iter().zip(&payloads) {
+        let printed: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT ({literal})::{}::text",
+            cases.iter().find(|c| c.0 == *table).unwrap().1
+        )))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        let want = format!("{table}:{printed}");
+        assert_eq!(
+            tag.as_str(),
+            want,
+            "the Rust key of {table} as Postgres prints it"
+        );
+        let sent = payload["keys"][0].as_str().unwrap();
+        assert_eq!(
+            format!("{table}:{sent}"),
+            want,
+            "the key {table} notifies with"
+        );
+    }
+    // What the trait refuses on purpose: a float's text is not numeric's (`1.5` against
+    // `1.50`), and 2^53 + 1 is not even a float.
+    assert_ne!(format!("{}", 1.50_f64), "1.50");
+    assert_ne!(
+        format!("{}", 9_007_199_254_740_993_i64 as f64),
+        "9007199254740993"
+    );
+}

@@ -36,4 +36,4 @@ pub use passthrough::PassThrough;
 #[cfg(feature = "mock")]
 pub use store::MockStore;
 pub use store::{Loader, Mode, Store};
-pub use tag::Tag;
+pub use tag::{RowKey, Tag};

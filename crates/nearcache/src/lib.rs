@@ -83,7 +83,7 @@ pub use cache::Cache;
 pub use config::CacheConfig;
 pub use entry::{Cause, Change};
 pub use handler::TableHandler;
-pub use nearcache_store::{Fill, LoadError, Loader, Mode, Store, Tag};
+pub use nearcache_store::{Fill, LoadError, Loader, Mode, RowKey, Store, Tag};
 pub use stats::{Metric, Stats};
 
 #[cfg(test)]
