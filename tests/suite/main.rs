@@ -8,6 +8,7 @@ mod support;
 mod checker;
 mod cluster;
 mod coherence;
+mod example;
 mod listener;
 mod service;
 mod tidy;

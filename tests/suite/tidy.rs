@@ -89,8 +89,10 @@ fn dependencies_point_inward() {
     }
     assert_eq!(
         ours("nearcache-http"),
-        set(&["nearcache-store", "nearcache-pg"])
+        set(&["nearcache-store", "nearcache-pg", "nearcache-tower"])
     );
+    // The Layer is for any service: it knows the Store and nothing of Postgres or a server.
+    assert_eq!(ours("nearcache-tower"), set(&["nearcache-store"]));
     // The core does no I/O.
     for core in ["nearcache", "nearcache-store", "nearcache-source"] {
         for io in ["sqlx", "tokio-postgres", "hyper", "hyper-util"] {
@@ -103,9 +105,31 @@ fn dependencies_point_inward() {
         ("nearcache-wal", ["sqlx", "hyper"]),
         ("nearcache-pgconn", ["sqlx", "hyper"]),
         ("nearcache-http", ["tokio-postgres", "moka"]),
+        ("nearcache-tower", ["sqlx", "tokio-postgres"]),
+        ("nearcache-tower", ["moka", "hyper"]),
     ] {
         for f in foreign {
             assert!(!deps[adapter].contains(f), "{adapter} depends on {f}");
         }
+    }
+}
+
+/// The README's downstream section is the example's code: every line of its Rust block is a
+/// line of `examples/axum-accounts/src/lib.rs`.
+#[test]
+fn the_readme_shows_the_examples_code() {
+    let root = xtask::workspace_root();
+    let readme = std::fs::read_to_string(root.join("README.md")).unwrap();
+    let example = std::fs::read_to_string(root.join("examples/axum-accounts/src/lib.rs")).unwrap();
+    let section = &readme[readme.find("## Caching your own tables").unwrap()..];
+    let start = section.find("```rust\n").expect("a rust block") + 8;
+    let block = &section[start..start + section[start..].find("```").unwrap()];
+    assert!(block.lines().count() > 20, "the block holds the code");
+    let lines: std::collections::HashSet<&str> = example.lines().collect();
+    for line in block.lines() {
+        assert!(
+            lines.contains(line),
+            "README line not in the example: {line:?}"
+        );
     }
 }

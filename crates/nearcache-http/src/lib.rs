@@ -17,13 +17,15 @@
 //! Every error is JSON `{"error": code, "message": text}`. Every authentication failure is the
 //! same 401, whatever the cause; the cause goes to the log at debug level only.
 
-mod auth;
 mod error;
 mod metrics;
 mod routes;
 mod server;
 
-pub use auth::{AuthConfig, AuthConfigError, AuthError, Authenticator, Key};
+pub use nearcache_tower::{AuthConfig, AuthConfigError, AuthError, Key};
+
+/// Verifies bearer tokens whose `sub` is a user id (`nearcache_tower`'s, for this service).
+pub type Authenticator = nearcache_tower::Authenticator<nearcache_pg::UserId>;
 pub use error::ApiError;
 pub use metrics::Metrics;
 pub use routes::{handle, AppState, CacheState, CachedPrincipal, Health, PrincipalStore, Probe};

@@ -300,7 +300,7 @@ mod tests {
     fn a_public_key_is_read_from_a_file() {
         let pem = concat!(
             env!("CARGO_MANIFEST_DIR"),
-            "/../nearcache-http/tests/keys/ed25519.pub.pem"
+            "/../nearcache-tower/tests/keys/ed25519.pub.pem"
         );
         assert!(parse(&["--jwt-public-key", pem]).is_ok());
         let inline = std::fs::read_to_string(pem).unwrap();

@@ -1,11 +1,11 @@
-//! JWT verification.
+//! JWT verification, remembering verified tokens.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use nearcache_pg::UserId;
 use serde::Deserialize;
+use std::str::FromStr;
 
 /// The key tokens are verified with.
 #[derive(Clone)]
@@ -61,26 +61,27 @@ pub enum AuthConfigError {
     BadPublicKey,
 }
 
-/// Verifies bearer tokens and yields the user they name.
+/// Verifies bearer tokens and yields the subject they name: the `sub` claim parsed as `S`, the
+/// key of whatever your principals are (a UUID, a bigint, a text key).
 ///
 /// A token whose signature checked out is remembered (the whole token, compared byte for
 /// byte), so that the next request with it skips the signature and the JSON; its time claims
 /// (`exp`, `nbf`) are checked again on every use.
-pub struct Authenticator {
+pub struct Authenticator<S> {
     key: DecodingKey,
     validation: Validation,
-    verified: Box<[Shard]>,
+    verified: Box<[Shard<S>]>,
     /// The wall clock, except in tests that move time.
     clock: Clock,
 }
 
 /// Verified tokens, by the whole token.
-type Shard = Mutex<HashMap<Box<str>, Verified>>;
+type Shard<S> = Mutex<HashMap<Box<str>, Verified<S>>>;
 
 /// What a verified token says, for as long as it says it.
-#[derive(Clone, Copy)]
-struct Verified {
-    user: UserId,
+#[derive(Clone)]
+struct Verified<S> {
+    subject: S,
     exp: u64,
     nbf: Option<u64>,
 }
@@ -89,7 +90,7 @@ struct Verified {
 const SHARD_CAPACITY: usize = 4096;
 const SHARDS: usize = 16;
 
-impl std::fmt::Debug for Authenticator {
+impl<S> std::fmt::Debug for Authenticator<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Authenticator")
             .field("algorithms", &self.validation.algorithms)
@@ -132,9 +133,9 @@ pub enum AuthError {
     /// The token does not verify: signature, algorithm, issuer, audience, shape.
     #[error("invalid token: {0}")]
     Invalid(String),
-    /// The token's `sub` is not a user id.
-    #[error("sub is not a user id")]
-    SubNotUserId,
+    /// The token's `sub` does not parse as the subject type.
+    #[error("sub is not a valid subject")]
+    BadSubject,
 }
 
 impl From<jsonwebtoken::errors::Error> for AuthError {
@@ -148,7 +149,7 @@ impl From<jsonwebtoken::errors::Error> for AuthError {
     }
 }
 
-impl Authenticator {
+impl<S: FromStr + Clone> Authenticator<S> {
     /// An authenticator for `config`.
     ///
     /// # Errors
@@ -195,11 +196,11 @@ impl Authenticator {
         })
     }
 
-    /// The user named by an `Authorization: Bearer <jwt>` header value.
+    /// The subject named by an `Authorization: Bearer <jwt>` header value.
     ///
     /// # Errors
     /// [`AuthError`], for the log only: clients get one 401 whatever it is.
-    pub fn verify(&self, authorization: Option<&[u8]>) -> Result<UserId, AuthError> {
+    pub fn verify(&self, authorization: Option<&[u8]>) -> Result<S, AuthError> {
         let header = authorization.ok_or(AuthError::MissingHeader)?;
         let header = std::str::from_utf8(header).map_err(|_| AuthError::NotBearer)?;
         let (scheme, token) = header.split_once(' ').ok_or(AuthError::NotBearer)?;
@@ -212,7 +213,7 @@ impl Authenticator {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(token)
-            .copied();
+            .cloned();
         if let Some(v) = remembered {
             // The same time checks jsonwebtoken makes, with the same leeway.
             let (now, leeway) = ((self.clock)(), self.validation.leeway);
@@ -222,14 +223,10 @@ impl Authenticator {
             if v.nbf.is_some_and(|nbf| nbf > now + leeway) {
                 return Err(AuthError::NotYetValid);
             }
-            return Ok(v.user);
+            return Ok(v.subject);
         }
         let data = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)?;
-        let user: UserId = data
-            .claims
-            .sub
-            .parse()
-            .map_err(|_| AuthError::SubNotUserId)?;
+        let subject: S = data.claims.sub.parse().map_err(|_| AuthError::BadSubject)?;
         let mut shard = shard.lock().unwrap_or_else(PoisonError::into_inner);
         if shard.len() >= SHARD_CAPACITY {
             shard.clear();
@@ -237,12 +234,12 @@ impl Authenticator {
         shard.insert(
             token.into(),
             Verified {
-                user,
+                subject: subject.clone(),
                 exp: data.claims.exp,
                 nbf: data.claims.nbf,
             },
         );
-        Ok(user)
+        Ok(subject)
     }
 }
 
@@ -261,7 +258,9 @@ mod tests {
 
     use super::*;
 
-    fn auth() -> Authenticator {
+    type UserId = uuid::Uuid;
+
+    fn auth() -> Authenticator<UserId> {
         let mut config = AuthConfig::new(Key::Secret(b"s".to_vec()));
         config.leeway_secs = 0;
         Authenticator::new(&config).unwrap()
@@ -279,7 +278,7 @@ mod tests {
     #[test]
     fn a_remembered_token_still_expires() {
         let a = auth();
-        let user = UserId::new(uuid::Uuid::new_v4());
+        let user = uuid::Uuid::new_v4();
         let t = token(json!({"sub": user.to_string(), "exp": now() + 2}), b"s");
         let header = format!("Bearer {t}");
         assert_eq!(a.verify(Some(header.as_bytes())), Ok(user));
@@ -298,7 +297,7 @@ mod tests {
     #[test]
     fn a_remembered_token_is_not_used_before_nbf_and_forgeries_are_checked() {
         let a = auth();
-        let user = UserId::new(uuid::Uuid::new_v4());
+        let user = uuid::Uuid::new_v4();
         let early = token(
             json!({"sub": user.to_string(), "exp": now() + 600, "nbf": now() + 600}),
             b"s",
@@ -325,7 +324,7 @@ mod tests {
 
     #[test]
     fn public_keys_verify_rs256_and_eddsa_and_nothing_else() {
-        let user = UserId::new(uuid::Uuid::new_v4());
+        let user = uuid::Uuid::new_v4();
         let claims = json!({"sub": user.to_string(), "exp": now() + 600});
         for (public, private, alg) in [
             (
@@ -339,7 +338,8 @@ mod tests {
                 jsonwebtoken::Algorithm::EdDSA,
             ),
         ] {
-            let a = Authenticator::new(&AuthConfig::new(Key::PublicPem(public.to_vec()))).unwrap();
+            let a = Authenticator::<UserId>::new(&AuthConfig::new(Key::PublicPem(public.to_vec())))
+                .unwrap();
             let good = encode(&Header::new(alg), &claims, &private).unwrap();
             assert_eq!(
                 a.verify(Some(format!("Bearer {good}").as_bytes())),
@@ -355,7 +355,8 @@ mod tests {
             );
         }
         // The other key type's token is refused too.
-        let rsa = Authenticator::new(&AuthConfig::new(Key::PublicPem(RSA_PUB.to_vec()))).unwrap();
+        let rsa = Authenticator::<UserId>::new(&AuthConfig::new(Key::PublicPem(RSA_PUB.to_vec())))
+            .unwrap();
         let ed_token = encode(
             &Header::new(jsonwebtoken::Algorithm::EdDSA),
             &claims,
@@ -365,7 +366,10 @@ mod tests {
         assert!(rsa
             .verify(Some(format!("Bearer {ed_token}").as_bytes()))
             .is_err());
-        assert!(Authenticator::new(&AuthConfig::new(Key::PublicPem(b"junk".to_vec()))).is_err());
-        assert!(Authenticator::new(&AuthConfig::new(Key::Secret(Vec::new()))).is_err());
+        assert!(
+            Authenticator::<UserId>::new(&AuthConfig::new(Key::PublicPem(b"junk".to_vec())))
+                .is_err()
+        );
+        assert!(Authenticator::<UserId>::new(&AuthConfig::new(Key::Secret(Vec::new()))).is_err());
     }
 }

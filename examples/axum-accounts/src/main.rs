@@ -1,0 +1,38 @@
+//! The example service: `DATABASE_URL=… EXAMPLE_JWT_SECRET=… cargo run -p nearcache-example-axum`.
+
+use nearcache_example_axum as example;
+use nearcache_source::SourceStatus;
+use nearcache_tower::{AuthConfig, Authenticator, Key};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt().init();
+    let url = std::env::var("DATABASE_URL")?;
+    let secret = std::env::var("EXAMPLE_JWT_SECRET")?;
+    let pool = sqlx::PgPool::connect(&url).await?;
+    example::prepare(&pool).await?;
+
+    let cache = example::cache();
+    let auth = Authenticator::new(&AuthConfig::new(Key::Secret(secret.into_bytes())))?;
+    let stop = CancellationToken::new();
+    let source = example::keep_coherent(
+        &url,
+        cache.clone(),
+        SourceStatus::default(),
+        stop.clone().cancelled_owned(),
+    )?;
+    let source = tokio::spawn(source);
+
+    let app = example::router(cache, pool, auth);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+    tracing::info!("listening on http://127.0.0.1:3000");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    stop.cancel();
+    source.await?;
+    Ok(())
+}
