@@ -34,10 +34,7 @@ pub(crate) fn build_server(release: bool) -> Result<PathBuf> {
         },
     )?;
     let dir = if release { "release" } else { "debug" };
-    Ok(crate::workspace_root()
-        .join("target")
-        .join(dir)
-        .join("nearcache-server"))
+    Ok(xtask::target_dir().join(dir).join("nearcache-server"))
 }
 
 /// A running instance of the server, stopped with SIGTERM when dropped.

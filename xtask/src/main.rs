@@ -32,7 +32,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// What CI runs: fmt check, clippy with warnings denied, then `test`.
+    /// What CI runs: fmt check, clippy with warnings denied, `cargo package` of every
+    /// publishable crate, then `test`.
     Ci,
     /// Run the whole system: database, seed data, two instances, tokens and example requests.
     Demo(demo::Args),
@@ -275,6 +276,22 @@ fn ci() -> Result<()> {
             "warnings",
         ]),
         "cargo clippy -D warnings",
+    )?;
+    // Every publishable crate packages and builds from its package alone, its path
+    // dependencies resolved as a registry would serve them.
+    check(
+        cargo().args([
+            "package",
+            "--workspace",
+            "--exclude",
+            "xtask",
+            "--exclude",
+            "nearcache-tests",
+            "--exclude",
+            "nearcache-example-axum",
+            "--allow-dirty",
+        ]),
+        "cargo package (publish dry run)",
     )?;
     test(&[])
 }

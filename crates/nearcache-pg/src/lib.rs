@@ -46,11 +46,11 @@ pub use repo::{PgUserRepo, UserRepo};
 
 /// The migrations of `sql/`: the reference service's schema, nearcache's trigger functions,
 /// and the reference tables attached to them. A downstream service wants [`install`] instead.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../sql");
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./sql");
 
 /// nearcache's trigger functions, generic and idempotent (`sql/0003_nearcache_install.sql`).
 /// A later change to them comes as a new migration, and this constant follows it.
-pub const INSTALL_SQL: &str = include_str!("../../../sql/0003_nearcache_install.sql");
+pub const INSTALL_SQL: &str = include_str!("../sql/0003_nearcache_install.sql");
 
 /// Installs (or reinstalls) nearcache's trigger functions on the database of `pool`, in one
 /// transaction, without touching any table of yours. Attach tables afterwards with
