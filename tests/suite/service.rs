@@ -182,7 +182,9 @@ async fn healthz_says_why_the_cache_bypasses_when_a_table_lacks_its_triggers() {
     })
     .await;
     let (status, body) = app.get("/healthz", None).await;
-    assert_eq!((status, body["cache"].as_str()), (200, Some("bypass")));
+    // Not ready: every request would go to the database; alive all the same.
+    assert_eq!((status, body["cache"].as_str()), (503, Some("bypass")));
+    assert_eq!(app.get("/livez", None).await.0, 200);
     // The default source is auto, which is the WAL on the test cluster.
     assert_eq!(body["source"], "wal");
     let problem = body["problem"].as_str().unwrap();
@@ -242,7 +244,7 @@ async fn every_cache_mode_serves_the_same_answers() {
             .await
             .unwrap();
         assert!(metrics.contains(
-            "nearcache_http_requests_total{route=\"/me/organization\",status=\"200\"} 1"
+            "nearcache_http_requests_total{route=\"GET /me/organization\",status=\"200\"} 1"
         ));
         assert_eq!(
             metrics.contains("nearcache_cache_hits_total"),
@@ -250,17 +252,66 @@ async fn every_cache_mode_serves_the_same_answers() {
             "{mode}"
         );
         assert_eq!(
-            metrics.contains("nearcache_listener_listening 1"),
+            metrics.contains("nearcache_source_listening 1"),
             mode == "coherent",
             "{mode}"
         );
         assert_eq!(
-            metrics.contains("nearcache_listener_misconfigured 0"),
+            metrics.contains("nearcache_source_misconfigured 0"),
             mode == "coherent",
             "{mode}"
         );
+        assert!(metrics.contains("nearcache_build_info{version=\""));
+        promtool_accepts(&metrics);
+        // HEAD on the operational routes; /livez answers whatever the readiness.
+        for path in ["/healthz", "/metrics", "/livez"] {
+            let res = reqwest::Client::new()
+                .head(app.url(path))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200, "HEAD {path}");
+            assert!(
+                res.bytes().await.unwrap().is_empty(),
+                "HEAD {path} has no body"
+            );
+        }
         app.stop().await.unwrap();
     }
+}
+
+/// `promtool check metrics` finds nothing to complain about (units, suffixes, help texts).
+/// Skipped with a line saying so where promtool is missing, except on CI, which installs it.
+fn promtool_accepts(metrics: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) if std::env::var("CI").is_err() => {
+            eprintln!("skipped: promtool check metrics ({e}; apt-get install prometheus)");
+            return;
+        }
+        Err(e) => panic!("promtool is needed on CI: {e}"),
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool: {}{}\n{metrics}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test]

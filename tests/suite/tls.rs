@@ -59,7 +59,7 @@ async fn serves_coherently(url: &str, source: Source, pool: &sqlx::PgPool) {
 fn failures(metrics: &str) -> u64 {
     metrics
         .lines()
-        .find_map(|l| l.strip_prefix("nearcache_listener_failures_total "))
+        .find_map(|l| l.strip_prefix("nearcache_source_failures_total "))
         .and_then(|v| v.trim().parse().ok())
         .expect("the failures counter in /metrics")
 }

@@ -75,7 +75,9 @@ impl CacheState {
 /// Readiness as `/healthz` reports it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Health {
-    /// Whether the service can answer requests (the database is reachable).
+    /// Whether a load balancer should send requests: the database is reachable and, with a
+    /// coherent cache, the cache is coherent (not bypassing while its source reconnects).
+    /// `/livez` answers 200 whatever this says.
     pub ready: bool,
     /// The cache's state.
     pub cache: CacheState,
@@ -181,6 +183,7 @@ impl AppState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Route {
     Healthz,
+    Livez,
     Metrics,
     GetMe,
     PatchMe,
@@ -191,8 +194,9 @@ pub(crate) enum Route {
 
 impl Route {
     /// Every route, in discriminant order.
-    pub(crate) const ALL: [Route; 6] = [
+    pub(crate) const ALL: [Route; 7] = [
         Route::Healthz,
+        Route::Livez,
         Route::Metrics,
         Route::GetMe,
         Route::PatchMe,
@@ -203,11 +207,12 @@ impl Route {
     /// Its label in the metrics.
     pub(crate) fn label(self) -> &'static str {
         match self {
-            Route::Healthz => "/healthz",
-            Route::Metrics => "/metrics",
+            Route::Healthz => "GET /healthz",
+            Route::Livez => "GET /livez",
+            Route::Metrics => "GET /metrics",
             Route::GetMe => "GET /me",
             Route::PatchMe => "PATCH /me",
-            Route::GetOrganization => "/me/organization",
+            Route::GetOrganization => "GET /me/organization",
             Route::Other => "other",
         }
     }
@@ -239,14 +244,22 @@ where
 {
     let method = req.method().clone();
     match (req.uri().path(), method) {
-        ("/healthz", Method::GET) => (Route::Healthz, Ok(healthz(state))),
-        ("/metrics", Method::GET) => (Route::Metrics, Ok(metrics(state))),
+        // HEAD answers as GET does, without the body (hyper leaves it out).
+        ("/healthz", Method::GET | Method::HEAD) => (Route::Healthz, Ok(healthz(state))),
+        ("/livez", Method::GET | Method::HEAD) => (
+            Route::Livez,
+            Ok(json(
+                StatusCode::OK,
+                &serde_json::json!({"status": "alive"}),
+            )),
+        ),
+        ("/metrics", Method::GET | Method::HEAD) => (Route::Metrics, Ok(metrics(state))),
         ("/me", Method::GET) => (Route::GetMe, get_me(state, req).await),
         ("/me", Method::PATCH) => (Route::PatchMe, patch_me(state, req).await),
         ("/me/organization", Method::GET) => {
             (Route::GetOrganization, get_organization(state, req).await)
         }
-        ("/healthz" | "/metrics" | "/me" | "/me/organization", _) => {
+        ("/healthz" | "/livez" | "/metrics" | "/me" | "/me/organization", _) => {
             (Route::Other, Err(ApiError::MethodNotAllowed))
         }
         _ => (Route::Other, Err(ApiError::NotFound)),

@@ -248,7 +248,7 @@ async fn health_metrics_and_unknown_routes() {
     let res = handle(&s, request("GET", "/metrics", None, "")).await;
     let text =
         String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap();
-    assert!(text.contains("nearcache_http_requests_total{route=\"/healthz\",status=\"200\"} 1"));
+    assert!(text.contains("nearcache_http_requests_total{route=\"GET /healthz\",status=\"200\"} 1"));
     assert!(text.contains("probe_metric 1"));
 
     let auth = Authenticator::new(&AuthConfig::new(Key::Secret(SECRET.to_vec()))).unwrap();

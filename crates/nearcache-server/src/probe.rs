@@ -42,7 +42,7 @@ impl ServerProbe {
 }
 
 /// Appends one metric in Prometheus' text format.
-fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
     let _ = writeln!(
         out,
         "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
@@ -62,8 +62,10 @@ impl Probe for ServerProbe {
             (CacheMode::Off, _) => CacheState::Off,
         };
         Health {
-            // A listening listener proves the database answers too.
-            ready: listening || self.db_ok.load(Ordering::Relaxed),
+            // A listening source proves the database answers too. A coherent cache that
+            // bypasses (its source reconnecting) sends every request to the database: not
+            // ready, so that a load balancer can prefer instances that are.
+            ready: (listening || self.db_ok.load(Ordering::Relaxed)) && cache != CacheState::Bypass,
             cache,
             problem: self.listener.as_ref().and_then(ListenerStatus::problem),
             source_error: self
@@ -76,6 +78,11 @@ impl Probe for ServerProbe {
     }
 
     fn render_metrics(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP nearcache_build_info The running build.\n# TYPE nearcache_build_info gauge\nnearcache_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
         if let Some(cache) = &self.cache {
             let coherent = u64::from(cache.mode() == Mode::Coherent);
             let help = "1 if the cache serves entries.";
@@ -103,11 +110,11 @@ impl Probe for ServerProbe {
         if let Some(listener) = &self.listener {
             let s = listener.snapshot();
             for m in s.gauges() {
-                let name = format!("nearcache_listener_{}", m.name);
+                let name = format!("nearcache_source_{}", m.name);
                 metric(out, &name, "gauge", m.help, m.value);
             }
             for m in s.counters() {
-                let name = format!("nearcache_listener_{}_total", m.name);
+                let name = format!("nearcache_source_{}_total", m.name);
                 metric(out, &name, "counter", m.help, m.value);
             }
         }

@@ -23,15 +23,15 @@ pub struct SourceStatus {
 }
 
 /// One counter or gauge of a [`StatusSnapshot`], described for an exposition such as
-/// Prometheus'.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Prometheus', in base units (seconds, not microseconds).
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Metric {
     /// Its name, `snake_case`, without prefix (`notifications`).
     pub name: &'static str,
     /// One sentence saying what it measures.
     pub help: &'static str,
     /// Its value in the snapshot.
-    pub value: u64,
+    pub value: f64,
 }
 
 // Each counter is declared once: its name and help text (also its doc). The atomics, the
@@ -70,7 +70,7 @@ macro_rules! counters {
         impl StatusSnapshot {
             /// The monotonic counters, with their names and help texts.
             pub fn counters(&self) -> Vec<Metric> {
-                vec![$(Metric { name: stringify!($name), help: $help, value: self.$name },)*]
+                vec![$(Metric { name: stringify!($name), help: $help, value: self.$name as f64 },)*]
             }
         }
 
@@ -112,17 +112,17 @@ impl StatusSnapshot {
             Metric {
                 name: "listening",
                 help: "1 while the source delivers changes (the cache may serve).",
-                value: u64::from(self.state == SourceState::Listening),
+                value: f64::from(u8::from(self.state == SourceState::Listening)),
             },
             Metric {
-                name: "heartbeat_rtt_microseconds",
-                help: "Round trip of the last heartbeat, in microseconds.",
-                value: self.heartbeat_rtt_micros,
+                name: "heartbeat_rtt_seconds",
+                help: "Round trip of the last heartbeat: how far behind the source reads.",
+                value: self.heartbeat_rtt_micros as f64 / 1e6,
             },
             Metric {
                 name: "misconfigured",
                 help: "1 while the database's triggers are missing or wrong (the cache bypasses; /healthz says why).",
-                value: u64::from(self.misconfigured),
+                value: f64::from(u8::from(self.misconfigured)),
             },
         ]
     }
