@@ -6,7 +6,7 @@ use std::time::Duration;
 use jsonwebtoken::{encode, EncodingKey, Header};
 use nearcache_http::Key;
 use nearcache_pg::UserId;
-use nearcache_server::{Application, Settings};
+use nearcache_server::{Application, Settings, Stopped};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
@@ -21,7 +21,7 @@ pub struct App {
     pub addr: SocketAddr,
     client: reqwest::Client,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    task: Option<JoinHandle<anyhow::Result<Stopped>>>,
 }
 
 /// Starts an instance on a free port with the HS256 secret [`SECRET`], a 1 s database
@@ -107,11 +107,11 @@ impl App {
     }
 
     /// Shuts the instance down and waits for it, as SIGTERM would.
-    pub async fn stop(mut self) -> anyhow::Result<()> {
+    pub async fn stop(mut self) -> anyhow::Result<Stopped> {
         self.shutdown().await
     }
 
-    async fn shutdown(&mut self) -> anyhow::Result<()> {
+    async fn shutdown(&mut self) -> anyhow::Result<Stopped> {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -120,7 +120,7 @@ impl App {
                 .await
                 .expect("the instance stops within 20 s")
                 .expect("the instance task did not panic"),
-            None => Ok(()),
+            None => Ok(Stopped { drained: true }),
         }
     }
 }

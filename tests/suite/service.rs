@@ -355,3 +355,87 @@ async fn shutdown_drains_and_stops_everything() {
         "no longer accepting"
     );
 }
+
+/// A query blocked by a lock ends at the statement timeout: the request answers 503 within
+/// it, instead of waiting as long as the lock lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_query_blocked_by_a_lock_answers_503_within_the_statement_timeout() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let (_, users) = seed(&pool, 1).await;
+    let t = token(users[0].id, json!({}));
+    let app = spawn_app_with(db.url(), |s| {
+        s.cache = CacheMode::Off;
+        s.db_statement_timeout = Duration::from_millis(500);
+    })
+    .await;
+    app.ready("off").await;
+    assert_eq!(app.get("/me", Some(&t)).await.0, 200);
+
+    let mut locker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let (status, body) = app.get("/me", Some(&t)).await;
+    let took = start.elapsed();
+    assert_eq!((status, body["error"].as_str()), (503, Some("unavailable")));
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(3),
+        "answered at the timeout, not when the lock went: {took:?}"
+    );
+    locker.rollback().await.unwrap();
+    assert_eq!(app.get("/me", Some(&t)).await.0, 200);
+    app.stop().await.unwrap();
+}
+
+/// At shutdown, a request still running when the shutdown timeout ends is answered 503 (not
+/// dropped), and the instance reports that the drain did not complete; with nothing in
+/// flight, it does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_request_still_running_at_the_shutdown_timeout_gets_a_503() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let (_, users) = seed(&pool, 1).await;
+    let t = token(users[0].id, json!({}));
+    let configure = |s: &mut nearcache_server::Settings| {
+        s.cache = CacheMode::Off;
+        s.db_statement_timeout = Duration::from_secs(60);
+        s.shutdown_timeout = Duration::from_millis(500);
+    };
+    let quiet = spawn_app_with(db.url(), configure).await;
+    quiet.ready("off").await;
+    assert!(quiet.stop().await.unwrap().drained, "nothing in flight");
+
+    let app = spawn_app_with(db.url(), configure).await;
+    app.ready("off").await;
+    let mut locker = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE users IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    let url = app.url("/me");
+    let blocked = tokio::spawn(async move {
+        let res = reqwest::Client::new()
+            .get(url)
+            .bearer_auth(t)
+            .send()
+            .await
+            .expect("an answer, not a dropped connection");
+        let status = res.status().as_u16();
+        (status, res.json::<serde_json::Value>().await.unwrap())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start = Instant::now();
+    let stopped = app.stop().await.unwrap();
+    assert!(!stopped.drained, "a request outlived the shutdown timeout");
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    let (status, body) = blocked.await.unwrap();
+    assert_eq!((status, body["error"].as_str()), (503, Some("unavailable")));
+    locker.rollback().await.unwrap();
+}

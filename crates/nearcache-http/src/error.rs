@@ -32,6 +32,9 @@ pub enum ApiError {
     /// 503: the database is unreachable.
     #[error("service temporarily unavailable")]
     Unavailable,
+    /// 503: the server is shutting down and the request did not finish in time.
+    #[error("the server is shutting down; try again")]
+    ShuttingDown,
     /// 500: anything else; the detail is logged, not sent.
     #[error("internal error")]
     Internal,
@@ -48,7 +51,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable | ApiError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -64,6 +67,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(_) => "payload_too_large",
             ApiError::UnsupportedMediaType => "unsupported_media_type",
             ApiError::Unavailable => "unavailable",
+            ApiError::ShuttingDown => "unavailable",
             ApiError::Internal => "internal",
         }
     }

@@ -28,10 +28,14 @@ impl From<sqlx::Error> for RepoError {
                         .map_or_else(|| "duplicate value".into(), |c| format!("{c} is taken")),
                 ),
                 // Connection exceptions, admin shutdown, crash shutdown, cannot connect now,
-                // too many connections.
+                // too many connections; a statement cancelled by statement_timeout (a lock
+                // held too long) and a lock not available: all pass with time.
                 Some(code)
                     if code.starts_with("08")
-                        || matches!(code, "57P01" | "57P02" | "57P03" | "53300") =>
+                        || matches!(
+                            code,
+                            "57P01" | "57P02" | "57P03" | "53300" | "57014" | "55P03"
+                        ) =>
                 {
                     RepoError::Unavailable(e)
                 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use nearcache_http::{AuthConfig, Key};
 
 /// How principals are cached.
@@ -42,6 +42,23 @@ impl SourceKind {
     }
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// What the binary does besides serving.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Apply the migrations (the schema, nearcache's functions, the reference tables attached)
+    /// to --database-url, then exit.
+    Migrate,
+}
+
 impl CacheMode {
     /// The flag's spelling.
     pub fn as_str(self) -> &'static str {
@@ -62,12 +79,20 @@ fn duration(s: &str) -> Result<Duration, String> {
 #[command(
     name = "nearcache-server",
     version,
-    about = "The nearcache reference service"
+    about = "The nearcache reference service",
+    after_help = "Environment: RUST_LOG sets the log filter (default: info,sqlx=warn; e.g. \
+                  RUST_LOG=nearcache=debug,info). Every flag also reads the variable named \
+                  in its help.\n\nExit status: 0 stopped with every request answered; 1 a \
+                  fatal error; 2 a bad configuration (one line on stderr); 3 stopped when the \
+                  shutdown timeout ran out (the requests still running got 503)."
 )]
 pub struct Config {
+    /// What to do instead of serving.
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// Postgres URL (the primary: LISTEN does not work on standbys).
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
-    pub database_url: String,
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    pub database_url: Option<String>,
     /// Address to listen on.
     #[arg(long, env = "NEARCACHE_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: String,
@@ -115,8 +140,22 @@ pub struct Config {
     #[arg(long, env = "NEARCACHE_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
     /// How long a request waits for a database connection before answering 503.
-    #[arg(long, env = "NEARCACHE_DB_TIMEOUT", default_value = "2s", value_parser = duration)]
+    #[arg(long, env = "NEARCACHE_DB_TIMEOUT", default_value = "2s", value_parser = duration, global = true)]
     pub db_timeout: Duration,
+    /// Longest a query of the service may run (Postgres' statement_timeout), for instance
+    /// while a lock blocks it; the request then answers 503. 0s: no limit.
+    #[arg(long, env = "NEARCACHE_DB_STATEMENT_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub db_statement_timeout: Duration,
+    /// On SIGTERM or Ctrl-C, how long requests in flight may take to finish; those still
+    /// running then are answered 503 and the exit status is 3.
+    #[arg(long, env = "NEARCACHE_SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub shutdown_timeout: Duration,
+    /// Log lines as `text` or `json`.
+    #[arg(long, env = "NEARCACHE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// One log line per request (method, path, status, duration), target `access`.
+    #[arg(long, env = "NEARCACHE_ACCESS_LOG")]
+    pub access_log: bool,
 }
 
 /// A configuration that cannot work.
@@ -148,8 +187,11 @@ pub enum ConfigError {
     /// A bad listen address.
     #[error("--listen {0:?} is not an address like 127.0.0.1:8080")]
     Listen(String),
+    /// No database URL.
+    #[error("give --database-url (DATABASE_URL)")]
+    NoDatabaseUrl,
     /// The database URL does not parse.
-    #[error("invalid database url: {0}")]
+    #[error("--database-url: invalid database url: {0}")]
     DatabaseUrl(String),
 }
 
@@ -182,6 +224,12 @@ pub struct Settings {
     pub db_pool_size: u32,
     /// Pool acquire timeout.
     pub db_timeout: Duration,
+    /// Postgres' statement_timeout for the service's queries; zero for none.
+    pub db_statement_timeout: Duration,
+    /// How long a shutdown waits for requests in flight.
+    pub shutdown_timeout: Duration,
+    /// A log line per request.
+    pub access_log: bool,
     /// How tokens are verified.
     pub auth: AuthConfig,
 }
@@ -202,6 +250,9 @@ impl Settings {
             source: SourceKind::Auto,
             db_pool_size: 16,
             db_timeout: Duration::from_secs(2),
+            db_statement_timeout: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(10),
+            access_log: false,
             auth: AuthConfig::new(key),
         }
     }
@@ -215,6 +266,9 @@ impl Config {
     /// [`ConfigError`] when the key is missing, given twice or unreadable, or the address is
     /// not one.
     pub fn into_settings(self) -> Result<Settings, ConfigError> {
+        if self.database_url.is_none() {
+            return Err(ConfigError::NoDatabaseUrl);
+        }
         let key = match (self.jwt_secret, self.jwt_public_key) {
             (Some(secret), None) => Key::Secret(secret.into_bytes()),
             (None, Some(pem)) if pem.trim_start().starts_with("-----BEGIN") => {
@@ -232,7 +286,8 @@ impl Config {
             .listen
             .parse()
             .map_err(|_| ConfigError::Listen(self.listen.clone()))?;
-        let mut settings = Settings::new(self.database_url, key);
+        let database_url = self.database_url.ok_or(ConfigError::NoDatabaseUrl)?;
+        let mut settings = Settings::new(database_url, key);
         settings.auth.issuer = self.jwt_issuer;
         settings.auth.audience = self.jwt_audience;
         settings.auth.leeway_secs = self.jwt_leeway.as_secs();
@@ -247,6 +302,9 @@ impl Config {
         settings.source = self.source;
         settings.db_pool_size = self.db_pool_size;
         settings.db_timeout = self.db_timeout;
+        settings.db_statement_timeout = self.db_statement_timeout;
+        settings.shutdown_timeout = self.shutdown_timeout;
+        settings.access_log = self.access_log;
         Ok(settings)
     }
 }

@@ -31,12 +31,15 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{CacheMode, Config, ConfigError, Settings, SourceKind};
+pub use config::{CacheMode, Command, Config, ConfigError, LogFormat, Settings, SourceKind};
 use probe::ServerProbe;
 use source::Sources;
 
 /// How long background tasks get to stop after the HTTP server has drained.
 const TASK_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long closing the pool may wait for busy connections at exit.
+const POOL_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// An instance, composed and checked, not yet running.
 pub struct Application {
@@ -63,12 +66,23 @@ impl Application {
     /// does not parse, zero timings, a bad channel.
     pub fn build(settings: Settings) -> Result<Self, ConfigError> {
         let authenticator = Authenticator::new(&settings.auth)?;
-        let database = PgConnectOptions::from_str(&settings.database_url)
+        let mut database = PgConnectOptions::from_str(&settings.database_url)
             .map_err(|e| ConfigError::DatabaseUrl(e.to_string()))?;
+        if !settings.db_statement_timeout.is_zero() {
+            // Set at connection start: a query blocked by a lock ends within it, and its
+            // request answers 503 (the repository maps the cancellation to unavailable).
+            database = database.options([(
+                "statement_timeout",
+                format!("{}ms", settings.db_statement_timeout.as_millis()),
+            )]);
+        }
         if settings.cache_ttl.is_zero() || settings.cache_tti.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::Timing(
                 "--cache-ttl and --cache-tti must be positive",
             ));
+        }
+        if settings.shutdown_timeout.is_zero() {
+            return Err(ConfigError::Timing("--shutdown-timeout must be positive"));
         }
         if settings.db_timeout.is_zero() || settings.db_pool_size == 0 {
             return Err(ConfigError::Timing(
@@ -129,13 +143,16 @@ impl Application {
     /// The instance starts even while the database is down: `/healthz` says 503 until the
     /// database answers, and requests that need it get 503.
     ///
+    /// Returns whether every request finished within the shutdown timeout (those that did not
+    /// were answered 503).
+    ///
     /// # Errors
     /// When the listener's address cannot be read.
     pub async fn run_until_stopped(
         self,
         listener: TcpListener,
         shutdown: impl Future<Output = ()>,
-    ) -> anyhow::Result<()> {
+    ) -> anyhow::Result<Stopped> {
         let Self {
             settings,
             database,
@@ -192,15 +209,62 @@ impl Application {
             cache = settings.cache.as_str(),
             "serving"
         );
-        let drained =
-            nearcache_http::serve(listener, state, ServeConfig::default(), shutdown).await;
+        let serve = ServeConfig {
+            drain_timeout: settings.shutdown_timeout,
+            access_log: settings.access_log,
+            ..ServeConfig::default()
+        };
+        let drained = nearcache_http::serve(listener, state, serve, shutdown).await;
 
         stop.cancel();
         stop_tasks(tasks).await;
-        pool.close().await;
-        tracing::info!(all_connections_drained = drained, "shut down");
-        Ok(())
+        // A query abandoned at the shutdown timeout still holds its connection until Postgres
+        // answers it (a lock may hold it for long): closing waits a little, not for that.
+        if tokio::time::timeout(POOL_CLOSE_TIMEOUT, pool.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("database connections still busy at exit: closed without waiting");
+        }
+        tracing::info!(every_request_answered = drained, "shut down");
+        Ok(Stopped { drained })
     }
+}
+
+/// How an instance stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped {
+    /// Every request in flight at shutdown finished within the shutdown timeout.
+    pub drained: bool,
+}
+
+/// Applies the migrations of `sql/` (the reference schema, nearcache's functions, the
+/// reference tables attached) to the database at `database_url`; returns how many were new.
+///
+/// # Errors
+/// When the database cannot be reached or a migration fails.
+pub async fn migrate(database_url: &str, timeout: Duration) -> anyhow::Result<usize> {
+    use anyhow::Context;
+    let options = PgConnectOptions::from_str(database_url)
+        .map_err(|e| ConfigError::DatabaseUrl(e.to_string()))?;
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(timeout)
+        .connect_with(options)
+        .await
+        .context("connecting to the database")?;
+    // Before the first migration the table does not exist: nothing applied yet.
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&pool)
+        .await
+        .unwrap_or_default();
+    nearcache_pg::MIGRATOR
+        .run(&pool)
+        .await
+        .context("applying the migrations")?;
+    pool.close().await;
+    let all = nearcache_pg::MIGRATOR.iter().count();
+    Ok(all.saturating_sub(usize::try_from(applied).unwrap_or(0)))
 }
 
 /// Readiness: whether the database answers, checked every second until `stop`.

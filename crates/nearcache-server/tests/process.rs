@@ -126,3 +126,130 @@ async fn a_killed_instance_leaves_no_slot() {
     .await
     .unwrap();
 }
+
+/// Runs the binary to completion with `args` and `env` (nothing inherited that could change
+/// the outcome); its exit code and stderr lines.
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, Vec<String>, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nearcache-server"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    (
+        out.status.code().unwrap_or(-1),
+        stderr.lines().map(str::to_string).collect(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn a_bad_configuration_exits_2_with_one_line_naming_what_was_set() {
+    let url = "postgres://localhost/db";
+    // (flags, environment, what the one line must say)
+    type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], &'a str);
+    let cases: [Case; 6] = [
+        (
+            &["--database-url", "foo", "--jwt-secret", "s"],
+            &[],
+            "--database-url: invalid database url",
+        ),
+        (
+            &["--jwt-secret", "s"],
+            &[("DATABASE_URL", "foo")],
+            "DATABASE_URL: invalid database url",
+        ),
+        (
+            &["--database-url", url, "--jwt-secret", "s"],
+            &[("NEARCACHE_CACHE_TTL", "soon")],
+            "invalid value 'soon' for NEARCACHE_CACHE_TTL",
+        ),
+        (
+            &[
+                "--database-url",
+                url,
+                "--jwt-secret",
+                "s",
+                "--cache-ttl",
+                "soon",
+            ],
+            &[],
+            "invalid value 'soon' for '--cache-ttl",
+        ),
+        (
+            &["--database-url", url],
+            &[],
+            "give exactly one of --jwt-secret",
+        ),
+        (
+            &["--database-url", url, "--jwt-secret", "s"],
+            &[("RUST_LOG", "x=y=z")],
+            "RUST_LOG: invalid filter",
+        ),
+    ];
+    for (args, env, want) in cases {
+        let (code, lines, _) = run(args, env);
+        assert_eq!(code, 2, "{args:?} {env:?}: {lines:?}");
+        assert_eq!(
+            lines.len(),
+            1,
+            "{args:?} {env:?}: exactly one line: {lines:?}"
+        );
+        assert!(lines[0].contains(want), "{args:?} {env:?}: {lines:?}");
+    }
+    let (code, _, help) = run(&["--help"], &[]);
+    assert_eq!(code, 0);
+    assert!(
+        help.contains("RUST_LOG") && help.contains("migrate"),
+        "{help}"
+    );
+}
+
+#[tokio::test]
+async fn migrate_applies_the_migrations_and_exits() {
+    let server = std::env::var("DATABASE_URL").expect("cargo xtask test sets DATABASE_URL");
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&server)
+        .await
+        .unwrap();
+    let name = format!("nc_migrate_{}", std::process::id());
+    for sql in [
+        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&admin)
+            .await
+            .unwrap();
+    }
+    let url = format!("{}/{name}", server.rsplit_once('/').unwrap().0);
+    let all = nearcache_pg::MIGRATOR.iter().count();
+    let (code, lines, out) = run(&["migrate", "--database-url", &url], &[]);
+    assert_eq!(code, 0, "{lines:?}");
+    assert!(out.contains(&format!("({all} new)")), "{out}");
+    let (code, _, out) = run(&["migrate"], &[("DATABASE_URL", &url)]);
+    assert_eq!(code, 0);
+    assert!(out.contains("(0 new)"), "idempotent: {out}");
+    let pool = PgPoolOptions::new().connect(&url).await.unwrap();
+    let attached: i64 = sqlx::query_scalar("SELECT count(*) FROM nearcache_attached")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(attached, 2, "the reference tables are attached");
+    pool.close().await;
+    let (code, lines, _) = run(
+        &["migrate", "--database-url", "postgres://127.0.0.1:1/x"],
+        &[],
+    );
+    assert_eq!(code, 1, "an unreachable database is an error: {lines:?}");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {name} WITH (FORCE)"
+    )))
+    .execute(&admin)
+    .await
+    .unwrap();
+}
