@@ -1,8 +1,9 @@
 //! A LISTEN/NOTIFY listener that keeps a near cache coherent with Postgres.
 //!
 //! Depend on it, with `nearcache`, to cache your own tables: install the triggers of
-//! `sql/0003_nearcache_install.sql` and attach them to your tables, implement [`Handler`] (a few lines that turn table keys into
-//! cache invalidations), and spawn [`run`]. It depends on no cache.
+//! `sql/0003_nearcache_install.sql` and attach them to your tables, give [`run`] a
+//! [`Handler`] (`nearcache::TableHandler` for a nearcache cache), and spawn it. It depends on
+//! no cache.
 //!
 //! # Protocol
 //!
@@ -26,29 +27,33 @@
 //! one is open). The connection asks for a read-write server: LISTEN does not work on a
 //! standby, nor behind a transaction-pooling PgBouncer.
 //!
+//! End to end, with a nearcache `Cache` and its reusable handler (`TableHandler`, which maps a
+//! changed row to its tag and a table-wide change to a flush):
+//!
 //! ```no_run
 //! use std::sync::Arc;
-//! use nearcache_listener::{run, Handler, ListenerConfig, ListenerStatus};
+//! use nearcache::{Cache, CacheConfig, Fill, LoadError, Mode, TableHandler, Tag};
+//! use nearcache_listener::{run, ListenerConfig, ListenerStatus};
 //!
-//! struct Log;
-//! impl Handler for Log {
-//!     fn bypass(&self) { println!("bypass") }
-//!     fn flush_all(&self) { println!("flush") }
-//!     fn coherent(&self) { println!("coherent") }
-//!     fn invalidate(&self, table: &str, keys: &[String]) -> bool {
-//!         println!("{table}: {keys:?}");
-//!         true
-//!     }
-//!     fn flush_table(&self, table: &str) -> bool { println!("{table}: flush"); true }
-//! }
-//!
-//! # async fn demo() -> Result<(), nearcache_listener::ConfigError> {
-//! let config = ListenerConfig::new("postgres://app@db/app")?;
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! // Serve nothing until the listener listens.
+//! let cache: Cache<i64, String> =
+//!     Cache::new(CacheConfig { initial_mode: Mode::Bypass, ..CacheConfig::default() });
+//! let handler = Arc::new(TableHandler::new(cache.clone(), ["invoices"]));
+//! let config = ListenerConfig::new("postgres://app@db/app")?.with_tables(["invoices"]);
 //! let status = ListenerStatus::default();
-//! // Send on `stop` (or wire in a signal) to shut down.
 //! let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-//! tokio::spawn(run(config, Arc::new(Log), status.clone(), async { let _ = stopped.await; }));
-//! # drop(stop);
+//! tokio::spawn(run(config, handler, status.clone(), async { let _ = stopped.await; }));
+//!
+//! // Loaders tag what they load with the rows it came from.
+//! let invoice = cache
+//!     .get_or_store(42, || async {
+//!         let number = String::from("A-42"); // your query here
+//!         Ok::<_, LoadError>(Fill::found(number).with_tag(Tag::row("invoices", 42_i64)))
+//!     })
+//!     .await?;
+//! // An UPDATE of invoices row 42, by anyone, evicts it on every instance.
+//! # let _ = (invoice, stop);
 //! # Ok(()) }
 //! ```
 

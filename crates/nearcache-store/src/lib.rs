@@ -30,7 +30,7 @@ mod passthrough;
 mod store;
 mod tag;
 
-pub use error::LoadError;
+pub use error::{LoadError, SharedError};
 pub use fill::Fill;
 pub use passthrough::PassThrough;
 #[cfg(feature = "mock")]

@@ -28,6 +28,13 @@ pub struct CacheConfig {
     /// [`Mode::Bypass`] and is made coherent once the listener listens. Default
     /// [`Mode::Coherent`].
     pub initial_mode: Mode,
+    /// How often a background thread lets expiry run while the cache is idle (ConCache's
+    /// `ttl_check_interval`), so that expiry callbacks fire soon after an entry's time is up
+    /// even when nothing uses the cache (within the interval plus the second or so of moka's
+    /// timer granularity). With `None`, expiry runs as the
+    /// cache is used. The thread holds no reference that keeps the cache alive and ends
+    /// after the cache is dropped. Default `None`.
+    pub ttl_check_interval: Option<Duration>,
 }
 
 impl Default for CacheConfig {
@@ -40,6 +47,7 @@ impl Default for CacheConfig {
             fill_wait: Duration::from_secs(5),
             fence_memory: 65_536,
             initial_mode: Mode::Coherent,
+            ttl_check_interval: None,
         }
     }
 }

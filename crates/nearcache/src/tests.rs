@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use proptest::prelude::*;
 use tokio::sync::oneshot;
 
-use crate::{Cache, CacheConfig, Cause, Fill, LoadError, Mode, Tag};
+use crate::{Cache, CacheConfig, Cause, Fill, LoadError, Mode, Tag, Write};
 
 fn cache() -> Cache<u32, String> {
     Cache::new(CacheConfig::default())
@@ -37,9 +37,9 @@ async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 fn put_get_delete() {
     let c = cache();
     assert_eq!(c.get(&1), None);
-    assert!(c.put(1, s("a")));
+    assert_eq!(c.put(1, s("a")), Write::Stored);
     assert_eq!(c.get(&1), Some(s("a")));
-    assert!(c.put(1, s("b")));
+    assert_eq!(c.put(1, s("b")), Write::Stored);
     assert_eq!(c.get(&1), Some(s("b")));
     c.delete(&1);
     assert_eq!(c.get(&1), None);
@@ -49,8 +49,8 @@ fn put_get_delete() {
 #[test]
 fn insert_new_only_inserts_when_absent() {
     let c = cache();
-    assert!(c.insert_new(1, s("a")));
-    assert!(!c.insert_new(1, s("b")));
+    assert_eq!(c.insert_new(1, s("a")), Write::Stored);
+    assert_eq!(c.insert_new(1, s("b")), Write::Exists);
     assert_eq!(c.get(&1), Some(s("a")));
 }
 
@@ -59,21 +59,21 @@ fn update_and_update_existing() {
     let c = cache();
     assert_eq!(
         c.update_existing(1, |v| Ok::<_, ()>(format!("{v}!"))),
-        Ok(false)
+        Ok(Write::Missing)
     );
     assert_eq!(c.get(&1), None);
     assert_eq!(
         c.update(1, |v| Ok::<_, ()>(format!("{}x", v.map_or("", |v| v)))),
-        Ok(true)
+        Ok(Write::Stored)
     );
     assert_eq!(
         c.update(1, |v| Ok::<_, ()>(format!("{}x", v.unwrap()))),
-        Ok(true)
+        Ok(Write::Stored)
     );
     assert_eq!(c.get(&1), Some(s("xx")));
     assert_eq!(
         c.update_existing(1, |v| Ok::<_, ()>(format!("{v}!"))),
-        Ok(true)
+        Ok(Write::Stored)
     );
     assert_eq!(c.get(&1), Some(s("xx!")));
     // An error leaves the entry alone.
@@ -418,7 +418,7 @@ async fn bypass_serves_nothing_and_stores_nothing() {
         assert_eq!(c.get_or_store(1, load).await.unwrap(), Some(s("b")));
     }
     assert_eq!(calls.load(Ordering::SeqCst), 3);
-    assert!(!c.put(2, s("x")));
+    assert_eq!(c.put(2, s("x")), Write::Bypass);
     c.set_mode(Mode::Coherent);
     // Entering bypass flushed: nothing from before comes back.
     assert_eq!(c.get(&1), None);
@@ -659,7 +659,7 @@ proptest! {
         for op in ops {
             match op {
                 Op::Put(k, v) => {
-                    prop_assert_eq!(c.put(k, v.into()), coherent);
+                    prop_assert_eq!(c.put(k, v.into()).is_stored(), coherent);
                     if coherent {
                         let tag = model.get(&k).and_then(|e| e.1);
                         model.insert(k, (v.into(), tag));
@@ -667,7 +667,7 @@ proptest! {
                 }
                 Op::InsertNew(k, v) => {
                     let fresh = coherent && !model.contains_key(&k);
-                    prop_assert_eq!(c.insert_new(k, v.into()), fresh);
+                    prop_assert_eq!(c.insert_new(k, v.into()).is_stored(), fresh);
                     if fresh { model.insert(k, (v.into(), None)); }
                 }
                 Op::Delete(k) => { c.delete(&k); model.remove(&k); }
@@ -688,7 +688,7 @@ proptest! {
                 }
                 Op::Update(k) => {
                     let stored = c.update(k, |v| Ok::<_, ()>(v.copied().unwrap_or(0) + 1)).unwrap();
-                    prop_assert_eq!(stored, coherent);
+                    prop_assert_eq!(stored.is_stored(), coherent);
                     if coherent {
                         let e = model.entry(k).or_insert((0, None));
                         e.0 += 1;
@@ -748,4 +748,46 @@ async fn a_caller_that_begins_after_an_invalidation_never_takes_a_stored_older_l
     assert_eq!(late.await.unwrap(), Some(s("new")));
     assert_eq!(leader.join().unwrap().unwrap(), Some(s("old")));
     assert_eq!(c.get(&1), Some(s("new")));
+}
+
+/// ConCache's `ttl_check_interval`: on an idle cache, expiry callbacks still fire within about
+/// the interval; without it they wait until the cache is next used.
+#[test]
+fn expiry_callbacks_fire_on_an_idle_cache_with_a_check_interval() {
+    let idle_cache = |check: Option<Duration>| {
+        let expired = Arc::new(AtomicUsize::new(0));
+        let seen = expired.clone();
+        let c: Cache<u32, String> = Cache::with_callback(
+            CacheConfig {
+                ttl: Duration::from_millis(50),
+                ttl_check_interval: check,
+                ..CacheConfig::default()
+            },
+            move |change| {
+                if change.cause == Cause::Expiry {
+                    seen.fetch_add(1, Ordering::SeqCst);
+                }
+            },
+        );
+        c.put(1, s("soon gone"));
+        (c, expired)
+    };
+    let (checked, fired) = idle_cache(Some(Duration::from_millis(20)));
+    let (unchecked, silent) = idle_cache(None);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while fired.load(Ordering::SeqCst) == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no expiry callback on the idle cache"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(silent.load(Ordering::SeqCst), 0, "nothing ran expiry there");
+    unchecked.run_pending_tasks();
+    assert_eq!(
+        silent.load(Ordering::SeqCst),
+        1,
+        "it waited for the next use"
+    );
+    drop(checked);
 }

@@ -18,11 +18,28 @@ where
     V: Clone + Send + Sync + 'static,
 {
     /// Removes `key` (ConCache's delete), and keeps a load of it in flight from storing.
+    ///
+    /// ```
+    /// use nearcache::{Cache, CacheConfig};
+    /// let cache: Cache<u32, &str> = Cache::new(CacheConfig::default());
+    /// cache.put(1, "a");
+    /// cache.delete(&1);
+    /// assert_eq!(cache.get(&1), None);
+    /// ```
     pub fn delete(&self, key: &K) {
         self.remove_key(key, Cause::Delete);
     }
 
     /// Removes `key` because its row changed, and keeps a load of it in flight from storing.
+    ///
+    /// ```
+    /// use nearcache::{Cache, CacheConfig};
+    /// let cache: Cache<u32, &str> = Cache::new(CacheConfig::default());
+    /// cache.put(1, "a");
+    /// cache.invalidate(&1);
+    /// assert_eq!(cache.get(&1), None);
+    /// assert_eq!(cache.stats().invalidations, 1);
+    /// ```
     pub fn invalidate(&self, key: &K) {
         bump(&self.inner.counters.invalidations);
         self.remove_key(key, Cause::Invalidation);
@@ -47,6 +64,18 @@ where
 
     /// Removes every entry that carries `tag`, through the tag index (no scan), and keeps loads
     /// in flight that depend on it from storing.
+    ///
+    /// ```
+    /// use nearcache::{Cache, CacheConfig, Fill, Tag};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let cache: Cache<u32, String> = Cache::new(CacheConfig::default());
+    /// let org = Tag::row("organizations", 7);
+    /// let load = || async { Ok(Fill::found("Ada at Acme".to_string()).with_tag(org.clone())) };
+    /// cache.get_or_store(1, load).await.unwrap();
+    /// cache.invalidate_tag(&Tag::row("organizations", 7));
+    /// assert_eq!(cache.get(&1), None, "every entry built from the row goes");
+    /// # });
+    /// ```
     pub fn invalidate_tag(&self, tag: &Tag) {
         let inner = &*self.inner;
         bump(&inner.counters.invalidations);
@@ -67,6 +96,15 @@ where
     }
 
     /// Empties the cache in O(1) and keeps every load in flight from storing.
+    ///
+    /// ```
+    /// use nearcache::{Cache, CacheConfig};
+    /// let cache: Cache<u32, &str> = Cache::new(CacheConfig::default());
+    /// cache.put(1, "a");
+    /// cache.put(2, "b");
+    /// cache.flush();
+    /// assert!(cache.is_empty());
+    /// ```
     pub fn flush(&self) {
         let forgotten = {
             let mut fence = lock(&self.inner.fence);
@@ -90,6 +128,16 @@ where
 
     /// Switches the coherence gate. Entering [`Mode::Bypass`] flushes; leaving it does not
     /// (nothing was stored meanwhile).
+    ///
+    /// ```
+    /// use nearcache::{Cache, CacheConfig, Mode};
+    /// let cache: Cache<u32, &str> = Cache::new(CacheConfig::default());
+    /// cache.put(1, "a");
+    /// cache.set_mode(Mode::Bypass); // the source lost its connection: serve nothing, store nothing
+    /// assert_eq!(cache.get(&1), None);
+    /// cache.set_mode(Mode::Coherent);
+    /// assert_eq!(cache.get(&1), None, "entering bypass flushed");
+    /// ```
     pub fn set_mode(&self, mode: Mode) {
         let (flushed, forgotten) = {
             let mut fence = lock(&self.inner.fence);
@@ -113,6 +161,12 @@ where
     }
 
     /// The gate's mode.
+    ///
+    /// ```
+    /// use nearcache::{Cache, CacheConfig, Mode};
+    /// let cache: Cache<u32, &str> = Cache::new(CacheConfig { initial_mode: Mode::Bypass, ..CacheConfig::default() });
+    /// assert_eq!(cache.mode(), Mode::Bypass);
+    /// ```
     pub fn mode(&self) -> Mode {
         if self.inner.coherent.load(Ordering::Acquire) {
             Mode::Coherent

@@ -4,6 +4,8 @@
 mod gate;
 mod write;
 
+pub use write::Write;
+
 use std::future::Future;
 use std::hash::Hash;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -90,12 +92,36 @@ where
     V: Clone + Send + Sync + 'static,
 {
     /// A cache configured by `config`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use nearcache::{Cache, CacheConfig};
+    /// let cache: Cache<u64, String> = Cache::new(CacheConfig {
+    ///     capacity: 10_000,
+    ///     tti: Some(Duration::from_secs(60)),
+    ///     ..CacheConfig::default()
+    /// });
+    /// assert!(cache.is_empty());
+    /// ```
     pub fn new(config: CacheConfig) -> Self {
         Self::build(config, None)
     }
 
     /// A cache that calls `callback` after every modification (ConCache's callback). The
     /// callback runs with no lock held, so it may use the cache.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use nearcache::{Cache, CacheConfig, Cause};
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = seen.clone();
+    /// let cache: Cache<u32, &str> = Cache::with_callback(CacheConfig::default(), move |change| {
+    ///     log.lock().unwrap().push((change.cause, change.key.copied()));
+    /// });
+    /// cache.put(1, "a");
+    /// cache.delete(&1);
+    /// assert_eq!(*seen.lock().unwrap(), [(Cause::Insert, Some(1)), (Cause::Delete, Some(1))]);
+    /// ```
     pub fn with_callback(
         config: CacheConfig,
         callback: impl Fn(&Change<'_, K, V>) + Send + Sync + 'static,
@@ -118,7 +144,8 @@ where
             })
             .build();
         let coherent = config.initial_mode == Mode::Coherent;
-        Self {
+        let check = config.ttl_check_interval;
+        let cache = Self {
             inner: Arc::new(Inner {
                 entries,
                 fence: Mutex::new(Fence::new(config.fence_memory)),
@@ -136,11 +163,42 @@ where
                 #[cfg(test)]
                 steps: std::sync::OnceLock::new(),
             }),
+        };
+        if let Some(every) = check {
+            cache.spawn_expiry_checks(every);
+        }
+        cache
+    }
+
+    /// Runs moka's maintenance (and so expiry and its callbacks) every `every` on a thread of
+    /// its own, for as long as the cache lives.
+    fn spawn_expiry_checks(&self, every: std::time::Duration) {
+        let weak = Arc::downgrade(&self.inner);
+        let spawned = std::thread::Builder::new()
+            .name("nearcache-expiry".into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                match weak.upgrade() {
+                    Some(inner) => Cache { inner }.run_pending_tasks(),
+                    None => return,
+                }
+            });
+        if let Err(e) = spawned {
+            // Without the thread expiry still happens, as the cache is used.
+            eprintln!("nearcache: cannot start the expiry thread: {e}");
         }
     }
 
     /// The value of `key`, if it is cached and the cache is coherent. A negative entry reads as
     /// `None`, like a miss.
+    ///
+    /// ```
+    /// use nearcache::{Cache, CacheConfig};
+    /// let cache: Cache<u32, &str> = Cache::new(CacheConfig::default());
+    /// assert_eq!(cache.get(&1), None);
+    /// cache.put(1, "a");
+    /// assert_eq!(cache.get(&1), Some("a"));
+    /// ```
     pub fn get(&self, key: &K) -> Option<V> {
         match self.lookup(key) {
             Some(entry) => {
@@ -178,6 +236,25 @@ where
     ///
     /// # Errors
     /// The loader's error, which is not cached.
+    ///
+    /// ```
+    /// use nearcache::{Cache, CacheConfig, Fill, LoadError, Tag};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let cache: Cache<u64, String> = Cache::new(CacheConfig::default());
+    /// // Your query; `?` converts any error into LoadError. Tag the value with its rows.
+    /// let load = |id: u64| async move {
+    ///     let name: String = format!("user {id}");
+    ///     let _parsed: u64 = "42".parse()?;
+    ///     Ok::<_, LoadError>(Fill::found(name).with_tag(Tag::row("users", id)))
+    /// };
+    /// assert_eq!(cache.get_or_store(42, || load(42)).await.unwrap().as_deref(), Some("user 42"));
+    /// // The second call is a hit: the loader is not called.
+    /// let never = || async { unreachable!("cached") };
+    /// assert_eq!(cache.get_or_store(42, never).await.unwrap().as_deref(), Some("user 42"));
+    /// // "No such row" is remembered briefly as a negative entry.
+    /// assert_eq!(cache.get_or_store(7, || async { Ok(Fill::absent()) }).await.unwrap(), None);
+    /// # });
+    /// ```
     pub async fn get_or_store<F, Fut>(&self, key: K, loader: F) -> Result<Option<V>, LoadError>
     where
         F: FnOnce() -> Fut,
@@ -382,11 +459,26 @@ where
 
     /// Marks `key` as read, which extends its time to idle (never past its TTL). Returns whether
     /// the key has an entry.
+    ///
+    /// ```
+    /// use nearcache::{Cache, CacheConfig};
+    /// let cache: Cache<u32, &str> = Cache::new(CacheConfig::default());
+    /// cache.put(1, "a");
+    /// assert!(cache.touch(&1));
+    /// assert!(!cache.touch(&2));
+    /// ```
     pub fn touch(&self, key: &K) -> bool {
         self.lookup(key).is_some()
     }
 
     /// The number of entries, after moka has caught up with pending work.
+    ///
+    /// ```
+    /// use nearcache::{Cache, CacheConfig};
+    /// let cache: Cache<u32, &str> = Cache::new(CacheConfig::default());
+    /// cache.put(1, "a");
+    /// assert_eq!(cache.len(), 1);
+    /// ```
     pub fn len(&self) -> u64 {
         self.inner.entries.run_pending_tasks();
         self.process_removals();
@@ -394,23 +486,56 @@ where
     }
 
     /// Whether [`Cache::len`] is 0.
+    ///
+    /// ```
+    /// use nearcache::{Cache, CacheConfig};
+    /// let cache: Cache<u32, &str> = Cache::new(CacheConfig::default());
+    /// assert!(cache.is_empty());
+    /// ```
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
     /// Lets moka run its pending maintenance now (expiry, eviction), and the callbacks it
     /// causes. moka otherwise does it as the cache is used.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use nearcache::{Cache, CacheConfig};
+    /// let cache: Cache<u32, &str> =
+    ///     Cache::new(CacheConfig { ttl: Duration::from_millis(10), ..CacheConfig::default() });
+    /// cache.put(1, "a");
+    /// std::thread::sleep(Duration::from_millis(30));
+    /// cache.run_pending_tasks(); // expiry and its callbacks, now
+    /// assert_eq!(cache.get(&1), None);
+    /// ```
     pub fn run_pending_tasks(&self) {
         self.inner.entries.run_pending_tasks();
         self.process_removals();
     }
 
     /// The counters so far.
+    ///
+    /// ```
+    /// use nearcache::{Cache, CacheConfig};
+    /// let cache: Cache<u32, &str> = Cache::new(CacheConfig::default());
+    /// cache.put(1, "a");
+    /// cache.get(&1);
+    /// cache.get(&2);
+    /// let stats = cache.stats();
+    /// assert_eq!((stats.hits, stats.misses), (1, 1));
+    /// ```
     pub fn stats(&self) -> Stats {
         self.inner.counters.snapshot()
     }
 
     /// The configuration the cache was made with.
+    ///
+    /// ```
+    /// use nearcache::{Cache, CacheConfig};
+    /// let cache: Cache<u32, &str> = Cache::new(CacheConfig { capacity: 5, ..CacheConfig::default() });
+    /// assert_eq!(cache.config().capacity, 5);
+    /// ```
     pub fn config(&self) -> &CacheConfig {
         &self.inner.config
     }

@@ -4,67 +4,149 @@
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::{lock, Cache};
 use crate::entry::Entry;
+
+/// What a write through the cache did: stored, or why not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Write {
+    /// The value is stored.
+    Stored,
+    /// [`Cache::insert_new`]: the key already has an entry, which stays.
+    Exists,
+    /// [`Cache::update_existing`]: the key holds no value.
+    Missing,
+    /// The cache is in bypass (its source cannot vouch for it): nothing is stored.
+    Bypass,
+}
+
+impl Write {
+    /// Whether the value was stored.
+    pub fn is_stored(self) -> bool {
+        self == Write::Stored
+    }
+}
 
 impl<K, V> Cache<K, V>
 where
     K: Hash + Eq + Clone + Send + Sync + 'static,
     V: Clone + Send + Sync + 'static,
 {
-    /// Stores `value` under `key` with the default TTL and no tags, replacing what was there;
-    /// a load of the key already in flight will not overwrite it. Returns whether it was
-    /// stored (not in bypass mode).
-    pub fn put(&self, key: K, value: V) -> bool {
-        self.write(key, value, |_| true)
+    /// Stores `value` under `key` with the default TTL, replacing what was there (and keeping
+    /// its tags); a load of the key already in flight will not overwrite it.
+    ///
+    /// ```
+    /// use nearcache::{Cache, CacheConfig, Mode, Write};
+    /// let cache: Cache<u32, &str> = Cache::new(CacheConfig::default());
+    /// assert_eq!(cache.put(1, "a"), Write::Stored);
+    /// assert_eq!(cache.get(&1), Some("a"));
+    /// cache.set_mode(Mode::Bypass);
+    /// assert_eq!(cache.put(1, "b"), Write::Bypass);
+    /// ```
+    pub fn put(&self, key: K, value: V) -> Write {
+        let ttl = self.inner.config.ttl;
+        self.write(key, value, ttl, |_| Write::Stored)
     }
 
-    /// Stores `value` under `key` only if the key has no entry. Returns whether it was stored.
-    pub fn insert_new(&self, key: K, value: V) -> bool {
-        self.write(key, value, |existing| existing.is_none())
+    /// Like [`Cache::put`], with a time to live of its own for this entry (capped by the
+    /// cache's TTL, which stays the backstop).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use nearcache::{Cache, CacheConfig};
+    /// let cache: Cache<u32, &str> = Cache::new(CacheConfig::default());
+    /// assert!(cache.put_with_ttl(1, "brief", Duration::from_millis(20)).is_stored());
+    /// assert_eq!(cache.get(&1), Some("brief"));
+    /// std::thread::sleep(Duration::from_millis(40));
+    /// assert_eq!(cache.get(&1), None);
+    /// ```
+    pub fn put_with_ttl(&self, key: K, value: V, ttl: Duration) -> Write {
+        let ttl = ttl.min(self.inner.config.ttl);
+        self.write(key, value, ttl, |_| Write::Stored)
     }
 
-    fn write(&self, key: K, value: V, allowed: impl FnOnce(Option<&Entry<V>>) -> bool) -> bool {
+    /// Stores `value` under `key` only if the key has no entry.
+    ///
+    /// ```
+    /// use nearcache::{Cache, CacheConfig, Write};
+    /// let cache: Cache<u32, &str> = Cache::new(CacheConfig::default());
+    /// assert_eq!(cache.insert_new(1, "first"), Write::Stored);
+    /// assert_eq!(cache.insert_new(1, "second"), Write::Exists);
+    /// assert_eq!(cache.get(&1), Some("first"));
+    /// ```
+    pub fn insert_new(&self, key: K, value: V) -> Write {
+        let ttl = self.inner.config.ttl;
+        self.write(key, value, ttl, |existing| {
+            if existing.is_none() {
+                Write::Stored
+            } else {
+                Write::Exists
+            }
+        })
+    }
+
+    fn write(
+        &self,
+        key: K,
+        value: V,
+        ttl: Duration,
+        allowed: impl FnOnce(Option<&Entry<V>>) -> Write,
+    ) -> Write {
         let inner = &*self.inner;
         let replaced = {
             let mut fence = lock(&inner.fence);
             if !inner.coherent.load(Ordering::Acquire) {
-                return false;
+                return Write::Bypass;
             }
             let existing = self.live(&key);
-            if !allowed(existing.as_deref()) {
-                return false;
+            let verdict = allowed(existing.as_deref());
+            if verdict != Write::Stored {
+                return verdict;
             }
             let tags = existing.map_or_else(|| Arc::from([]), |e| e.tags.clone());
             fence.invalidate_key(&key);
             self.publish_epoch(&fence);
-            self.insert_locked(
-                &mut fence,
-                &key,
-                Some(value.clone()),
-                tags,
-                inner.config.ttl,
-            )
+            self.insert_locked(&mut fence, &key, Some(value.clone()), tags, ttl)
         };
         self.after_write(&key, Some(&value), replaced);
-        true
+        Write::Stored
     }
 
     /// Isolated read-modify-write: `f` gets the current value (`None` if absent) and returns
     /// the new one, or an error that leaves the entry as it was. Updates of one key run one at
     /// a time; a concurrent `put`, fill or invalidation makes `f` run again on the newer state.
-    /// The entry keeps its tags. Returns whether a value was stored (not in bypass mode).
+    /// The entry keeps its tags. Returns [`Write::Stored`], or [`Write::Bypass`].
     ///
     /// `f` must not call `update` or `update_existing` of the same cache.
     ///
+    /// ```
+    /// use nearcache::{Cache, CacheConfig, Write};
+    /// let cache: Cache<&str, u32> = Cache::new(CacheConfig::default());
+    /// let bump = |n: Option<&u32>| Ok::<_, ()>(n.copied().unwrap_or(0) + 1);
+    /// assert_eq!(cache.update("hits", bump), Ok(Write::Stored));
+    /// assert_eq!(cache.update("hits", bump), Ok(Write::Stored));
+    /// assert_eq!(cache.get(&"hits"), Some(2));
+    /// ```
+    ///
     /// # Errors
     /// `f`'s error.
-    pub fn update<E>(&self, key: K, f: impl FnMut(Option<&V>) -> Result<V, E>) -> Result<bool, E> {
+    pub fn update<E>(&self, key: K, f: impl FnMut(Option<&V>) -> Result<V, E>) -> Result<Write, E> {
         self.update_with(key, false, f)
     }
 
-    /// Like [`Cache::update`], but only if the key holds a value; returns `Ok(false)` otherwise.
+    /// Like [`Cache::update`], but only if the key holds a value: [`Write::Missing`] otherwise.
+    ///
+    /// ```
+    /// use nearcache::{Cache, CacheConfig, Write};
+    /// let cache: Cache<u32, String> = Cache::new(CacheConfig::default());
+    /// let shout = |v: &String| Ok::<_, ()>(v.to_uppercase());
+    /// assert_eq!(cache.update_existing(1, shout), Ok(Write::Missing));
+    /// let _ = cache.put(1, "ada".to_string());
+    /// assert_eq!(cache.update_existing(1, shout), Ok(Write::Stored));
+    /// assert_eq!(cache.get(&1).as_deref(), Some("ADA"));
+    /// ```
     ///
     /// # Errors
     /// `f`'s error.
@@ -72,7 +154,7 @@ where
         &self,
         key: K,
         mut f: impl FnMut(&V) -> Result<V, E>,
-    ) -> Result<bool, E> {
+    ) -> Result<Write, E> {
         self.update_with(key, true, |old| f(old.expect("only called with a value")))
     }
 
@@ -81,18 +163,18 @@ where
         key: K,
         existing_only: bool,
         mut f: impl FnMut(Option<&V>) -> Result<V, E>,
-    ) -> Result<bool, E> {
+    ) -> Result<Write, E> {
         let inner = &*self.inner;
         let stripe = inner.stripes.hash_one(&key) as usize % inner.update_locks.len();
         let serial = lock(&inner.update_locks[stripe]);
         let (new, replaced) = loop {
             if !inner.coherent.load(Ordering::Acquire) {
-                return Ok(false);
+                return Ok(Write::Bypass);
             }
             let old = self.live(&key);
             let old_value = old.as_ref().and_then(|e| e.value.as_ref());
             if existing_only && old_value.is_none() {
-                return Ok(false);
+                return Ok(Write::Missing);
             }
             let new = f(old_value)?;
             let mut fence = lock(&inner.fence);
@@ -117,6 +199,6 @@ where
         // Callbacks run with no lock held, not even the key's, so they may update the key.
         drop(serial);
         self.after_write(&key, Some(&new), replaced);
-        Ok(true)
+        Ok(Write::Stored)
     }
 }
