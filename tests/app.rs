@@ -70,6 +70,17 @@ impl App {
         (status, res.json().await.unwrap_or(Value::Null))
     }
 
+    /// The text of /metrics.
+    pub async fn metrics(&self) -> String {
+        let res = self
+            .client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("request sent");
+        res.text().await.expect("a text body")
+    }
+
     /// GET with a raw Authorization header.
     pub async fn get_with_header(&self, path: &str, authorization: &str) -> (u16, Value) {
         let res = self

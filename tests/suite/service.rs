@@ -237,12 +237,7 @@ async fn every_cache_mode_serves_the_same_answers() {
             (status, body["id"].as_str()),
             (200, Some(org.id.to_string().as_str()))
         );
-        let metrics = reqwest::get(app.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = app.metrics().await;
         assert!(metrics.contains(
             "nearcache_http_requests_total{route=\"GET /me/organization\",status=\"200\"} 1"
         ));

@@ -122,12 +122,7 @@ async fn require_and_verify_full_work_and_a_wrong_authority_is_refused_clearly()
             error.contains("certificate") && error.contains("UnknownIssuer"),
             "{source:?}: the reason names the certificate: {health}"
         );
-        let metrics = reqwest::get(app.url("/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = app.metrics().await;
         let tries = failures(&metrics);
         // Backoff from 100 ms, doubling, with jitter: at most 8 attempts in 3 s; a loop
         // without backoff would make hundreds.

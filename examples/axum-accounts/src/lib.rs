@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use nearcache::{Cache, CacheConfig, Fill, LoadError, Mode, Store, TableHandler, Tag};
+use nearcache::{Cache, CacheConfig, Fill, Mode, Store, TableHandler, Tag};
 use nearcache_source::SourceStatus;
 use nearcache_tower::{AuthLayer, Authenticator};
 use nearcache_wal::WalConfig;
@@ -69,9 +69,8 @@ pub fn router(cache: Cache<i64, Arc<Account>>, pool: PgPool, auth: Authenticator
                 sqlx::query_as("SELECT id, name, plan FROM accounts WHERE id = $1")
                     .bind(id)
                     .fetch_optional(&pool)
-                    .await
-                    .map_err(LoadError::new)?;
-            // Tagged with its row: an UPDATE of `accounts` row `id` evicts it.
+                    .await?; // sqlx::Error into LoadError
+                             // Tagged with its row: an UPDATE of `accounts` row `id` evicts it.
             Ok(match row {
                 Some(a) => Fill::found(Arc::new(a)),
                 None => Fill::absent(),
