@@ -10,6 +10,7 @@ mod cluster;
 mod coherence;
 mod example;
 mod listener;
+mod relay;
 mod service;
 mod tidy;
 mod tls;

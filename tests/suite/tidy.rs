@@ -87,6 +87,18 @@ fn dependencies_point_inward() {
     for source in ["nearcache-listener", "nearcache-wal"] {
         assert_eq!(ours(source), set(&["nearcache-source", "nearcache-pgconn"]));
     }
+    // The NATS source knows the relay's wire format (its own) and nothing of Postgres.
+    assert_eq!(ours("nearcache-nats"), set(&["nearcache-source"]));
+    // The relay composes a Postgres source with the wire format; no cache.
+    assert_eq!(
+        ours("nearcache-relay"),
+        set(&[
+            "nearcache-source",
+            "nearcache-nats",
+            "nearcache-wal",
+            "nearcache-listener"
+        ])
+    );
     assert_eq!(
         ours("nearcache-http"),
         set(&["nearcache-store", "nearcache-pg", "nearcache-tower"])
@@ -104,6 +116,8 @@ fn dependencies_point_inward() {
         ("nearcache-listener", ["sqlx", "hyper"]),
         ("nearcache-wal", ["sqlx", "hyper"]),
         ("nearcache-pgconn", ["sqlx", "hyper"]),
+        ("nearcache-nats", ["sqlx", "tokio-postgres"]),
+        ("nearcache-relay", ["sqlx", "moka"]),
         ("nearcache-http", ["tokio-postgres", "moka"]),
         ("nearcache-tower", ["sqlx", "tokio-postgres"]),
         ("nearcache-tower", ["moka", "hyper"]),

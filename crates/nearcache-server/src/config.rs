@@ -29,6 +29,9 @@ pub enum SourceKind {
     Wal,
     /// LISTEN/NOTIFY, fed by the triggers.
     Notify,
+    /// What a `nearcache-relay` publishes to NATS JetStream (`--nats-url`): for fleets, one
+    /// connection to Postgres per relay instead of one per instance.
+    Nats,
 }
 
 impl SourceKind {
@@ -38,6 +41,7 @@ impl SourceKind {
             SourceKind::Auto => "auto",
             SourceKind::Wal => "wal",
             SourceKind::Notify => "notify",
+            SourceKind::Nats => "nats",
         }
     }
 }
@@ -136,6 +140,15 @@ pub struct Config {
     /// else LISTEN), `wal` or `notify`.
     #[arg(long, env = "NEARCACHE_SOURCE", value_enum, default_value = "auto")]
     pub source: SourceKind,
+    /// The NATS server of `--source nats`.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// The JetStream stream the relay publishes to.
+    #[arg(long, env = "NEARCACHE_NATS_STREAM", default_value = "NEARCACHE")]
+    pub nats_stream: String,
+    /// The relay's subject prefix (default `nearcache.<database name>`).
+    #[arg(long, env = "NEARCACHE_NATS_PREFIX")]
+    pub nats_prefix: Option<String>,
     /// Database connections in the pool.
     #[arg(long, env = "NEARCACHE_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
@@ -220,6 +233,8 @@ pub struct Settings {
     pub channel: String,
     /// Invalidation source of a coherent cache.
     pub source: SourceKind,
+    /// NATS server, stream and subject prefix (`None`: `nearcache.<database>`) of the relay.
+    pub nats: (String, String, Option<String>),
     /// Pool size.
     pub db_pool_size: u32,
     /// Pool acquire timeout.
@@ -248,6 +263,7 @@ impl Settings {
             heartbeat_timeout: Duration::from_secs(3),
             channel: "nearcache".into(),
             source: SourceKind::Auto,
+            nats: ("nats://127.0.0.1:4222".into(), "NEARCACHE".into(), None),
             db_pool_size: 16,
             db_timeout: Duration::from_secs(2),
             db_statement_timeout: Duration::from_secs(5),
@@ -300,6 +316,7 @@ impl Config {
         settings.heartbeat_timeout = self.heartbeat_timeout;
         settings.channel = self.channel;
         settings.source = self.source;
+        settings.nats = (self.nats_url, self.nats_stream, self.nats_prefix);
         settings.db_pool_size = self.db_pool_size;
         settings.db_timeout = self.db_timeout;
         settings.db_statement_timeout = self.db_statement_timeout;

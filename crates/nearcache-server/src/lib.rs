@@ -109,6 +109,24 @@ impl Application {
             Err(e) if settings.source == SourceKind::Wal => return Err(e.into()),
             Err(_) => None,
         };
+        let nats = {
+            let (url, stream, prefix) = settings.nats.clone();
+            let mut nats =
+                nearcache_nats::NatsConfig::new(url, database.get_database().unwrap_or("postgres"));
+            nats.stream = stream;
+            if let Some(prefix) = prefix {
+                nats.prefix = prefix;
+            }
+            nats.heartbeat_timeout = settings.heartbeat_timeout;
+            nats.validate().map_err(|e| {
+                ConfigError::Timing(if matches!(e, nearcache_nats::NatsConfigError::Heartbeat) {
+                    "--heartbeat-timeout must be positive"
+                } else {
+                    "--nats-stream and --nats-prefix must not be empty"
+                })
+            })?;
+            nats
+        };
         let cache = match settings.cache {
             CacheMode::Off => None,
             mode => Some(Cache::new(CacheConfig {
@@ -129,6 +147,7 @@ impl Application {
                 kind: settings.source,
                 notify: listener,
                 wal,
+                nats,
             }),
             settings,
             database,

@@ -18,6 +18,8 @@ pub(crate) struct Sources {
     pub(crate) notify: ListenerConfig,
     /// `None` when the URL cannot serve a replication connection (then `auto` means LISTEN).
     pub(crate) wal: Option<WalConfig>,
+    /// The relay to follow with `--source nats`.
+    pub(crate) nats: nearcache_nats::NatsConfig,
 }
 
 /// Whether the database lets us decode its WAL: logical decoding on, and a role that may
@@ -64,6 +66,7 @@ pub(crate) async fn run<H: Handler>(
     );
     let stopped = async move { stop.cancelled().await };
     match (kind, sources.wal) {
+        (SourceKind::Nats, _) => nearcache_nats::run(sources.nats, handler, status, stopped).await,
         (SourceKind::Wal, Some(wal)) => nearcache_wal::run(wal, handler, status, stopped).await,
         _ => nearcache_listener::run(sources.notify, handler, status, stopped).await,
     }

@@ -102,6 +102,8 @@ counters! {
     ignored: "Notifications for tables the handler does not cache.",
     heartbeats: "Heartbeats that came back.",
     heartbeat_timeouts: "Heartbeats that did not come back in time.",
+    gaps: "Messages of a relay lost beyond what its stream could replay (each answered with a flush).",
+    new_epochs: "Relay restarts or takeovers seen (each answered with a flush).",
 }
 
 impl StatusSnapshot {
@@ -207,6 +209,14 @@ impl SourceStatus {
     pub fn heartbeat(&self, rtt_micros: u64) {
         self.inner.heartbeats.fetch_add(1, Relaxed);
         self.inner.heartbeat_rtt_micros.store(rtt_micros, Relaxed);
+    }
+    /// Counts a gap in a relay's sequence.
+    pub fn gap(&self) {
+        self.inner.gaps.fetch_add(1, Relaxed);
+    }
+    /// Counts a new relay epoch.
+    pub fn new_epoch(&self) {
+        self.inner.new_epochs.fetch_add(1, Relaxed);
     }
     /// Counts a heartbeat that did not come back in time.
     pub fn heartbeat_timeout(&self) {

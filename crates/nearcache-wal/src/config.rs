@@ -90,6 +90,11 @@ impl WalConfig {
         })
     }
 
+    /// The database the URL names.
+    pub fn database(&self) -> &str {
+        &self.database
+    }
+
     /// The tables the handler caches: each must be in the publication, or the source stays in
     /// bypass and says why.
     #[must_use]

@@ -1,0 +1,30 @@
+//! The fleet's invalidation source: a relay (`nearcache-relay`) reads Postgres once and
+//! publishes every change to a NATS JetStream stream; each instance runs [`run`] here, which
+//! drives the same [`Handler`] as the direct sources.
+//!
+//! # Wire format
+//!
+//! Every message on `<prefix>.changes` is one JSON [`Message`]: the relay's `epoch` (a fresh id
+//! per relay start or takeover), its `seq` (1, 2, 3… within the epoch, heartbeats included),
+//! whether the relay's own source is `coherent`, and what changed. Heartbeats come every
+//! interval, so silence is a fault too.
+//!
+//! # Protocol of an instance
+//!
+//! 1. Connect; create an ordered consumer on the stream, delivering only new messages; then
+//!    the handler stays in bypass until a message says the relay is coherent, at which point
+//!    [`Handler::flush_all`] then [`Handler::coherent`]: nothing committed before the
+//!    subscription survives, everything after it arrives.
+//! 2. A delivery gap between NATS and the instance is replayed by JetStream: the ordered
+//!    consumer starts again after the last stream sequence it saw, and messages seen twice are
+//!    skipped by their sequence.
+//! 3. Bypass and flush at once on a gap in the relay's own sequence that no replay can fill,
+//!    a new epoch, a message saying the relay's source is in doubt, no message for
+//!    `heartbeat_timeout`, a lost NATS connection, or a message that does not parse.
+//!    Each is counted; then the instance is coherent again as soon as the relay is.
+
+mod source;
+mod wire;
+
+pub use source::{run, NatsConfig, NatsConfigError};
+pub use wire::{Change, Message, CHANGES};

@@ -1,0 +1,296 @@
+//! The instance side: an ordered JetStream consumer of the relay's stream, checked for epoch,
+//! sequence, heartbeat and connection, driving a [`Handler`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::push::OrderedConfig;
+use async_nats::jetstream::consumer::DeliverPolicy;
+use futures_util::StreamExt;
+use nearcache_source::{sleep_until_opt, supervise, Handler, SourceState, SourceStatus};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::wire::{Change, Message, CHANGES};
+
+/// A configuration that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum NatsConfigError {
+    /// Zero timings.
+    #[error("heartbeat timeout must be positive")]
+    Heartbeat,
+    /// An empty stream name or subject prefix.
+    #[error("the stream and the subject prefix must not be empty")]
+    Names,
+}
+
+/// Where the relay publishes and how long it may stay silent.
+#[derive(Debug, Clone)]
+pub struct NatsConfig {
+    /// The NATS server, e.g. `nats://127.0.0.1:4222`.
+    pub url: String,
+    /// The JetStream stream the relay writes (default `NEARCACHE`).
+    pub stream: String,
+    /// The relay's subject prefix (default `nearcache.<database>`).
+    pub prefix: String,
+    /// How long the relay may stay silent (its heartbeats come every second by default)
+    /// before the cache bypasses. Default 3 s.
+    pub heartbeat_timeout: Duration,
+    /// First delay before reconnecting. Default 100 ms.
+    pub backoff_min: Duration,
+    /// Largest delay before reconnecting. Default 10 s.
+    pub backoff_max: Duration,
+    /// How long connecting and subscribing may take. Default 5 s.
+    pub connect_timeout: Duration,
+}
+
+impl NatsConfig {
+    /// The relay of the database `database` on the NATS server at `url`, with the defaults.
+    pub fn new(url: impl Into<String>, database: &str) -> Self {
+        Self {
+            url: url.into(),
+            stream: "NEARCACHE".into(),
+            prefix: format!("nearcache.{database}"),
+            heartbeat_timeout: Duration::from_secs(3),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Checks what [`run`] needs.
+    ///
+    /// # Errors
+    /// [`NatsConfigError`] for a zero timeout or an empty name.
+    pub fn validate(&self) -> Result<(), NatsConfigError> {
+        if self.heartbeat_timeout.is_zero() {
+            return Err(NatsConfigError::Heartbeat);
+        }
+        if self.stream.is_empty() || self.prefix.is_empty() {
+            return Err(NatsConfigError::Names);
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionError {
+    #[error("connecting to NATS: {0}")]
+    Connect(String),
+    #[error("timed out while {0}")]
+    Timeout(&'static str),
+    #[error("subscribing to the relay's stream {stream}: {detail} (is a relay running?)")]
+    Subscribe { stream: String, detail: String },
+    #[error("NATS connection lost")]
+    Lost,
+    #[error("the stream's delivery ended: {0}")]
+    Ended(String),
+    #[error("the relay was silent for {0:?}")]
+    Silent(Duration),
+}
+
+/// Follows the relay of `config` until `shutdown` completes, driving `handler`: see the
+/// [crate docs](crate). Reconnects forever with backoff; the handler bypasses meanwhile.
+///
+/// # Panics
+/// If `config` does not pass [`NatsConfig::validate`].
+pub async fn run<H>(
+    config: NatsConfig,
+    handler: Arc<H>,
+    status: SourceStatus,
+    shutdown: impl std::future::Future<Output = ()>,
+) where
+    H: Handler + ?Sized,
+{
+    config
+        .validate()
+        .expect("invalid NATS source configuration");
+    let backoff = (config.backoff_min, config.backoff_max);
+    supervise("nats", backoff, &*handler, &status, shutdown, || {
+        session(&config, &*handler, &status)
+    })
+    .await;
+}
+
+/// The relay's state as this instance has followed it.
+struct Followed {
+    epoch: Option<String>,
+    seq: u64,
+    coherent: bool,
+}
+
+async fn session<H: Handler + ?Sized>(
+    config: &NatsConfig,
+    handler: &H,
+    status: &SourceStatus,
+) -> (SessionError, bool) {
+    let (lost_tx, mut lost) = mpsc::unbounded_channel::<()>();
+    let connecting = async_nats::ConnectOptions::new()
+        .connection_timeout(config.connect_timeout)
+        .event_callback(move |event| {
+            let lost_tx = lost_tx.clone();
+            async move {
+                if matches!(event, async_nats::Event::Disconnected) {
+                    let _ = lost_tx.send(());
+                }
+            }
+        })
+        .connect(&config.url);
+    let client = match tokio::time::timeout(config.connect_timeout, connecting).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return (SessionError::Connect(e.to_string()), false),
+        Err(_) => return (SessionError::Timeout("connecting to NATS"), false),
+    };
+    let js = async_nats::jetstream::new(client.clone());
+    let subscribing = async {
+        let stream = js
+            .get_stream(&config.stream)
+            .await
+            .map_err(|e| e.to_string())?;
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                deliver_subject: client.new_inbox(),
+                filter_subject: format!("{}.{CHANGES}", config.prefix),
+                deliver_policy: DeliverPolicy::New,
+                ..OrderedConfig::default()
+            })
+            .await
+            .map_err(|e| e.to_string())?;
+        consumer.messages().await.map_err(|e| e.to_string())
+    };
+    let mut messages = match tokio::time::timeout(config.connect_timeout, subscribing).await {
+        Ok(Ok(m)) => m,
+        Ok(Err(detail)) => {
+            let error = SessionError::Subscribe {
+                stream: config.stream.clone(),
+                detail,
+            };
+            status.set_problem(Some(error.to_string()));
+            return (error, false);
+        }
+        Err(_) => return (SessionError::Timeout("subscribing"), false),
+    };
+    status.set_problem(None);
+    tracing::info!(stream = %config.stream, prefix = %config.prefix, "nats source: subscribed");
+
+    let mut followed = Followed {
+        epoch: None,
+        seq: 0,
+        coherent: false,
+    };
+    let mut delivered = false;
+    loop {
+        let deadline = Some(Instant::now() + config.heartbeat_timeout);
+        let next = tokio::select! {
+            biased;
+            _ = lost.recv() => return (SessionError::Lost, delivered),
+            () = sleep_until_opt(deadline) => {
+                status.heartbeat_timeout();
+                return (SessionError::Silent(config.heartbeat_timeout), delivered);
+            }
+            next = messages.next() => next,
+        };
+        let message = match next {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => return (SessionError::Ended(e.to_string()), delivered),
+            None => return (SessionError::Ended("no more messages".into()), delivered),
+        };
+        let Ok(message) = Message::parse(&message.payload) else {
+            // Never trust what follows a message we could not read: start from scratch.
+            status.malformed();
+            tracing::warn!("nats source: a message that does not parse: flushing");
+            handler.bypass();
+            handler.flush_all();
+            followed.coherent = false;
+            continue;
+        };
+        if !follow(&mut followed, &message, handler, status) {
+            continue;
+        }
+        apply(&message.change, handler, status);
+        match (followed.coherent, message.coherent) {
+            (false, true) => {
+                // Everything before this point is flushed away; everything after arrives.
+                handler.flush_all();
+                handler.coherent();
+                followed.coherent = true;
+                if !delivered {
+                    delivered = true;
+                    status.connected();
+                }
+                status.set_state(SourceState::Listening);
+                tracing::info!(epoch = %message.epoch, seq = message.seq, "nats source: cache coherent");
+            }
+            (true, false) => {
+                handler.bypass();
+                followed.coherent = false;
+                status.set_state(SourceState::Connecting);
+                tracing::warn!("nats source: the relay's source is in doubt: bypassing");
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Checks `message` against the relay's epoch and sequence; on a new epoch or a gap the cache
+/// bypasses and flushes (and becomes coherent again with the next coherent message). Returns
+/// whether the message is to be applied.
+fn follow<H: Handler + ?Sized>(
+    followed: &mut Followed,
+    message: &Message,
+    handler: &H,
+    status: &SourceStatus,
+) -> bool {
+    match &followed.epoch {
+        Some(epoch) if *epoch == message.epoch => {
+            if message.seq <= followed.seq {
+                // A replayed message already applied.
+                return false;
+            }
+            if message.seq != followed.seq + 1 {
+                status.gap();
+                tracing::warn!(
+                    expected = followed.seq + 1,
+                    got = message.seq,
+                    "nats source: messages lost beyond replay: flushing"
+                );
+                handler.bypass();
+                handler.flush_all();
+                followed.coherent = false;
+            }
+        }
+        Some(_) => {
+            status.new_epoch();
+            tracing::info!(epoch = %message.epoch, "nats source: a new relay epoch: flushing");
+            handler.bypass();
+            handler.flush_all();
+            followed.coherent = false;
+        }
+        None => {}
+    }
+    followed.epoch = Some(message.epoch.clone());
+    followed.seq = message.seq;
+    true
+}
+
+fn apply<H: Handler + ?Sized>(change: &Change, handler: &H, status: &SourceStatus) {
+    match change {
+        Change::Keys { table, keys } => {
+            status.notification();
+            if !handler.invalidate(table, keys) {
+                status.ignored();
+            }
+        }
+        Change::FlushTable { table } => {
+            status.notification();
+            if !handler.flush_table(table) {
+                status.ignored();
+            }
+        }
+        Change::FlushAll => {
+            status.notification();
+            handler.flush_all();
+        }
+        Change::Heartbeat { lag_micros } => status.heartbeat(*lag_micros),
+    }
+}

@@ -1,0 +1,265 @@
+//! `nearcache-relay`: flags and environment, `/healthz` and `/metrics`, signals; the relay
+//! itself is the library's `run`.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::str::FromStr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use clap::{Parser, ValueEnum};
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use nearcache_listener::ListenerConfig;
+use nearcache_relay::{RelayConfig, RelaySource, RelayStatus, Role};
+use nearcache_wal::WalConfig;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Source {
+    /// Logical decoding of the publication `nearcache` (no trigger, no lock at commit).
+    Wal,
+    /// LISTEN/NOTIFY, fed by the triggers.
+    Notify,
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 2s, 5m)"))
+}
+
+/// Reads Postgres once and publishes every invalidation to NATS JetStream for a fleet of
+/// nearcache instances (`nearcache-server --source nats`). Run two for availability: one
+/// publishes, the other takes over when it dies.
+#[derive(Debug, Parser)]
+#[command(
+    name = "nearcache-relay",
+    version,
+    after_help = "Environment: RUST_LOG sets the log filter (default: info). Exit status: 0 \
+                  stopped; 1 a fatal error; 2 a bad configuration."
+)]
+struct Flags {
+    /// Postgres URL (the primary).
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: String,
+    /// Where to read changes.
+    #[arg(long, env = "NEARCACHE_SOURCE", value_enum, default_value = "wal")]
+    source: Source,
+    /// The NATS server.
+    #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats_url: String,
+    /// The JetStream stream (created if missing).
+    #[arg(long, env = "NEARCACHE_NATS_STREAM", default_value = "NEARCACHE")]
+    nats_stream: String,
+    /// The subject prefix (default `nearcache.<database name>`).
+    #[arg(long, env = "NEARCACHE_NATS_PREFIX")]
+    nats_prefix: Option<String>,
+    /// How often to publish a heartbeat.
+    #[arg(long, env = "NEARCACHE_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = duration)]
+    heartbeat_interval: Duration,
+    /// The lease's time to live: how long a standby waits after the active relay dies.
+    /// `0s`: no lease (run one relay only).
+    #[arg(long, env = "NEARCACHE_LEASE_TTL", default_value = "3s", value_parser = duration)]
+    lease_ttl: Duration,
+    /// Address of `/healthz` and `/metrics`.
+    #[arg(long, env = "NEARCACHE_RELAY_LISTEN", default_value = "127.0.0.1:9090")]
+    listen: SocketAddr,
+}
+
+fn config(flags: &Flags) -> Result<RelayConfig, String> {
+    let database = database_name(&flags.database_url)?;
+    let source = match flags.source {
+        Source::Wal => RelaySource::Wal(
+            WalConfig::new(&flags.database_url).map_err(|e| format!("--database-url: {e}"))?,
+        ),
+        Source::Notify => RelaySource::Notify(
+            ListenerConfig::new(&flags.database_url).map_err(|e| format!("--database-url: {e}"))?,
+        ),
+    };
+    let mut config = RelayConfig::new(source, flags.nats_url.clone(), &database);
+    config.stream.clone_from(&flags.nats_stream);
+    if let Some(prefix) = &flags.nats_prefix {
+        config.prefix.clone_from(prefix);
+    }
+    if flags.heartbeat_interval.is_zero() {
+        return Err("--heartbeat-interval must be positive".into());
+    }
+    config.heartbeat_interval = flags.heartbeat_interval;
+    config.lease_ttl = (!flags.lease_ttl.is_zero()).then_some(flags.lease_ttl);
+    Ok(config)
+}
+
+/// The database name of a URL, for the default subject prefix.
+fn database_name(url: &str) -> Result<String, String> {
+    let wal = WalConfig::new(url).map_err(|e| format!("--database-url: {e}"))?;
+    Ok(wal.database().to_string())
+}
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    let config = match config(&flags) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("nearcache-relay: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(spec) if !spec.trim().is_empty() => match EnvFilter::from_str(&spec) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("nearcache-relay: RUST_LOG: invalid filter {spec:?}: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => EnvFilter::new("info"),
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nearcache-relay: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(flags.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", flags.listen))?;
+        let status = RelayStatus::default();
+        tracing::info!(prefix = %config.prefix, stream = %config.stream, addr = %flags.listen, "relay: starting");
+        let http = tokio::spawn(serve(listener, status.clone()));
+        nearcache_relay::run(config, status, shutdown_signal()).await;
+        http.abort();
+        Ok::<_, String>(())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("nearcache-relay: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `/healthz` (200 while active and its source coherent, or standing by; 503 otherwise, with
+/// the role) and `/metrics`.
+async fn serve(listener: tokio::net::TcpListener, status: RelayStatus) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let status = status.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+                let status = status.clone();
+                async move { Ok::<_, Infallible>(answer(req.uri().path(), &status)) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+fn answer(path: &str, status: &RelayStatus) -> Response<Full<Bytes>> {
+    let role = status.role();
+    let source = status.source().snapshot();
+    let coherent = source.state == nearcache_source::SourceState::Listening;
+    let (code, body) = match path {
+        "/healthz" => {
+            let ok = role == Role::Standby || (role == Role::Active && coherent);
+            let word = match role {
+                Role::Connecting => "connecting",
+                Role::Standby => "standby",
+                Role::Active => "active",
+                Role::Stopped => "stopped",
+            };
+            let body = format!(
+                "{{\"role\":\"{word}\",\"source_coherent\":{coherent},\"epoch\":\"{}\"}}",
+                status.epoch()
+            );
+            (
+                if ok {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                },
+                body,
+            )
+        }
+        "/metrics" => {
+            let mut out = String::new();
+            let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
+                let _ = writeln!(
+                    out,
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+                );
+            };
+            metric(
+                "nearcache_relay_active",
+                "gauge",
+                "1 while this relay publishes.",
+                f64::from(u8::from(role == Role::Active)),
+            );
+            metric(
+                "nearcache_relay_published_total",
+                "counter",
+                "Messages published, heartbeats included.",
+                status.published() as f64,
+            );
+            metric(
+                "nearcache_relay_publish_errors_total",
+                "counter",
+                "Publications NATS did not acknowledge.",
+                status.publish_errors() as f64,
+            );
+            metric(
+                "nearcache_relay_takeovers_total",
+                "counter",
+                "Times this relay became the active one.",
+                status.takeovers() as f64,
+            );
+            for m in source.gauges() {
+                metric(
+                    &format!("nearcache_source_{}", m.name),
+                    "gauge",
+                    m.help,
+                    m.value,
+                );
+            }
+            for m in source.counters() {
+                metric(
+                    &format!("nearcache_source_{}_total", m.name),
+                    "counter",
+                    m.help,
+                    m.value,
+                );
+            }
+            (StatusCode::OK, out)
+        }
+        _ => (StatusCode::NOT_FOUND, "{\"error\":\"not_found\"}".into()),
+    };
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = code;
+    response
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+    tracing::info!("relay: shutting down");
+}

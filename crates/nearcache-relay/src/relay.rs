@@ -1,0 +1,478 @@
+//! Connecting to NATS, holding the lease, running the source and publishing what it reports.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use bytes::Bytes;
+use nearcache_listener::ListenerConfig;
+use nearcache_nats::{Change, Message, CHANGES};
+use nearcache_source::SourceStatus;
+use nearcache_wal::WalConfig;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::forward::{Event, Forward};
+
+/// Which source the relay reads.
+#[derive(Debug, Clone)]
+pub enum RelaySource {
+    /// Logical decoding through a temporary slot.
+    Wal(WalConfig),
+    /// LISTEN/NOTIFY, fed by the triggers.
+    Notify(ListenerConfig),
+}
+
+/// What a relay needs.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Its source, configured as an instance's would be.
+    pub source: RelaySource,
+    /// The NATS server.
+    pub nats_url: String,
+    /// The JetStream stream to publish to (created if missing). Default `NEARCACHE`.
+    pub stream: String,
+    /// The subject prefix, `nearcache.<database>` by default: messages go to
+    /// `<prefix>.changes`.
+    pub prefix: String,
+    /// How long the stream keeps messages (for replays to instances that fell behind).
+    /// Default 10 minutes.
+    pub retention: Duration,
+    /// How often the relay publishes a heartbeat. Default 1 s.
+    pub heartbeat_interval: Duration,
+    /// With a lease, any number of relays may run and one publishes: the key `<prefix>`
+    /// of the bucket `nearcache_relays`, with this time to live. `None`: publish at once,
+    /// alone. Default 3 s.
+    pub lease_ttl: Option<Duration>,
+    /// The key-value bucket of the leases. Default `nearcache_relays`.
+    pub lease_bucket: String,
+}
+
+impl RelayConfig {
+    /// A relay of `source` for the database `database` on the NATS server at `nats_url`.
+    pub fn new(source: RelaySource, nats_url: impl Into<String>, database: &str) -> Self {
+        Self {
+            source,
+            nats_url: nats_url.into(),
+            stream: "NEARCACHE".into(),
+            prefix: format!("nearcache.{database}"),
+            retention: Duration::from_secs(600),
+            heartbeat_interval: Duration::from_secs(1),
+            lease_ttl: Some(Duration::from_secs(3)),
+            lease_bucket: "nearcache_relays".into(),
+        }
+    }
+}
+
+/// What the relay is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Connecting to NATS.
+    Connecting,
+    /// Waiting for the lease held by another relay.
+    Standby,
+    /// Holding the lease (or running without one) and publishing.
+    Active,
+    /// Shut down.
+    Stopped,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    role: AtomicU8,
+    published: AtomicU64,
+    publish_errors: AtomicU64,
+    takeovers: AtomicU64,
+    epoch: Mutex<String>,
+    source: SourceStatus,
+}
+
+/// The relay's counters and state, for `/healthz` and `/metrics`. Cheap to clone.
+#[derive(Debug, Clone, Default)]
+pub struct RelayStatus(Arc<Inner>);
+
+impl RelayStatus {
+    /// The role now.
+    pub fn role(&self) -> Role {
+        match self.0.role.load(Relaxed) {
+            1 => Role::Standby,
+            2 => Role::Active,
+            3 => Role::Stopped,
+            _ => Role::Connecting,
+        }
+    }
+
+    fn set_role(&self, role: Role) {
+        let v = match role {
+            Role::Connecting => 0,
+            Role::Standby => 1,
+            Role::Active => 2,
+            Role::Stopped => 3,
+        };
+        self.0.role.store(v, Relaxed);
+    }
+
+    /// Messages published (heartbeats included).
+    pub fn published(&self) -> u64 {
+        self.0.published.load(Relaxed)
+    }
+
+    /// Publications NATS did not acknowledge (instances see the gap and flush).
+    pub fn publish_errors(&self) -> u64 {
+        self.0.publish_errors.load(Relaxed)
+    }
+
+    /// Times this relay became the active one.
+    pub fn takeovers(&self) -> u64 {
+        self.0.takeovers.load(Relaxed)
+    }
+
+    /// The current epoch, empty before the first.
+    pub fn epoch(&self) -> String {
+        self.0
+            .epoch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The status of the relay's own source.
+    pub fn source(&self) -> &SourceStatus {
+        &self.0.source
+    }
+}
+
+/// Runs the relay until `shutdown` completes: connects to NATS (again and again, with
+/// backoff), waits for the lease if there is one, and while it holds it runs the source and
+/// publishes. On shutdown it says "in doubt" to the instances first, so that they bypass at
+/// once rather than after the heartbeat timeout.
+pub async fn run(config: RelayConfig, status: RelayStatus, shutdown: impl Future<Output = ()>) {
+    let stop = CancellationToken::new();
+    let watch = async {
+        shutdown.await;
+        stop.cancel();
+        std::future::pending::<()>().await;
+    };
+    let relay = async {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            status.set_role(Role::Connecting);
+            match connected(&config, &status, &stop).await {
+                Ok(Ended::Shutdown) => break,
+                Ok(Ended::LeaseLost) => {
+                    tracing::warn!("relay: lease lost: standing by");
+                    delay = Duration::from_millis(100);
+                    continue;
+                }
+                Err(e) => tracing::warn!(error = %e, "relay: NATS: retrying in {delay:?}"),
+            }
+            tokio::select! {
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    };
+    tokio::select! {
+        () = watch => {}
+        () = relay => {}
+    }
+    status.set_role(Role::Stopped);
+    tracing::info!("relay: stopped");
+}
+
+enum Ended {
+    Shutdown,
+    LeaseLost,
+}
+
+/// One NATS connection's life: the stream, the lease, the publishing.
+async fn connected(
+    config: &RelayConfig,
+    status: &RelayStatus,
+    stop: &CancellationToken,
+) -> anyhow::Result<Ended> {
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(Duration::from_secs(5))
+        .connect(&config.nats_url)
+        .await?;
+    let js = jetstream::new(client);
+    let subjects = vec![format!("{}.>", config.prefix)];
+    let stream = js
+        .get_or_create_stream(stream::Config {
+            name: config.stream.clone(),
+            subjects: subjects.clone(),
+            max_age: config.retention,
+            ..stream::Config::default()
+        })
+        .await?;
+    let info = stream.cached_info();
+    if !info.config.subjects.iter().any(|s| subjects.contains(s)) {
+        // A stream shared by several databases: add this relay's subjects to it.
+        let mut updated = info.config.clone();
+        updated.subjects.extend(subjects);
+        js.update_stream(updated).await?;
+    }
+    let lease = match config.lease_ttl {
+        None => None,
+        Some(ttl) => Some(Lease::acquire(&js, config, ttl, status, stop).await?),
+    };
+    let Some(lease) = lease.map_or(Some(None), |l| l.map(Some)) else {
+        return Ok(Ended::Shutdown);
+    };
+    publish(config, status, &js, lease, stop).await
+}
+
+/// The lease: the one message of a subject in a stream of leases whose messages live for the
+/// lease's time to live. Taking it is a publication that the stream accepts only if the
+/// subject holds no message (`Nats-Expected-Last-Subject-Sequence: 0`); renewing it, one that
+/// it accepts only if the last message is still ours. This is what JetStream's key-value
+/// store does underneath (`create`, `update` with a revision), without its client-side API.
+struct Lease {
+    js: jetstream::Context,
+    stream: String,
+    subject: String,
+    sequence: u64,
+    epoch: String,
+    every: Duration,
+}
+
+impl Lease {
+    /// Waits until this relay holds the lease; `None` on shutdown.
+    async fn acquire(
+        js: &jetstream::Context,
+        config: &RelayConfig,
+        ttl: Duration,
+        status: &RelayStatus,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<Option<Self>> {
+        let stream = config.lease_bucket.to_uppercase();
+        js.get_or_create_stream(stream::Config {
+            name: stream.clone(),
+            subjects: vec![format!("{}.>", config.lease_bucket)],
+            max_age: ttl,
+            max_messages_per_subject: 1,
+            ..stream::Config::default()
+        })
+        .await?;
+        let subject = format!(
+            "{}.{}",
+            config.lease_bucket,
+            config.prefix.replace('.', "_")
+        );
+        let mut lease = Self {
+            js: js.clone(),
+            stream,
+            subject,
+            sequence: 0,
+            epoch: new_epoch(),
+            every: ttl / 3,
+        };
+        let mut said = false;
+        loop {
+            if lease.publish(0).await {
+                return Ok(Some(lease));
+            }
+            if !said {
+                tracing::info!(subject = %lease.subject, "relay: another relay holds the lease: standing by");
+                said = true;
+            }
+            status.set_role(Role::Standby);
+            tokio::select! {
+                () = stop.cancelled() => return Ok(None),
+                () = tokio::time::sleep(lease.every) => {}
+            }
+        }
+    }
+
+    /// Publishes our epoch on the lease's subject if its last message has the sequence
+    /// `expected` (0: none); whether the stream took it.
+    async fn publish(&mut self, expected: u64) -> bool {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
+            expected.to_string().as_str(),
+        );
+        let sent = async {
+            let ack = self
+                .js
+                .publish_with_headers(
+                    self.subject.clone(),
+                    headers,
+                    Bytes::from(self.epoch.clone()),
+                )
+                .await?
+                .await?;
+            anyhow::Ok(ack.sequence)
+        };
+        match tokio::time::timeout(Duration::from_secs(5), sent).await {
+            Ok(Ok(sequence)) => {
+                self.sequence = sequence;
+                true
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "relay: lease refused");
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Renews the lease; `false` if another relay holds it now (or NATS does not answer).
+    async fn renew(&mut self) -> bool {
+        let ours = self.sequence;
+        let renewed = self.publish(ours).await;
+        if !renewed {
+            tracing::warn!("relay: cannot renew the lease");
+        }
+        renewed
+    }
+
+    /// Lets the lease go at once, so that a standby takes over without waiting for it to
+    /// expire.
+    async fn release(self) {
+        if let Ok(stream) = self.js.get_stream(&self.stream).await {
+            let _ = stream.purge().filter(self.subject.clone()).await;
+        }
+    }
+}
+
+fn new_epoch() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// Runs the source and publishes what it reports, until shutdown or the lease is lost.
+async fn publish(
+    config: &RelayConfig,
+    status: &RelayStatus,
+    js: &jetstream::Context,
+    mut lease: Option<Lease>,
+    stop: &CancellationToken,
+) -> anyhow::Result<Ended> {
+    let epoch = lease.as_ref().map_or_else(new_epoch, |l| l.epoch.clone());
+    *status
+        .0
+        .epoch
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = epoch.clone();
+    status.set_role(Role::Active);
+    status.0.takeovers.fetch_add(1, Relaxed);
+    tracing::info!(%epoch, prefix = %config.prefix, "relay: active: publishing");
+
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let handler = Arc::new(Forward(tx));
+    let stop_source = CancellationToken::new();
+    let source_status = status.source().clone();
+    let stopped = stop_source.clone().cancelled_owned();
+    let source = match config.source.clone() {
+        RelaySource::Wal(wal) => {
+            tokio::spawn(nearcache_wal::run(wal, handler, source_status, stopped))
+        }
+        RelaySource::Notify(listen) => tokio::spawn(nearcache_listener::run(
+            listen,
+            handler,
+            source_status,
+            stopped,
+        )),
+    };
+
+    let subject = format!("{}.{CHANGES}", config.prefix);
+    let mut out = Publisher {
+        js,
+        subject,
+        epoch,
+        seq: 0,
+        coherent: false,
+        status,
+    };
+    out.send(heartbeat(status)).await;
+    let mut beat = tokio::time::interval(config.heartbeat_interval);
+    let renew_every = lease
+        .as_ref()
+        .map_or(Duration::from_secs(3600), |l| l.every);
+    let mut renew = tokio::time::interval(renew_every);
+    renew.tick().await;
+    let ended = loop {
+        tokio::select! {
+            () = stop.cancelled() => break Ended::Shutdown,
+            event = events.recv() => match event {
+                Some(Event::State(coherent)) => {
+                    out.coherent = coherent;
+                    out.send(heartbeat(status)).await;
+                }
+                Some(Event::Change(change)) => out.send(change).await,
+                None => break Ended::Shutdown,
+            },
+            _ = beat.tick() => out.send(heartbeat(status)).await,
+            _ = renew.tick() => {
+                if let Some(l) = lease.as_mut() {
+                    if !l.renew().await {
+                        break Ended::LeaseLost;
+                    }
+                }
+            }
+        }
+    };
+    // Tell the instances at once; then stop the source.
+    out.coherent = false;
+    out.send(heartbeat(status)).await;
+    stop_source.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), source).await;
+    if let (Ended::Shutdown, Some(l)) = (&ended, lease) {
+        l.release().await;
+    }
+    Ok(ended)
+}
+
+fn heartbeat(status: &RelayStatus) -> Change {
+    Change::Heartbeat {
+        lag_micros: status.source().snapshot().heartbeat_rtt_micros,
+    }
+}
+
+struct Publisher<'a> {
+    js: &'a jetstream::Context,
+    subject: String,
+    epoch: String,
+    seq: u64,
+    coherent: bool,
+    status: &'a RelayStatus,
+}
+
+impl Publisher<'_> {
+    /// Publishes `change` and waits for the stream's acknowledgement. A failure is logged and
+    /// counted; its sequence number is spent all the same, so that instances see the gap and
+    /// flush.
+    async fn send(&mut self, change: Change) {
+        self.seq += 1;
+        let message = Message {
+            epoch: self.epoch.clone(),
+            seq: self.seq,
+            coherent: self.coherent,
+            lsn: None,
+            change,
+        };
+        let sent = async {
+            self.js
+                .publish(self.subject.clone(), Bytes::from(message.to_bytes()))
+                .await?
+                .await?;
+            anyhow::Ok(())
+        };
+        match tokio::time::timeout(Duration::from_secs(5), sent).await {
+            Ok(Ok(())) => {
+                self.status.0.published.fetch_add(1, Relaxed);
+            }
+            Ok(Err(e)) => {
+                self.status.0.publish_errors.fetch_add(1, Relaxed);
+                tracing::warn!(error = %e, seq = self.seq, "relay: publish failed");
+            }
+            Err(_) => {
+                self.status.0.publish_errors.fetch_add(1, Relaxed);
+                tracing::warn!(seq = self.seq, "relay: publish not acknowledged in 5 s");
+            }
+        }
+    }
+}
