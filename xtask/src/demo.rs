@@ -14,6 +14,10 @@ pub(crate) struct Args {
     /// Run the scenario, then stop everything and exit instead of waiting for Ctrl-C.
     #[arg(long)]
     exit: bool,
+    /// A fleet instead: a relay reading the WAL and publishing to NATS (`NATS_URL`, default
+    /// nats://127.0.0.1:4222), and three instances following it with `--source nats`.
+    #[arg(long)]
+    fleet: bool,
 }
 
 pub(crate) fn run(args: Args) -> Result<()> {
@@ -37,11 +41,30 @@ fn demo(url: &str, args: &Args) -> Result<()> {
         println!("==> database {url}");
         println!("    migrated and seeded: {} organizations, {} users", seed::ORGS, seed::USERS);
         let client = reqwest::Client::new();
-        let mut a = Instance::start(&binary, "a", url, instance::port_near(8081)?, &[])?;
-        let mut b = Instance::start(&binary, "b", url, instance::port_near(8082)?, &[])?;
+        let nats = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        let mut relay = None;
+        let mut flags: Vec<&str> = Vec::new();
+        if args.fleet {
+            let relay_binary = instance::build("nearcache-relay", false)?;
+            let port = instance::port_near(9090)?;
+            let r = Instance::start(&relay_binary, "relay", url, port, &["--nats-url", &nats])?;
+            println!("==> relay: {} (reads the WAL once, publishes to {nats}; log: {})", r.url("/healthz"), r.log.display());
+            relay = Some(r);
+            flags = vec!["--source", "nats", "--nats-url", &nats];
+        }
+        let mut a = Instance::start(&binary, "a", url, instance::port_near(8081)?, &flags)?;
+        let mut b = Instance::start(&binary, "b", url, instance::port_near(8082)?, &flags)?;
+        let mut c = if args.fleet {
+            Some(Instance::start(&binary, "c", url, instance::port_near(8083)?, &flags)?)
+        } else {
+            None
+        };
         a.ready(&client, "coherent").await?;
         b.ready(&client, "coherent").await?;
-        for i in [&a, &b] {
+        if let Some(c) = c.as_mut() {
+            c.ready(&client, "coherent").await?;
+        }
+        for i in [Some(&a), Some(&b), c.as_ref()].into_iter().flatten() {
             let health: serde_json::Value = client.get(i.url("/healthz")).send().await?.json().await?;
             println!(
                 "==> instance {}: {}  (invalidation source: {}; log: {})",
@@ -110,6 +133,12 @@ fn demo(url: &str, args: &Args) -> Result<()> {
         }
         a.stop();
         b.stop();
+        if let Some(c) = c.as_mut() {
+            c.stop();
+        }
+        if let Some(r) = relay.as_mut() {
+            r.stop();
+        }
         println!("==> instances stopped");
         anyhow::Ok(())
     })

@@ -20,21 +20,25 @@ pub(crate) fn port_near(port: u16) -> Result<u16> {
 
 /// Builds the server binary; returns its path.
 pub(crate) fn build_server(release: bool) -> Result<PathBuf> {
+    build("nearcache-server", release)
+}
+
+/// Builds the binary of `package` (named like it); returns its path.
+pub(crate) fn build(package: &str, release: bool) -> Result<PathBuf> {
     let mut cmd = crate::cargo();
-    cmd.args(["build", "--quiet", "-p", "nearcache-server"]);
+    cmd.args(["build", "--quiet", "-p", package]);
     if release {
         cmd.arg("--release");
     }
     crate::check(
         &mut cmd,
-        if release {
-            "cargo build --release (server)"
-        } else {
-            "cargo build (server)"
-        },
+        &format!(
+            "cargo build{} ({package})",
+            if release { " --release" } else { "" }
+        ),
     )?;
     let dir = if release { "release" } else { "debug" };
-    Ok(xtask::target_dir().join(dir).join("nearcache-server"))
+    Ok(xtask::target_dir().join(dir).join(package))
 }
 
 /// A running instance of the server, stopped with SIGTERM when dropped.

@@ -67,7 +67,11 @@ async fn fresh_database() -> (String, PgPool) {
         .connect(&server)
         .await
         .unwrap();
-    let name = format!("nc_relay_{}", std::process::id());
+    let name = format!(
+        "nc_relay_{}_{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    );
     for sql in [
         format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
         format!("CREATE DATABASE {name}"),
@@ -215,4 +219,215 @@ async fn the_cache_follows_a_relay_through_stall_kill_and_a_lost_backend() {
     let _ = async_nats::jetstream::new(client)
         .delete_stream(&stream)
         .await;
+}
+
+/// A network namespace of the test's own holding a NATS server, reached over a veth pair;
+/// removed when dropped.
+struct Partitionable {
+    ns: String,
+    host_if: String,
+    nats: Option<Child>,
+    store: String,
+}
+
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Partitionable {
+    fn new() -> Self {
+        let id = std::process::id() % 100_000;
+        let (ns, host_if, peer_if) = (
+            format!("ncpart{id}"),
+            format!("ncvh{id}"),
+            format!("ncvn{id}"),
+        );
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        let _ = Command::new("ip").args(["link", "del", &host_if]).output();
+        let store = format!("/tmp/ncpart-{id}");
+        let mut me = Self {
+            ns,
+            host_if,
+            nats: None,
+            store,
+        };
+        ip(&["netns", "add", &me.ns]);
+        ip(&[
+            "link",
+            "add",
+            &me.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &peer_if,
+        ]);
+        ip(&["link", "set", &peer_if, "netns", &me.ns]);
+        ip(&["addr", "add", "10.213.7.1/30", "dev", &me.host_if]);
+        ip(&["link", "set", &me.host_if, "up"]);
+        for args in [
+            vec!["addr", "add", "10.213.7.2/30", "dev", peer_if.as_str()],
+            vec!["link", "set", peer_if.as_str(), "up"],
+            vec!["link", "set", "lo", "up"],
+        ] {
+            let mut full = vec!["netns", "exec", me.ns.as_str(), "ip"];
+            full.extend(args);
+            ip(&full);
+        }
+        let nats_server = [
+            "/usr/sbin/nats-server",
+            "/usr/bin/nats-server",
+            "nats-server",
+        ]
+        .into_iter()
+        .find(|p| !p.starts_with('/') || std::path::Path::new(p).exists())
+        .unwrap();
+        me.nats = Some(
+            Command::new("ip")
+                .args(["netns", "exec", &me.ns, nats_server])
+                .args(["-a", "10.213.7.2", "-p", "4222", "-js", "-sd", &me.store])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        me
+    }
+
+    fn url(&self) -> String {
+        "nats://10.213.7.2:4222".into()
+    }
+
+    /// Drops every packet on the link: TCP on both ends sees silence, not a refusal.
+    fn cut(&self, down: bool) {
+        ip(&[
+            "link",
+            "set",
+            &self.host_if,
+            if down { "down" } else { "up" },
+        ]);
+    }
+}
+
+impl Drop for Partitionable {
+    fn drop(&mut self) {
+        if let Some(mut nats) = self.nats.take() {
+            let _ = nats.kill();
+            let _ = nats.wait();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
+
+fn can_make_namespaces() -> Result<(), String> {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map_err(|e| e.to_string())?;
+    if String::from_utf8_lossy(&root.stdout).trim() != "0" {
+        return Err("not root".into());
+    }
+    Command::new("ip")
+        .arg("-V")
+        .output()
+        .map_err(|e| format!("no iproute2: {e}"))?;
+    let found = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .iter()
+        .any(|p| std::path::Path::new(p).exists());
+    if !found {
+        return Err("no nats-server binary".into());
+    }
+    Ok(())
+}
+
+/// A partition, not a refused connection: the link to NATS goes silent. The cache bypasses
+/// within the heartbeat timeout, and is coherent again once the link is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_from_nats_bypasses_within_the_timeout_and_heals() {
+    if let Err(why) = can_make_namespaces() {
+        eprintln!("skipped: the partition test needs root, iproute2 and nats-server ({why})");
+        return;
+    }
+    let net = Partitionable::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect("10.213.7.2:4222")
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the namespace's NATS did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (url, _pool) = fresh_database().await;
+    let mut relay_config = nearcache_relay::RelayConfig::new(
+        nearcache_relay::RelaySource::Wal(nearcache_wal::WalConfig::new(&url).unwrap()),
+        net.url(),
+        "partition",
+    );
+    relay_config.lease_ttl = None;
+    let (stop_relay, relay_stopped) = tokio::sync::oneshot::channel::<()>();
+    let relay = tokio::spawn(nearcache_relay::run(
+        relay_config,
+        nearcache_relay::RelayStatus::default(),
+        async {
+            let _ = relay_stopped.await;
+        },
+    ));
+    let cache: Cache<u32, String> = Cache::new(CacheConfig {
+        initial_mode: Mode::Bypass,
+        ..CacheConfig::default()
+    });
+    let config = NatsConfig::new(net.url(), "partition");
+    let timeout = config.heartbeat_timeout;
+    let handler = Arc::new(TableHandler::new(cache.clone(), ["users"]));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let follower = tokio::spawn(nearcache_nats::run(
+        config,
+        handler,
+        SourceStatus::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let coherent = || cache.mode() == Mode::Coherent;
+    let bypass = || cache.mode() == Mode::Bypass;
+    until(
+        "coherent behind the relay",
+        Duration::from_secs(30),
+        coherent,
+    )
+    .await;
+
+    net.cut(true);
+    let took = until(
+        "bypass in the partition",
+        timeout + Duration::from_secs(2),
+        bypass,
+    )
+    .await;
+    eprintln!("partition: bypass after {took:?} (heartbeat timeout {timeout:?})");
+    net.cut(false);
+    let took = until(
+        "coherent after the partition healed",
+        Duration::from_secs(60),
+        coherent,
+    )
+    .await;
+    eprintln!("partition healed: coherent after {took:?}");
+
+    let _ = stop.send(());
+    let _ = stop_relay.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(10), follower).await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), relay).await;
 }

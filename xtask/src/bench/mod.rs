@@ -16,6 +16,7 @@
 //! this one runs them and writes the report (`report` has its helpers).
 
 mod core;
+mod fleet;
 mod http;
 mod latency;
 mod report;
@@ -56,7 +57,7 @@ impl Args {
 }
 
 pub(crate) fn run(args: Args) -> Result<()> {
-    if Command::new("wrk").arg("--version").output().is_err() {
+    if args.runs("http") && Command::new("wrk").arg("--version").output().is_err() {
         bail!("wrk not found: install it with `apt-get install -y wrk` (Debian's package)");
     }
     let (url, started) = crate::database()?;
@@ -149,6 +150,40 @@ fn bench(url: &str, args: &Args) -> Result<()> {
                 w.wal / w.none,
                 w.notify / w.none,
                 w.retained_max as f64 / 1e6
+            )?;
+        }
+    }
+
+    if args.runs("fleet") {
+        let mut points = Vec::new();
+        for n in [10, 50, 200] {
+            for relay in [true, false] {
+                eprintln!(
+                    "==> fleet: {n} instances, {}, 1000 updates",
+                    if relay {
+                        "behind one relay"
+                    } else {
+                        "direct LISTEN"
+                    }
+                );
+                points.push(rt.block_on(fleet::fleet(url, n, relay, 1000))?);
+            }
+        }
+        writeln!(report, "\n## Fleets\n\nLightweight in-process instances in the bench process: each a nearcache cache with its own source (behind the relay: its own NATS connection and ordered consumer; direct: its own LISTEN connection). The relay runs in-process too, on the WAL. 1000 updates of random users, one at a time; for each, from the UPDATE's return to the eviction on every instance. Postgres CPU: user + system time of all its processes during the updates.\n")?;
+        writeln!(report, "| fleet | instances | Postgres connections for invalidation | commit → eviction on all: p50 | p99 | max | writer's commit p50 | p99 | Postgres CPU per update |\n|---|---|---|---|---|---|---|---|---|")?;
+        for p in &points {
+            writeln!(
+                report,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} µs |",
+                p.arm,
+                p.instances,
+                p.connections,
+                ms(pct(&p.all, 50.0)),
+                ms(pct(&p.all, 99.0)),
+                ms(pct(&p.all, 100.0)),
+                ms(pct(&p.commits, 50.0)),
+                ms(pct(&p.commits, 99.0)),
+                p.postgres_cpu.as_secs_f64() * 1e6 / p.updates as f64
             )?;
         }
     }

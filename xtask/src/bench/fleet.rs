@@ -1,0 +1,227 @@
+//! Fleets: N lightweight in-process instances (each a cache with its own source and, behind
+//! the relay, its own NATS connection) following one relay, against N instances each with a
+//! direct LISTEN connection. Commit → eviction on all N, the writer's commit latency, the
+//! connections Postgres serves for invalidation, and the CPU time its processes spend.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Result};
+use nearcache::{Cache, CacheConfig, Mode, TableHandler};
+use nearcache_listener::{Handler, ListenerConfig, ListenerStatus};
+use nearcache_nats::NatsConfig;
+use nearcache_relay::{RelayConfig, RelaySource, RelayStatus};
+use nearcache_wal::WalConfig;
+use rand::RngExt;
+
+use crate::seed;
+
+/// One fleet's measure.
+pub(super) struct Point {
+    pub(super) arm: &'static str,
+    pub(super) instances: usize,
+    pub(super) connections: i64,
+    pub(super) all: Vec<Duration>,
+    pub(super) commits: Vec<Duration>,
+    pub(super) postgres_cpu: Duration,
+    pub(super) updates: usize,
+}
+
+struct Seen {
+    inner: TableHandler<String, u32>,
+    cache: Cache<String, u32>,
+    seen: Mutex<HashMap<String, Instant>>,
+    changed: tokio::sync::Notify,
+}
+
+impl Handler for Seen {
+    fn bypass(&self) {
+        self.inner.bypass();
+    }
+    fn flush_all(&self) {
+        self.inner.flush_all();
+    }
+    fn coherent(&self) {
+        self.inner.coherent();
+    }
+    fn invalidate(&self, table: &str, keys: &[String]) -> bool {
+        let now = Instant::now();
+        let mut seen = self.seen.lock().unwrap();
+        for k in keys {
+            seen.insert(k.clone(), now);
+        }
+        drop(seen);
+        self.changed.notify_waiters();
+        self.inner.invalidate(table, keys)
+    }
+    fn flush_table(&self, table: &str) -> bool {
+        self.inner.flush_table(table)
+    }
+}
+
+/// CPU time (user + system) of every process named `postgres`, from /proc.
+fn postgres_cpu() -> Duration {
+    let tick = 100.0; // USER_HZ on Linux
+    let mut total = 0u64;
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            let Some((comm, rest)) = stat.split_once(") ") else {
+                continue;
+            };
+            if !comm.ends_with("(postgres") {
+                continue;
+            }
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            // After the state field: utime is field 14 of stat, index 11 here; stime 12.
+            if let (Some(u), Some(s)) = (fields.get(11), fields.get(12)) {
+                total += u.parse::<u64>().unwrap_or(0) + s.parse::<u64>().unwrap_or(0);
+            }
+        }
+    }
+    Duration::from_secs_f64(total as f64 / tick)
+}
+
+fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// Measures a fleet of `n` behind a relay (`relay == true`) or on direct LISTEN connections.
+pub(super) async fn fleet(url: &str, n: usize, relay: bool, updates: usize) -> Result<Point> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(url)
+        .await?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let id = format!("{:08x}", rand::random::<u32>());
+    let (stream, prefix) = (format!("NC_BENCH_{id}"), format!("ncbench.{id}"));
+    if relay {
+        let mut config = RelayConfig::new(RelaySource::Wal(WalConfig::new(url)?), nats_url(), "x");
+        config.stream.clone_from(&stream);
+        config.prefix.clone_from(&prefix);
+        config.lease_ttl = None;
+        tokio::spawn(nearcache_relay::run(
+            config,
+            RelayStatus::default(),
+            stopped(stop_rx.clone()),
+        ));
+    }
+    let mut instances = Vec::new();
+    for _ in 0..n {
+        let cache = Cache::new(CacheConfig {
+            initial_mode: Mode::Bypass,
+            ..CacheConfig::default()
+        });
+        let handler = Arc::new(Seen {
+            inner: TableHandler::new(cache.clone(), nearcache_pg::tags::PRINCIPAL_TABLES),
+            cache,
+            seen: Mutex::default(),
+            changed: tokio::sync::Notify::new(),
+        });
+        let status = ListenerStatus::default();
+        if relay {
+            let mut config = NatsConfig::new(nats_url(), "x");
+            config.stream.clone_from(&stream);
+            config.prefix.clone_from(&prefix);
+            config.connect_timeout = Duration::from_secs(30);
+            tokio::spawn(nearcache_nats::run(
+                config,
+                handler.clone(),
+                status,
+                stopped(stop_rx.clone()),
+            ));
+        } else {
+            tokio::spawn(nearcache_listener::run(
+                ListenerConfig::new(url)?,
+                handler.clone(),
+                status,
+                stopped(stop_rx.clone()),
+            ));
+        }
+        instances.push(handler);
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while instances.iter().any(|h| h.cache.mode() != Mode::Coherent) {
+        if Instant::now() > deadline {
+            let _ = stop_tx.send(true);
+            bail!("the fleet of {n} did not become coherent in 120 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let connections: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity
+          WHERE datname = current_database()
+            AND application_name IN ('nearcache-listener', 'nearcache-wal')",
+    )
+    .fetch_one(&pool)
+    .await?;
+    let cpu_before = postgres_cpu();
+    let mut all = Vec::with_capacity(updates);
+    let mut commits = Vec::with_capacity(updates);
+    let mut rng = rand::rng();
+    for u in 0..updates {
+        let key = seed::user_id(rng.random_range(1..=seed::USERS));
+        for h in &instances {
+            h.seen.lock().unwrap().remove(&key);
+        }
+        let start = Instant::now();
+        sqlx::query("UPDATE users SET name = $2 WHERE id = $1::uuid")
+            .bind(&key)
+            .bind(format!("fleet {u}"))
+            .execute(&pool)
+            .await?;
+        let committed = Instant::now();
+        commits.push(committed - start);
+        let wait_deadline = committed + Duration::from_secs(10);
+        let mut worst = Duration::ZERO;
+        for h in &instances {
+            loop {
+                let changed = h.changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                let at = h.seen.lock().unwrap().get(&key).copied();
+                if let Some(at) = at {
+                    worst = worst.max(at.saturating_duration_since(committed));
+                    break;
+                }
+                if tokio::time::timeout_at(wait_deadline.into(), changed)
+                    .await
+                    .is_err()
+                {
+                    let _ = stop_tx.send(true);
+                    bail!("update {u} did not reach an instance of {n} within 10 s");
+                }
+            }
+        }
+        all.push(worst);
+    }
+    let postgres_cpu = postgres_cpu().saturating_sub(cpu_before);
+    let _ = stop_tx.send(true);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    if relay {
+        let client = async_nats::connect(nats_url()).await?;
+        let _ = async_nats::jetstream::new(client)
+            .delete_stream(&stream)
+            .await;
+    }
+    pool.close().await;
+    Ok(Point {
+        arm: if relay {
+            "relay + NATS"
+        } else {
+            "direct LISTEN"
+        },
+        instances: n,
+        connections,
+        all,
+        commits,
+        postgres_cpu,
+        updates,
+    })
+}
