@@ -87,7 +87,7 @@ fn demo(url: &str, args: &Args) -> Result<()> {
             a.url("/me")
         );
         println!("curl -s {}", b.url("/healthz"));
-        println!("curl -s {} | grep -E '^nearcache_(cache|listener|source)'", b.url("/metrics"));
+        println!("curl -s {} | grep -E '^nearcache_(cache|source)'", b.url("/metrics"));
 
         println!("\n==> a change through A, seen through B");
         let get_name = |inst: &Instance, t: &str| {
