@@ -260,6 +260,41 @@ fn run_tests(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// `cargo package` serves the workspace's crates to each other from a temporary local registry,
+/// and cargo takes a registry crate of a given version to be immutable: an earlier run's
+/// unpacked copy (under `$CARGO_HOME/registry/src/<that registry>/`) and its build (in the
+/// target dir) are reused as they are, so a crate verified after a change of a crate it
+/// depends on would build against the old one. Forget the copies, and verify in a target dir
+/// of its own, emptied first; returns it.
+fn fresh_package_target() -> std::path::PathBuf {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cargo")));
+    if let Some(Ok(registries)) = home.map(|h| std::fs::read_dir(h.join("registry").join("src"))) {
+        for registry in registries.flatten() {
+            if registry.file_name().to_string_lossy().starts_with("index.") {
+                continue; // crates.io and other real registries
+            }
+            for unpacked in std::fs::read_dir(registry.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if unpacked
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with("nearcache")
+                {
+                    let _ = std::fs::remove_dir_all(unpacked.path());
+                }
+            }
+        }
+    }
+    let dir = xtask::target_dir().join("package-verify");
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
 fn ci() -> Result<()> {
     check(
         cargo().args(["fmt", "--all", "--check"]),
@@ -279,18 +314,22 @@ fn ci() -> Result<()> {
     )?;
     // Every publishable crate packages and builds from its package alone, its path
     // dependencies resolved as a registry would serve them.
+    let verify_in = fresh_package_target();
     check(
-        cargo().args([
-            "package",
-            "--workspace",
-            "--exclude",
-            "xtask",
-            "--exclude",
-            "nearcache-tests",
-            "--exclude",
-            "nearcache-example-axum",
-            "--allow-dirty",
-        ]),
+        cargo()
+            .arg("package")
+            .arg("--target-dir")
+            .arg(&verify_in)
+            .args([
+                "--workspace",
+                "--exclude",
+                "xtask",
+                "--exclude",
+                "nearcache-tests",
+                "--exclude",
+                "nearcache-example-axum",
+                "--allow-dirty",
+            ]),
         "cargo package (publish dry run)",
     )?;
     test(&[])
