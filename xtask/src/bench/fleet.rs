@@ -3,18 +3,18 @@
 //! direct LISTEN connection. Commit → eviction on all N, the writer's commit latency, the
 //! connections Postgres serves for invalidation, and the CPU time its processes spend.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
 use nearcache::{Cache, CacheConfig, Mode, TableHandler};
-use nearcache_listener::{Handler, ListenerConfig, ListenerStatus};
+use nearcache_listener::{ListenerConfig, ListenerStatus};
 use nearcache_nats::NatsConfig;
 use nearcache_relay::{RelayConfig, RelaySource, RelayStatus};
 use nearcache_wal::WalConfig;
 use rand::RngExt;
 
+use super::latency::Timed;
 use crate::seed;
 
 /// One fleet's measure.
@@ -26,38 +26,6 @@ pub(super) struct Point {
     pub(super) commits: Vec<Duration>,
     pub(super) postgres_cpu: Duration,
     pub(super) updates: usize,
-}
-
-struct Seen {
-    inner: TableHandler<String, u32>,
-    cache: Cache<String, u32>,
-    seen: Mutex<HashMap<String, Instant>>,
-    changed: tokio::sync::Notify,
-}
-
-impl Handler for Seen {
-    fn bypass(&self) {
-        self.inner.bypass();
-    }
-    fn flush_all(&self) {
-        self.inner.flush_all();
-    }
-    fn coherent(&self) {
-        self.inner.coherent();
-    }
-    fn invalidate(&self, table: &str, keys: &[String]) -> bool {
-        let now = Instant::now();
-        let mut seen = self.seen.lock().unwrap();
-        for k in keys {
-            seen.insert(k.clone(), now);
-        }
-        drop(seen);
-        self.changed.notify_waiters();
-        self.inner.invalidate(table, keys)
-    }
-    fn flush_table(&self, table: &str) -> bool {
-        self.inner.flush_table(table)
-    }
 }
 
 /// CPU time (user + system) of every process named `postgres`, from /proc.
@@ -118,7 +86,7 @@ pub(super) async fn fleet(url: &str, n: usize, relay: bool, updates: usize) -> R
             initial_mode: Mode::Bypass,
             ..CacheConfig::default()
         });
-        let handler = Arc::new(Seen {
+        let handler = Arc::new(Timed {
             inner: TableHandler::new(cache.clone(), nearcache_pg::tags::PRINCIPAL_TABLES),
             cache,
             seen: Mutex::default(),

@@ -14,11 +14,11 @@ use rand::RngExt;
 use crate::seed;
 
 /// The core's handler on a cache, recording when each key was evicted.
-struct Timed {
-    cache: Cache<String, u32>,
-    inner: TableHandler<String, u32>,
-    seen: Mutex<HashMap<String, Instant>>,
-    changed: tokio::sync::Notify,
+pub(super) struct Timed {
+    pub(super) cache: Cache<String, u32>,
+    pub(super) inner: TableHandler<String, u32>,
+    pub(super) seen: Mutex<HashMap<String, Instant>>,
+    pub(super) changed: tokio::sync::Notify,
 }
 
 impl Handler for Timed {
