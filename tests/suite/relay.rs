@@ -115,6 +115,26 @@ async fn all_bypass(apps: &[App], within: Duration) {
     }
 }
 
+/// The relay's messages from now on, as an instance's consumer gets them.
+async fn follow_raw(channel: &Channel) -> async_nats::jetstream::consumer::push::Ordered {
+    use async_nats::jetstream::consumer::{push::OrderedConfig, DeliverPolicy};
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let stream = js.get_stream(&channel.stream).await.unwrap();
+    stream
+        .create_consumer(OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            filter_subject: format!("{}.changes", channel.prefix),
+            deliver_policy: DeliverPolicy::New,
+            ..OrderedConfig::default()
+        })
+        .await
+        .unwrap()
+        .messages()
+        .await
+        .unwrap()
+}
+
 async fn delete_stream(channel: &Channel) {
     let client = async_nats::connect(nats_url()).await.unwrap();
     let _ = async_nats::jetstream::new(client)
@@ -134,8 +154,23 @@ async fn instances_behind_a_relay_see_every_change() {
     for app in &apps {
         assert_eq!(app.get("/me", Some(&t)).await.0, 200);
     }
+    let mut raw = follow_raw(&channel).await;
     update(&pool, "users", users[0].id, "name = 'Via SQL'").await;
     all_see(&apps, &t, "Via SQL").await;
+    // The message carries the commit position the change came from.
+    let keys = loop {
+        let next = tokio::time::timeout(BOUND, futures_util::StreamExt::next(&mut raw))
+            .await
+            .expect("the change on the stream")
+            .unwrap()
+            .unwrap();
+        let m = nearcache_nats::Message::parse(&next.payload).unwrap();
+        if matches!(&m.change, nearcache_nats::Change::Keys { table, .. } if table == "users") {
+            break m;
+        }
+    };
+    let lsn = keys.lsn.expect("an LSN on a change from the WAL");
+    assert!(lsn.contains('/'), "{lsn}");
     let (status, _) = apps[0].patch_me(&t, &json!({"name": "Via A"})).await;
     assert_eq!(status, 200);
     all_see(&apps, &t, "Via A").await;

@@ -11,6 +11,8 @@ pub(crate) enum Event {
     State(bool),
     /// A change to publish.
     Change(Change),
+    /// The changes that follow come from the transaction that committed at this position.
+    Commit(String),
 }
 
 /// Forwards every call of the source to the publisher. It caches nothing, so it forwards every
@@ -50,5 +52,9 @@ impl Handler for Forward {
             table: table.to_string(),
         }));
         true
+    }
+
+    fn at_commit(&self, lsn: &str) {
+        self.send(Event::Commit(lsn.to_string()));
     }
 }

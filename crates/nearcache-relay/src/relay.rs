@@ -385,6 +385,7 @@ async fn publish(
         epoch,
         seq: 0,
         coherent: false,
+        lsn: None,
         status,
     };
     out.send(heartbeat(status)).await;
@@ -400,8 +401,10 @@ async fn publish(
             event = events.recv() => match event {
                 Some(Event::State(coherent)) => {
                     out.coherent = coherent;
+                    out.lsn = None;
                     out.send(heartbeat(status)).await;
                 }
+                Some(Event::Commit(lsn)) => out.lsn = Some(lsn),
                 Some(Event::Change(change)) => out.send(change).await,
                 None => break Ended::Shutdown,
             },
@@ -438,6 +441,8 @@ struct Publisher<'a> {
     epoch: String,
     seq: u64,
     coherent: bool,
+    /// The commit position of the changes being published, where the source knows it.
+    lsn: Option<String>,
     status: &'a RelayStatus,
 }
 
@@ -451,7 +456,10 @@ impl Publisher<'_> {
             epoch: self.epoch.clone(),
             seq: self.seq,
             coherent: self.coherent,
-            lsn: None,
+            lsn: match change {
+                Change::Heartbeat { .. } => None,
+                _ => self.lsn.clone(),
+            },
             change,
         };
         let sent = async {

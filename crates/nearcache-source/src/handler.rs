@@ -20,4 +20,11 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Any row of `table` may have changed. Returns `false` if the handler does not cache it.
     fn flush_table(&self, table: &str) -> bool;
+
+    /// The changes that follow come from the transaction that committed at `lsn` (Postgres'
+    /// text form, `0/16B6C50`). Sources that know commit positions (the WAL) say so; the
+    /// relay forwards it in its messages. Nothing to do for a cache.
+    fn at_commit(&self, lsn: &str) {
+        let _ = lsn;
+    }
 }

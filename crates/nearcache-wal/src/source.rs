@@ -351,6 +351,9 @@ impl Decoder {
                 let flushed = std::mem::take(&mut self.flushed);
                 let pending: Vec<Pending> = self.pending.drain(..).collect();
                 self.pending_keys = 0;
+                if !pending.is_empty() || !flushed.is_empty() {
+                    handler.at_commit(&end_lsn.to_pg_string());
+                }
                 for p in pending
                     .into_iter()
                     .chain(flushed.into_iter().map(Pending::Flush))
