@@ -84,11 +84,11 @@ async fn instances(url: &str, channel: &Channel, n: usize) -> Vec<App> {
     for _ in 0..n {
         let app = spawn_app_with(url, |s| {
             s.source = SourceKind::Nats;
-            s.nats = (
-                nats_url(),
-                channel.stream.clone(),
-                Some(channel.prefix.clone()),
-            );
+            s.nats = nearcache_server::NatsSettings {
+                url: nats_url(),
+                stream: channel.stream.clone(),
+                prefix: Some(channel.prefix.clone()),
+            };
         })
         .await;
         app.ready("coherent").await;

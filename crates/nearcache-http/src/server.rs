@@ -76,10 +76,18 @@ pub async fn serve(
         let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
             let state = state.clone();
             let give_up = give_up.clone();
-            let start = Instant::now();
-            let line = access_log.then(|| (req.method().clone(), req.uri().path().to_owned()));
+            let line = access_log.then(|| {
+                (
+                    Instant::now(),
+                    req.method().clone(),
+                    req.uri().path().to_owned(),
+                )
+            });
             async move {
+                // Biased, the request first: one answered at its first poll (a cache hit)
+                // never registers with the shutdown token.
                 let response = tokio::select! {
+                    biased;
                     response = handle(&state, req) => response,
                     () = give_up.cancelled() => {
                         let mut r = ApiError::ShuttingDown.into_response();
@@ -90,7 +98,7 @@ pub async fn serve(
                         r
                     }
                 };
-                if let Some((method, path)) = line {
+                if let Some((start, method, path)) = line {
                     tracing::info!(
                         target: "access",
                         %peer,

@@ -9,7 +9,7 @@ use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use nearcache_listener::ListenerConfig;
 use nearcache_nats::{Change, Message, CHANGES};
-use nearcache_source::SourceStatus;
+use nearcache_source::{AbortOnDrop, SourceStatus};
 use nearcache_wal::WalConfig;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -217,10 +217,10 @@ async fn connected(
     }
     let lease = match config.lease_ttl {
         None => None,
-        Some(ttl) => Some(Lease::acquire(&js, config, ttl, status, stop).await?),
-    };
-    let Some(lease) = lease.map_or(Some(None), |l| l.map(Some)) else {
-        return Ok(Ended::Shutdown);
+        Some(ttl) => match Lease::acquire(&js, config, ttl, status, stop).await? {
+            Some(lease) => Some(lease),
+            None => return Ok(Ended::Shutdown),
+        },
     };
     publish(config, status, &js, lease, stop).await
 }
@@ -366,7 +366,9 @@ async fn publish(
     let stop_source = CancellationToken::new();
     let source_status = status.source().clone();
     let stopped = stop_source.clone().cancelled_owned();
-    let source = match config.source.clone() {
+    // Aborted with the relay, however it ends: a relay dropped mid-way (or killed) must not
+    // leave its slot streaming to nobody.
+    let mut source = AbortOnDrop(match config.source.clone() {
         RelaySource::Wal(wal) => {
             tokio::spawn(nearcache_wal::run(wal, handler, source_status, stopped))
         }
@@ -376,7 +378,7 @@ async fn publish(
             source_status,
             stopped,
         )),
-    };
+    });
 
     let subject = format!("{}.{CHANGES}", config.prefix);
     let mut out = Publisher {
@@ -422,7 +424,7 @@ async fn publish(
     out.coherent = false;
     out.send(heartbeat(status)).await;
     stop_source.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), source).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), &mut source.0).await;
     if let (Ended::Shutdown, Some(l)) = (&ended, lease) {
         l.release().await;
     }

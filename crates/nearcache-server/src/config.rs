@@ -208,6 +208,17 @@ pub enum ConfigError {
     DatabaseUrl(String),
 }
 
+/// Where a relay publishes (`--nats-url`, `--nats-stream`, `--nats-prefix`).
+#[derive(Debug, Clone)]
+pub struct NatsSettings {
+    /// The NATS server.
+    pub url: String,
+    /// The JetStream stream.
+    pub stream: String,
+    /// The subject prefix; `None`: `nearcache.<database name>`, the relay's default.
+    pub prefix: Option<String>,
+}
+
 /// What an instance runs with. Build it from flags ([`Config::into_settings`]) or in code
 /// ([`Settings::new`], then change the public fields); [`Application::build`](crate::Application::build)
 /// checks it, in one place.
@@ -233,8 +244,8 @@ pub struct Settings {
     pub channel: String,
     /// Invalidation source of a coherent cache.
     pub source: SourceKind,
-    /// NATS server, stream and subject prefix (`None`: `nearcache.<database>`) of the relay.
-    pub nats: (String, String, Option<String>),
+    /// Where the relay publishes, for `--source nats`.
+    pub nats: NatsSettings,
     /// Pool size.
     pub db_pool_size: u32,
     /// Pool acquire timeout.
@@ -263,7 +274,11 @@ impl Settings {
             heartbeat_timeout: Duration::from_secs(3),
             channel: "nearcache".into(),
             source: SourceKind::Auto,
-            nats: ("nats://127.0.0.1:4222".into(), "NEARCACHE".into(), None),
+            nats: NatsSettings {
+                url: "nats://127.0.0.1:4222".into(),
+                stream: "NEARCACHE".into(),
+                prefix: None,
+            },
             db_pool_size: 16,
             db_timeout: Duration::from_secs(2),
             db_statement_timeout: Duration::from_secs(5),
@@ -316,7 +331,11 @@ impl Config {
         settings.heartbeat_timeout = self.heartbeat_timeout;
         settings.channel = self.channel;
         settings.source = self.source;
-        settings.nats = (self.nats_url, self.nats_stream, self.nats_prefix);
+        settings.nats = NatsSettings {
+            url: self.nats_url,
+            stream: self.nats_stream,
+            prefix: self.nats_prefix,
+        };
         settings.db_pool_size = self.db_pool_size;
         settings.db_timeout = self.db_timeout;
         settings.db_statement_timeout = self.db_statement_timeout;

@@ -31,7 +31,9 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{CacheMode, Command, Config, ConfigError, LogFormat, Settings, SourceKind};
+pub use config::{
+    CacheMode, Command, Config, ConfigError, LogFormat, NatsSettings, Settings, SourceKind,
+};
 use probe::ServerProbe;
 use source::Sources;
 
@@ -110,7 +112,11 @@ impl Application {
             Err(_) => None,
         };
         let nats = {
-            let (url, stream, prefix) = settings.nats.clone();
+            let NatsSettings {
+                url,
+                stream,
+                prefix,
+            } = settings.nats.clone();
             let mut nats =
                 nearcache_nats::NatsConfig::new(url, database.get_database().unwrap_or("postgres"));
             nats.stream = stream;

@@ -149,23 +149,11 @@ pub(super) async fn fleet(url: &str, n: usize, relay: bool, updates: usize) -> R
         let wait_deadline = committed + Duration::from_secs(10);
         let mut worst = Duration::ZERO;
         for h in &instances {
-            loop {
-                let changed = h.changed.notified();
-                tokio::pin!(changed);
-                changed.as_mut().enable();
-                let at = h.seen.lock().unwrap().get(&key).copied();
-                if let Some(at) = at {
-                    worst = worst.max(at.saturating_duration_since(committed));
-                    break;
-                }
-                if tokio::time::timeout_at(wait_deadline.into(), changed)
-                    .await
-                    .is_err()
-                {
-                    let _ = stop_tx.send(true);
-                    bail!("update {u} did not reach an instance of {n} within 10 s");
-                }
-            }
+            let Some(d) = h.evicted_after(&key, committed, wait_deadline).await else {
+                let _ = stop_tx.send(true);
+                bail!("update {u} did not reach an instance of {n} within 10 s");
+            };
+            worst = worst.max(d);
         }
         all.push(worst);
     }

@@ -21,6 +21,34 @@ pub(super) struct Timed {
     pub(super) changed: tokio::sync::Notify,
 }
 
+impl Timed {
+    /// How long after `committed` this instance evicted `key`, waiting until `deadline`;
+    /// `None` if it did not by then.
+    pub(super) async fn evicted_after(
+        &self,
+        key: &str,
+        committed: Instant,
+        deadline: Instant,
+    ) -> Option<Duration> {
+        loop {
+            // Register for the wake-up before looking, so that none is missed.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let at = self.seen.lock().unwrap().get(key).copied();
+            if let Some(at) = at {
+                return Some(at.saturating_duration_since(committed));
+            }
+            if tokio::time::timeout_at(deadline.into(), changed)
+                .await
+                .is_err()
+            {
+                return None;
+            }
+        }
+    }
+}
+
 impl Handler for Timed {
     fn bypass(&self) {
         self.inner.bypass();
@@ -158,25 +186,11 @@ async fn latency_of(url: &str, source: Source) -> Result<Vec<Series>> {
         let wait_deadline = committed + Duration::from_secs(5);
         let mut worst = Duration::ZERO;
         for (h, _) in &instances {
-            loop {
-                // Register for the wake-up before looking, so that none is missed.
-                let changed = h.changed.notified();
-                tokio::pin!(changed);
-                changed.as_mut().enable();
-                let at = h.seen.lock().unwrap().get(&key).copied();
-                if let Some(at) = at {
-                    let d = at.saturating_duration_since(committed);
-                    per_instance.push(d);
-                    worst = worst.max(d);
-                    break;
-                }
-                if tokio::time::timeout_at(wait_deadline.into(), changed)
-                    .await
-                    .is_err()
-                {
-                    bail!("update {n} did not reach an instance within 5 s");
-                }
-            }
+            let Some(d) = h.evicted_after(&key, committed, wait_deadline).await else {
+                bail!("update {n} did not reach an instance within 5 s");
+            };
+            per_instance.push(d);
+            worst = worst.max(d);
         }
         all.push(worst);
     }
