@@ -12,6 +12,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 pub mod app;
+pub mod fleet;
 
 /// A database of its own for one test, migrated, dropped when the value is dropped.
 pub struct TestDb {

@@ -1,5 +1,6 @@
-//! A randomized checker: concurrent writers and readers across three instances, with listener
-//! connections killed at random, and every read checked for staleness.
+//! A randomized checker: concurrent writers and readers across three instances, with faults
+//! at random (source connections killed; behind a relay also the relay killed and replaced, or
+//! an instance's NATS connection cut), and every read checked for staleness.
 //!
 //! Each user has one writer, which writes versions 1, 2, 3, … in order (through a random
 //! instance, or by SQL) and records when each write returned. A read of a user that started
@@ -11,12 +12,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nearcache_tests::app::{spawn_app_with, token};
+use nearcache_tests::app::token;
 use nearcache_tests::TestDb;
 use rand::{RngExt, SeedableRng};
 use serde_json::json;
 
-use crate::support::{seed, terminate_source, Source};
+use crate::support::{seed, terminate_source, Deployment, Source};
 
 const BOUND: Duration = Duration::from_millis(1000);
 const RUN_FOR: Duration = Duration::from_secs(6);
@@ -38,13 +39,7 @@ async fn no_read_is_stale(source: Source) {
     let db = TestDb::new().await;
     let pool = db.pool().await;
     let (_, users) = seed(&pool, 6).await;
-    let mut apps = Vec::new();
-    for _ in 0..3 {
-        let app = spawn_app_with(db.url(), |s| s.source = source.kind()).await;
-        app.ready("coherent").await;
-        apps.push(app);
-    }
-    let apps = Arc::new(apps);
+    let apps = Arc::new(Deployment::start(db.url(), source, 3).await);
     let tokens: Arc<Vec<String>> = Arc::new(users.iter().map(|u| token(u.id, json!({}))).collect());
     // Version 0 is the seeded name.
     let commits: Commits = Arc::default();
@@ -110,23 +105,42 @@ async fn no_read_is_stale(source: Source) {
             }
         }));
     }
-    // Faults: kill every listener connection now and then.
+    // Faults now and then: every source's connections to Postgres terminated; behind a relay
+    // also the relay killed and replaced (a new epoch) or one instance's NATS connection cut.
     let faults = {
-        let pool = pool.clone();
+        let (pool, apps) = (pool.clone(), apps.clone());
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed_value.wrapping_add(7));
         tokio::spawn(async move {
-            let mut killed = 0;
+            let mut faults = Vec::new();
             while start.elapsed() < RUN_FOR {
                 tokio::time::sleep(Duration::from_millis(rng.random_range(500..1500))).await;
-                killed += terminate_source(&pool, source).await;
+                let fault = match (source, rng.random_range(0..3)) {
+                    (Source::Nats, 1) if apps.kill_relay() => {
+                        // Dead for a while, longer than BOUND at times: silence must tell.
+                        let dead = Duration::from_millis(rng.random_range(0..1500));
+                        tokio::time::sleep(dead).await;
+                        apps.start_relay();
+                        format!("relay killed for {dead:?}")
+                    }
+                    (Source::Nats, 2) => {
+                        let i = rng.random_range(0..apps.len());
+                        apps.cut_nats(i);
+                        format!("NATS of instance {i} cut")
+                    }
+                    _ => format!(
+                        "{} source connections terminated",
+                        terminate_source(&pool, source).await
+                    ),
+                };
+                faults.push(fault);
             }
-            killed
+            faults
         })
     };
     for t in tasks {
         t.await.unwrap();
     }
-    let killed = faults.await.unwrap();
+    let faults = faults.await.unwrap();
 
     let commits = commits.lock().unwrap().clone();
     let reads = reads.lock().unwrap().clone();
@@ -146,9 +160,10 @@ async fn no_read_is_stale(source: Source) {
         }
     }
     println!(
-        "checker ({source:?}): {} reads, {writes} writes, {killed} source connections killed, {} stale",
+        "checker ({source:?}): {} reads, {writes} writes, {} stale; faults: {}",
         reads.len(),
-        stale.len()
+        stale.len(),
+        faults.join(", ")
     );
     assert!(reads.len() > 100 && writes > 50, "the run did too little");
     if !stale.is_empty() {

@@ -3,25 +3,19 @@
 
 use std::time::{Duration, Instant};
 
-use nearcache_tests::app::{spawn_app_with, token, App};
+use nearcache_tests::app::{token, App};
 use nearcache_tests::{wait_until, PrivateCluster, TestDb};
 use serde_json::json;
 
-use crate::support::{seed, terminate_source, update, Source};
+use crate::support::{seed, terminate_source, update, Deployment, Source};
 
 /// How long a notification may take to reach every instance in these tests; on a LAN it is
 /// well under a millisecond, the rest is slack for a loaded machine. The cache TTL is five
 /// minutes, so only invalidation can meet it.
 const BOUND: Duration = Duration::from_secs(5);
 
-async fn three(url: &str, source: Source) -> Vec<App> {
-    let mut apps = Vec::new();
-    for _ in 0..3 {
-        let app = spawn_app_with(url, |s| s.source = source.kind()).await;
-        app.ready("coherent").await;
-        apps.push(app);
-    }
-    apps
+async fn three(url: &str, source: Source) -> Deployment {
+    Deployment::start(url, source, 3).await
 }
 
 async fn all_see(
@@ -57,7 +51,7 @@ struct Fixture {
     org: nearcache_pg::Organization,
     users: Vec<nearcache_pg::User>,
     tokens: Vec<String>,
-    apps: Vec<App>,
+    apps: Deployment,
 }
 
 async fn fixture(n: usize, source: Source) -> Fixture {
@@ -174,7 +168,8 @@ async fn an_instance_whose_listener_is_killed_stays_fresh_and_recovers(source: S
     } = fixture(1, source).await;
     let t = &tokens[0];
     // Every instance's listener goes; each must bypass, then recover.
-    assert_eq!(terminate_source(&pool, source).await, 3);
+    // (Behind a relay: the relay's one connection.)
+    assert_eq!(terminate_source(&pool, source).await, source.streams(3));
     for name in ["one", "two", "three"] {
         update(&pool, "users", users[0].id, &format!("name = '{name}'")).await;
         // Whether bypassing or coherent again, a fresh value: a write committed after the
@@ -238,9 +233,7 @@ async fn every_instance_recovers_from_a_cluster_restart(source: Source) {
     )
     .await;
     // Before the cluster goes: a server stopping waits for its WAL consumers.
-    for app in apps {
-        app.stop().await.unwrap();
-    }
+    apps.stop().await;
 }
 
 for_each_source!(

@@ -76,6 +76,7 @@ pub(crate) fn start(source: Source, url: &str, heartbeat: Duration, timeout: Dur
             config.heartbeat_timeout = timeout;
             start_wal(config)
         }
+        Source::Nats => unreachable!("these tests run the direct sources on their own"),
     }
 }
 
@@ -399,6 +400,7 @@ async fn shutdown_stops_the_source_promptly(source: Source) {
 }
 
 for_each_source!(
+    direct:
     committed_changes_reach_the_handler_as_invalidations,
     a_terminated_backend_bypasses_at_once_and_recovers_with_a_flush,
     a_crashed_and_restarted_cluster_is_recovered_from,

@@ -4,93 +4,41 @@
 
 use std::time::{Duration, Instant};
 
-use nearcache_relay::{RelayConfig, RelaySource, RelayStatus, Role};
+use nearcache_relay::Role;
 use nearcache_server::SourceKind;
 use nearcache_tests::app::{spawn_app_with, token, App};
+use nearcache_tests::fleet::{nats_url, Channel, Relay};
 use nearcache_tests::{wait_until, TestDb};
-use nearcache_wal::WalConfig;
 use serde_json::json;
-use tokio::task::JoinHandle;
 
 use crate::support::{seed, update};
 
 /// How long a change may take to reach every instance here (slack for a loaded machine).
 const BOUND: Duration = Duration::from_secs(5);
 
-fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+/// Settings of an instance following the relay of `channel`, probing every second.
+fn following(s: &mut nearcache_server::Settings, channel: &Channel) {
+    s.source = SourceKind::Nats;
+    s.nats = nearcache_server::NatsSettings {
+        url: nats_url(),
+        stream: channel.stream.clone(),
+        prefix: Some(channel.prefix.clone()),
+        probe_interval: Duration::from_secs(1),
+        probe_timeout: Duration::from_secs(2),
+    };
 }
 
-/// A stream and prefix of the test's own.
-struct Channel {
-    stream: String,
-    prefix: String,
-}
-
-impl Channel {
-    fn new() -> Self {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        Self {
-            stream: format!("NC_TEST_{id}"),
-            prefix: format!("nctest.{id}"),
-        }
-    }
-}
-
-/// A relay running in-process, as the binary runs it.
-struct Relay {
-    status: RelayStatus,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: JoinHandle<()>,
-}
-
-impl Relay {
-    fn start(url: &str, channel: &Channel, lease: Option<Duration>) -> Self {
-        let wal = WalConfig::new(url).unwrap();
-        let mut config = RelayConfig::new(RelaySource::Wal(wal), nats_url(), "unused");
-        config.stream = channel.stream.clone();
-        config.prefix = channel.prefix.clone();
-        config.lease_ttl = lease;
-        config.lease_bucket = "nearcache_relays_test".into();
-        let status = RelayStatus::default();
-        let (stop, stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(nearcache_relay::run(config, status.clone(), async {
-            let _ = stopped.await;
-        }));
-        Self {
-            status,
-            stop: Some(stop),
-            task,
-        }
-    }
-
-    /// A graceful stop: the relay tells the instances it is in doubt, and lets its lease go.
-    async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
-            .await
-            .expect("the relay stops")
-            .unwrap();
-    }
-
-    /// Gone at once, as with SIGKILL: no goodbye, the lease left to expire.
-    fn kill(self) {
-        self.task.abort();
-    }
+/// The value of an unlabelled metric.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in {text}"))
 }
 
 async fn instances(url: &str, channel: &Channel, n: usize) -> Vec<App> {
     let mut apps = Vec::new();
     for _ in 0..n {
-        let app = spawn_app_with(url, |s| {
-            s.source = SourceKind::Nats;
-            s.nats = nearcache_server::NatsSettings {
-                url: nats_url(),
-                stream: channel.stream.clone(),
-                prefix: Some(channel.prefix.clone()),
-            };
-        })
-        .await;
+        let app = spawn_app_with(url, |s| following(s, channel)).await;
         app.ready("coherent").await;
         apps.push(app);
     }
@@ -133,13 +81,6 @@ async fn follow_raw(channel: &Channel) -> async_nats::jetstream::consumer::push:
         .messages()
         .await
         .unwrap()
-}
-
-async fn delete_stream(channel: &Channel) {
-    let client = async_nats::connect(nats_url()).await.unwrap();
-    let _ = async_nats::jetstream::new(client)
-        .delete_stream(&channel.stream)
-        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -185,7 +126,6 @@ async fn instances_behind_a_relay_see_every_change() {
     assert_eq!(streaming, 1);
     assert_eq!(relay.status.role(), Role::Active);
     relay.stop().await;
-    delete_stream(&channel).await;
 }
 
 /// A relay that stops says so: the instances bypass at once; a new relay is a new epoch, and
@@ -212,7 +152,6 @@ async fn a_relay_restart_is_a_new_epoch_and_nothing_changed_meanwhile_is_served(
     assert_ne!(relay.status.epoch(), first);
     all_see(&apps, &t, "Meanwhile").await;
     relay.stop().await;
-    delete_stream(&channel).await;
 }
 
 /// Two relays with a lease: one publishes. The active one dies without a word: the instances
@@ -253,7 +192,6 @@ async fn the_standby_relay_takes_over_when_the_active_one_dies() {
     update(&pool, "users", users[0].id, "name = 'After failover'").await;
     all_see(&apps, &t, "After failover").await;
     b.stop().await;
-    delete_stream(&channel).await;
 }
 
 /// A message lost beyond what the stream can replay (here: a sequence that jumps) makes the
@@ -301,5 +239,65 @@ async fn a_gap_in_the_relays_sequence_flushes() {
         .await
         .contains("nearcache_cache_entries 0"));
     relay.stop().await;
-    delete_stream(&channel).await;
+}
+
+/// Each instance proves the whole path: its own row of `nearcache_probe`, written through its
+/// own pool, read back from the relay's stream, again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_probe_the_path_through_the_relay() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let channel = Channel::new();
+    let relay = Relay::start(db.url(), &channel, None);
+    let apps = instances(db.url(), &channel, 2).await;
+    for app in &apps {
+        wait_until(BOUND, "two probes back", || async {
+            metric(&app.metrics().await, "nearcache_source_probes_total") >= 2.0
+        })
+        .await;
+        let text = app.metrics().await;
+        assert!(metric(&text, "nearcache_source_probe_rtt_seconds") > 0.0);
+        assert_eq!(metric(&text, "nearcache_source_probe_timeouts_total"), 0.0);
+        // Probes are the source's own: not counted as changes of an uncached table.
+        assert_eq!(metric(&text, "nearcache_source_ignored_total"), 0.0);
+        assert_eq!(app.get("/healthz", None).await.1["cache"], "coherent");
+    }
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM nearcache_probe")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 2);
+    relay.stop().await;
+}
+
+/// A relay reading another database than the one the instance writes to: its heartbeats say
+/// all is well, but the instance's probe never comes back, so the instance bypasses and says
+/// why instead of serving what no one invalidates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_whose_relay_reads_another_database_bypasses_and_says_why() {
+    let db = TestDb::new().await;
+    let other = TestDb::new().await;
+    let channel = Channel::new();
+    let relay = Relay::start(other.url(), &channel, None);
+    let app = spawn_app_with(db.url(), |s| following(s, &channel)).await;
+    wait_until(Duration::from_secs(10), "a probe timeout", || async {
+        metric(
+            &app.metrics().await,
+            "nearcache_source_probe_timeouts_total",
+        ) >= 1.0
+    })
+    .await;
+    assert_eq!(
+        metric(&app.metrics().await, "nearcache_source_probes_total"),
+        0.0
+    );
+    wait_until(BOUND, "bypass, saying why", || async {
+        let health = app.get("/healthz", None).await.1;
+        health["cache"] == "bypass"
+            && health["source_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("probe did not come back"))
+    })
+    .await;
+    relay.stop().await;
 }

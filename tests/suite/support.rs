@@ -1,6 +1,10 @@
 //! Seed data and small helpers shared by the suite.
 
+use std::time::Duration;
+
 use nearcache_pg::{NewUser, Organization, PgUserRepo, User, UserRepo};
+use nearcache_tests::app::{spawn_app_with, App};
+use nearcache_tests::fleet::{nats_url, Channel, Proxy, Relay};
 use sqlx::PgPool;
 
 /// An organization with `n` users.
@@ -46,10 +50,12 @@ pub(crate) async fn update(
 }
 
 /// Terminates the listener backends of the pool's database; returns how many.
-/// Each named `async fn name(source: Source)` of the calling module becomes two tests,
-/// `notify::name` and `wal::name`: a test that holds for every source is written once.
+/// Each named `async fn name(source: Source)` of the calling module becomes three tests,
+/// `notify::name`, `wal::name` and `nats::name` (instances behind a relay of the test's own):
+/// a test that holds for every source is written once. `for_each_source!(direct: ...)` makes
+/// only the first two, for tests of a source on its own.
 macro_rules! for_each_source {
-    ($($test:ident),* $(,)?) => {
+    (direct: $($test:ident),* $(,)?) => {
         mod notify {
             $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $test() {
@@ -63,6 +69,15 @@ macro_rules! for_each_source {
             })*
         }
     };
+    ($($test:ident),* $(,)?) => {
+        for_each_source!(direct: $($test),*);
+        mod nats {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $test() {
+                super::$test(crate::support::Source::Nats).await;
+            })*
+        }
+    };
 }
 
 /// An invalidation source, for tests that hold for each.
@@ -72,6 +87,8 @@ pub(crate) enum Source {
     Notify,
     /// Logical decoding (`nearcache-wal`).
     Wal,
+    /// A relay (reading the WAL) publishing to NATS JetStream, followed by `nearcache-nats`.
+    Nats,
 }
 
 impl Source {
@@ -80,15 +97,147 @@ impl Source {
         match self {
             Source::Notify => nearcache_server::SourceKind::Notify,
             Source::Wal => nearcache_server::SourceKind::Wal,
+            Source::Nats => nearcache_server::SourceKind::Nats,
         }
     }
 
-    /// The application_name of its streaming connection.
+    /// The application_name of its streaming connections to Postgres (the relay's, for NATS).
     pub(crate) fn application_name(self) -> &'static str {
         match self {
             Source::Notify => "nearcache-listener",
-            Source::Wal => "nearcache-wal",
+            Source::Wal | Source::Nats => "nearcache-wal",
         }
+    }
+
+    /// How many streaming connections `instances` instances hold: one each, or the relay's.
+    pub(crate) fn streams(self, instances: usize) -> i64 {
+        match self {
+            Source::Nats => 1,
+            _ => i64::try_from(instances).unwrap(),
+        }
+    }
+}
+
+/// How often the tests' relays heartbeat, and how long their instances wait for one.
+const RELAY_HEARTBEAT: Duration = Duration::from_millis(200);
+const RELAY_SILENCE: Duration = Duration::from_millis(700);
+
+fn start_relay(url: &str, channel: &Channel) -> Relay {
+    Relay::start_with(url, channel, |c| c.heartbeat_interval = RELAY_HEARTBEAT)
+}
+
+/// Instances of the service on one database with one source; for `Nats`, a relay of the test's
+/// own in front of them, each instance reaching NATS through a proxy the test can cut.
+pub(crate) struct Deployment {
+    // Dropped in this order: instances, then the relay, then its stream.
+    apps: Vec<App>,
+    proxies: Vec<Proxy>,
+    relay: std::sync::Mutex<Option<Relay>>,
+    channel: Option<Channel>,
+    url: String,
+    source: Source,
+}
+
+impl Deployment {
+    /// `n` coherent instances on the database at `url`.
+    pub(crate) async fn start(url: &str, source: Source, n: usize) -> Self {
+        let channel = (source == Source::Nats).then(Channel::new);
+        let relay = channel.as_ref().map(|c| start_relay(url, c));
+        let mut d = Self {
+            apps: Vec::new(),
+            proxies: Vec::new(),
+            relay: std::sync::Mutex::new(relay),
+            channel,
+            url: url.to_owned(),
+            source,
+        };
+        for _ in 0..n {
+            d.add().await;
+        }
+        d
+    }
+
+    /// One more instance, once coherent.
+    pub(crate) async fn add(&mut self) -> &App {
+        let proxy = match &self.channel {
+            Some(_) => {
+                let nats = nats_url();
+                Some(Proxy::start(nats.trim_start_matches("nats://")).await)
+            }
+            None => None,
+        };
+        let source = self.source;
+        let nats = match (&self.channel, &proxy) {
+            (Some(c), Some(p)) => Some(nearcache_server::NatsSettings {
+                url: p.nats_url(),
+                stream: c.stream.clone(),
+                prefix: Some(c.prefix.clone()),
+                probe_interval: Duration::from_secs(1),
+                probe_timeout: Duration::from_secs(3),
+            }),
+            _ => None,
+        };
+        let app = spawn_app_with(&self.url, |s| {
+            s.source = source.kind();
+            if let Some(nats) = nats {
+                s.nats = nats;
+                // The relay heartbeats every RELAY_HEARTBEAT: a relay that dies silently is
+                // noticed well within the tests' staleness bounds.
+                s.heartbeat_timeout = RELAY_SILENCE;
+            }
+        })
+        .await;
+        app.ready("coherent").await;
+        self.proxies.extend(proxy);
+        self.apps.push(app);
+        self.apps.last().unwrap()
+    }
+
+    /// Kills the relay, as SIGKILL would; returns whether there was one (`Nats` only).
+    pub(crate) fn kill_relay(&self) -> bool {
+        self.relay.lock().unwrap().take().map(Relay::kill).is_some()
+    }
+
+    /// Starts a relay again after [`Deployment::kill_relay`]: a new epoch.
+    pub(crate) fn start_relay(&self) {
+        let mut relay = self.relay.lock().unwrap();
+        if let (None, Some(channel)) = (&*relay, &self.channel) {
+            *relay = Some(start_relay(&self.url, channel));
+        }
+    }
+
+    /// Cuts instance `i`'s connection to NATS (`Nats` only; it reconnects at once).
+    pub(crate) fn cut_nats(&self, i: usize) {
+        if let Some(p) = self.proxies.get(i) {
+            p.cut();
+        }
+    }
+
+    /// Stops the instances, then the relay (a server waits for its WAL consumers before it
+    /// stops: a test that stops its cluster stops these first).
+    pub(crate) async fn stop(mut self) {
+        for app in std::mem::take(&mut self.apps) {
+            app.stop().await.unwrap();
+        }
+        let relay = self.relay.lock().unwrap().take();
+        if let Some(relay) = relay {
+            relay.stop().await;
+        }
+    }
+}
+
+impl std::ops::Deref for Deployment {
+    type Target = [App];
+    fn deref(&self) -> &[App] {
+        &self.apps
+    }
+}
+
+impl<'a> IntoIterator for &'a Deployment {
+    type Item = &'a App;
+    type IntoIter = std::slice::Iter<'a, App>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.apps.iter()
     }
 }
 

@@ -22,9 +22,16 @@
 //!    a new epoch, a message saying the relay's source is in doubt, no message for
 //!    `heartbeat_timeout`, a lost NATS connection, or a message that does not parse.
 //!    Each is counted; then the instance is coherent again as soon as the relay is.
+//! 4. With a [`Probe`], the instance proves the whole path while coherent: at once, then every
+//!    interval, it writes its own row of an attached probe table through its own database pool
+//!    and must read that key back from the stream within the probe's timeout, or it bypasses
+//!    and subscribes again. A heartbeat says the relay is alive; the probe says the relay reads
+//!    the database this instance writes to and publishes where it listens.
 
+mod probe;
 mod source;
 mod wire;
 
+pub use probe::{Probe, ProbeWrite};
 pub use source::{run, NatsConfig, NatsConfigError};
 pub use wire::{Change, Message, CHANGES};

@@ -11,13 +11,14 @@ use nearcache_source::{sleep_until_opt, supervise, Handler, SourceState, SourceS
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::probe::{Due, Probe, Prober};
 use crate::wire::{Change, Message, CHANGES};
 
 /// A configuration that cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum NatsConfigError {
     /// Zero timings.
-    #[error("heartbeat timeout must be positive")]
+    #[error("the heartbeat timeout and the probe's interval and timeout must be positive")]
     Heartbeat,
     /// An empty stream name or subject prefix.
     #[error("the stream and the subject prefix must not be empty")]
@@ -42,6 +43,8 @@ pub struct NatsConfig {
     pub backoff_max: Duration,
     /// How long connecting and subscribing may take. Default 5 s.
     pub connect_timeout: Duration,
+    /// The end-to-end probe, if any (none by default: it needs the instance's database).
+    pub probe: Option<Probe>,
 }
 
 impl NatsConfig {
@@ -55,6 +58,7 @@ impl NatsConfig {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
+            probe: None,
         }
     }
 
@@ -63,7 +67,12 @@ impl NatsConfig {
     /// # Errors
     /// [`NatsConfigError`] for a zero timeout or an empty name.
     pub fn validate(&self) -> Result<(), NatsConfigError> {
-        if self.heartbeat_timeout.is_zero() {
+        if self.heartbeat_timeout.is_zero()
+            || self
+                .probe
+                .as_ref()
+                .is_some_and(|p| p.interval.is_zero() || p.timeout.is_zero())
+        {
             return Err(NatsConfigError::Heartbeat);
         }
         if self.stream.is_empty() || self.prefix.is_empty() {
@@ -87,6 +96,8 @@ enum SessionError {
     Ended(String),
     #[error("the relay was silent for {0:?}")]
     Silent(Duration),
+    #[error("the end-to-end probe did not come back within {0:?} (is the relay reading this instance's database?)")]
+    ProbeLost(Duration),
 }
 
 /// Follows the relay of `config` until `shutdown` completes, driving `handler`: see the
@@ -179,14 +190,36 @@ async fn session<H: Handler + ?Sized>(
         coherent: false,
     };
     let mut delivered = false;
+    let (probe_errors, mut probe_failed) = mpsc::unbounded_channel::<String>();
+    let mut prober = config.probe.as_ref().map(|p| Prober::new(p, probe_errors));
     loop {
         let deadline = Some(Instant::now() + config.heartbeat_timeout);
+        let (probe_at, due) = match prober.as_ref().and_then(Prober::deadline) {
+            Some((at, due)) => (Some(at), Some(due)),
+            None => (None, None),
+        };
         let next = tokio::select! {
             biased;
             _ = lost.recv() => return (SessionError::Lost, delivered),
             () = sleep_until_opt(deadline) => {
                 status.heartbeat_timeout();
                 return (SessionError::Silent(config.heartbeat_timeout), delivered);
+            }
+            () = sleep_until_opt(probe_at) => {
+                match (due, prober.as_mut()) {
+                    (Some(Due::Late(timeout)), _) => {
+                        status.probe_timeout();
+                        return (SessionError::ProbeLost(timeout), delivered);
+                    }
+                    (Some(Due::Send), Some(p)) => p.send(),
+                    _ => {}
+                }
+                continue;
+            }
+            Some(error) = probe_failed.recv() => {
+                tracing::warn!(%error, "nats source: the end-to-end probe cannot write");
+                status.set_problem(Some(format!("the end-to-end probe cannot write: {error}")));
+                continue;
             }
             next = messages.next() => next,
         };
@@ -202,12 +235,24 @@ async fn session<H: Handler + ?Sized>(
             handler.bypass();
             handler.flush_all();
             followed.coherent = false;
+            if let Some(p) = prober.as_mut() {
+                p.pause();
+            }
             continue;
         };
         if !follow(&mut followed, &message, handler, status) {
             continue;
         }
-        apply(&message.change, handler, status);
+        match (&message.change, prober.as_mut()) {
+            // Probes are the source's own business, not the handler's.
+            (Change::Keys { table, keys }, Some(p)) if *table == p.table() => {
+                if let Some(rtt) = p.arrived(keys) {
+                    status.probe(u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX));
+                    status.set_problem(None);
+                }
+            }
+            (change, _) => apply(change, handler, status),
+        }
         match (followed.coherent, message.coherent) {
             (false, true) => {
                 // Everything before this point is flushed away; everything after arrives.
@@ -219,6 +264,9 @@ async fn session<H: Handler + ?Sized>(
                     status.connected();
                 }
                 status.set_state(SourceState::Listening);
+                if let Some(p) = prober.as_mut() {
+                    p.start();
+                }
                 tracing::info!(epoch = %message.epoch, seq = message.seq, "nats source: cache coherent");
             }
             (true, false) => {
@@ -228,6 +276,11 @@ async fn session<H: Handler + ?Sized>(
                 tracing::warn!("nats source: the relay's source is in doubt: bypassing");
             }
             _ => {}
+        }
+        if !followed.coherent {
+            if let Some(p) = prober.as_mut() {
+                p.pause();
+            }
         }
     }
 }

@@ -33,6 +33,7 @@
 
 mod domain;
 mod error;
+pub mod probe;
 mod repo;
 pub mod tags;
 
@@ -45,7 +46,7 @@ pub use repo::MockUserRepo;
 pub use repo::{PgUserRepo, UserRepo};
 
 /// The migrations of `sql/`: the reference service's schema, nearcache's trigger functions,
-/// and the reference tables attached to them. A downstream service wants [`install`] instead.
+/// the reference tables attached to them, and the relay probe's table ([`probe`]). A downstream service wants [`install`] instead.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./sql");
 
 /// nearcache's trigger functions, generic and idempotent (`sql/0003_nearcache_install.sql`).

@@ -149,6 +149,13 @@ pub struct Config {
     /// The relay's subject prefix (default `nearcache.<database name>`).
     #[arg(long, env = "NEARCACHE_NATS_PREFIX")]
     pub nats_prefix: Option<String>,
+    /// With `--source nats`, how often the instance writes its row of `nearcache_probe` and
+    /// waits to read it back from the relay (the first at once when coherent); 0s: never.
+    #[arg(long, env = "NEARCACHE_NATS_PROBE_INTERVAL", default_value = "5s", value_parser = duration)]
+    pub nats_probe_interval: Duration,
+    /// How long a probe may take to come back before the cache bypasses and resubscribes.
+    #[arg(long, env = "NEARCACHE_NATS_PROBE_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub nats_probe_timeout: Duration,
     /// Database connections in the pool.
     #[arg(long, env = "NEARCACHE_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
@@ -217,6 +224,10 @@ pub struct NatsSettings {
     pub stream: String,
     /// The subject prefix; `None`: `nearcache.<database name>`, the relay's default.
     pub prefix: Option<String>,
+    /// Time between end-to-end probes (`nearcache_probe`); zero: no probe.
+    pub probe_interval: Duration,
+    /// How long a probe may take to come back.
+    pub probe_timeout: Duration,
 }
 
 /// What an instance runs with. Build it from flags ([`Config::into_settings`]) or in code
@@ -278,6 +289,8 @@ impl Settings {
                 url: "nats://127.0.0.1:4222".into(),
                 stream: "NEARCACHE".into(),
                 prefix: None,
+                probe_interval: Duration::from_secs(5),
+                probe_timeout: Duration::from_secs(5),
             },
             db_pool_size: 16,
             db_timeout: Duration::from_secs(2),
@@ -335,6 +348,8 @@ impl Config {
             url: self.nats_url,
             stream: self.nats_stream,
             prefix: self.nats_prefix,
+            probe_interval: self.nats_probe_interval,
+            probe_timeout: self.nats_probe_timeout,
         };
         settings.db_pool_size = self.db_pool_size;
         settings.db_timeout = self.db_timeout;

@@ -116,6 +116,8 @@ impl Application {
                 url,
                 stream,
                 prefix,
+                probe_interval,
+                probe_timeout,
             } = settings.nats.clone();
             let mut nats =
                 nearcache_nats::NatsConfig::new(url, database.get_database().unwrap_or("postgres"));
@@ -124,9 +126,20 @@ impl Application {
                 nats.prefix = prefix;
             }
             nats.heartbeat_timeout = settings.heartbeat_timeout;
+            if !probe_interval.is_zero() {
+                // The write needs the pool, made when serving: `source::run` fills it in.
+                let mut probe = nearcache_nats::Probe::new(
+                    nearcache_pg::probe::TABLE,
+                    uuid::Uuid::new_v4().simple().to_string(),
+                    Arc::new(|_| Box::pin(async { Err("no pool yet".to_string()) })),
+                );
+                probe.interval = probe_interval;
+                probe.timeout = probe_timeout;
+                nats.probe = Some(probe);
+            }
             nats.validate().map_err(|e| {
                 ConfigError::Timing(if matches!(e, nearcache_nats::NatsConfigError::Heartbeat) {
-                    "--heartbeat-timeout must be positive"
+                    "--heartbeat-timeout and --nats-probe-timeout must be positive"
                 } else {
                     "--nats-stream and --nats-prefix must not be empty"
                 })

@@ -66,8 +66,27 @@ pub(crate) async fn run<H: Handler>(
     );
     let stopped = async move { stop.cancelled().await };
     match (kind, sources.wal) {
-        (SourceKind::Nats, _) => nearcache_nats::run(sources.nats, handler, status, stopped).await,
+        (SourceKind::Nats, _) => {
+            let mut nats = sources.nats;
+            if let Some(probe) = &mut nats.probe {
+                probe.write = probe_write(pool, probe.instance.clone());
+            }
+            nearcache_nats::run(nats, handler, status, stopped).await;
+        }
         (SourceKind::Wal, Some(wal)) => nearcache_wal::run(wal, handler, status, stopped).await,
         _ => nearcache_listener::run(sources.notify, handler, status, stopped).await,
     }
+}
+
+/// The end-to-end probe's write: this instance's row of `nearcache_probe`, through its pool.
+fn probe_write(pool: PgPool, instance: String) -> nearcache_nats::ProbeWrite {
+    Arc::new(move |n| {
+        let (pool, instance) = (pool.clone(), instance.clone());
+        Box::pin(async move {
+            let n = i64::try_from(n).unwrap_or(i64::MAX);
+            nearcache_pg::probe::write(&pool, &instance, n)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    })
 }

@@ -239,7 +239,10 @@ async fn migrate_applies_the_migrations_and_exits() {
         .fetch_one(&pool)
         .await
         .unwrap();
-    assert_eq!(attached, 2, "the reference tables are attached");
+    assert_eq!(
+        attached, 3,
+        "the reference tables and the relay probe's table are attached"
+    );
     pool.close().await;
     let (code, lines, _) = run(
         &["migrate", "--database-url", "postgres://127.0.0.1:1/x"],

@@ -42,6 +42,7 @@ macro_rules! counters {
         struct Counters {
             state: AtomicU8,
             heartbeat_rtt_micros: AtomicU64,
+            probe_rtt_micros: AtomicU64,
             /// Why the database's installation cannot be trusted, if it cannot.
             problem: Mutex<Option<String>>,
             /// Why the last attempt or connection ended, until the next one delivers.
@@ -62,6 +63,9 @@ macro_rules! counters {
             /// Round trip of the last heartbeat, in microseconds: how far behind the listener
             /// reads.
             pub heartbeat_rtt_micros: u64,
+            /// Round trip of the last end-to-end probe (database, relay, NATS, instance), in
+            /// microseconds; 0 before the first or without probes.
+            pub probe_rtt_micros: u64,
             /// Whether the last check of the database found its triggers missing or wrong (see
             /// [`SourceStatus::problem`]); the cache stays in bypass meanwhile.
             pub misconfigured: bool,
@@ -86,6 +90,7 @@ macro_rules! counters {
                     },
                     $($name: c.$name.load(Relaxed),)*
                     heartbeat_rtt_micros: c.heartbeat_rtt_micros.load(Relaxed),
+                    probe_rtt_micros: c.probe_rtt_micros.load(Relaxed),
                     misconfigured: self.problem().is_some(),
                 }
             }
@@ -104,6 +109,8 @@ counters! {
     heartbeat_timeouts: "Heartbeats that did not come back in time.",
     gaps: "Messages of a relay lost beyond what its stream could replay (each answered with a flush).",
     new_epochs: "Relay restarts or takeovers seen (each answered with a flush).",
+    probes: "End-to-end probes that came back (written through the instance's own pool, read back from the relay).",
+    probe_timeouts: "End-to-end probes that did not come back in time (each answered with bypass and a new subscription).",
 }
 
 impl StatusSnapshot {
@@ -120,6 +127,11 @@ impl StatusSnapshot {
                 name: "heartbeat_rtt_seconds",
                 help: "Round trip of the last heartbeat: how far behind the source reads.",
                 value: self.heartbeat_rtt_micros as f64 / 1e6,
+            },
+            Metric {
+                name: "probe_rtt_seconds",
+                help: "Round trip of the last end-to-end probe through the relay (0 without probes).",
+                value: self.probe_rtt_micros as f64 / 1e6,
             },
             Metric {
                 name: "misconfigured",
@@ -217,6 +229,15 @@ impl SourceStatus {
     /// Counts a new relay epoch.
     pub fn new_epoch(&self) {
         self.inner.new_epochs.fetch_add(1, Relaxed);
+    }
+    /// Counts an end-to-end probe that came back, with its round trip.
+    pub fn probe(&self, rtt_micros: u64) {
+        self.inner.probes.fetch_add(1, Relaxed);
+        self.inner.probe_rtt_micros.store(rtt_micros, Relaxed);
+    }
+    /// Counts an end-to-end probe that did not come back in time.
+    pub fn probe_timeout(&self) {
+        self.inner.probe_timeouts.fetch_add(1, Relaxed);
     }
     /// Counts a heartbeat that did not come back in time.
     pub fn heartbeat_timeout(&self) {

@@ -1,0 +1,181 @@
+//! Fleets in tests: relays running in-process on a stream and subject prefix of the test's own
+//! (on the shared NATS server, `NATS_URL`, default 127.0.0.1:4222), and a loopback TCP proxy
+//! that can cut an instance's NATS connection.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use nearcache_relay::{RelayConfig, RelaySource, RelayStatus};
+use nearcache_wal::WalConfig;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// The NATS server of the tests.
+pub fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+/// A stream and subject prefix of one test's own; the stream is deleted when the value is
+/// dropped.
+pub struct Channel {
+    /// The JetStream stream.
+    pub stream: String,
+    /// The subject prefix.
+    pub prefix: String,
+}
+
+impl Channel {
+    /// Fresh names.
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        Self {
+            stream: format!("NC_TEST_{id}"),
+            prefix: format!("nctest.{id}"),
+        }
+    }
+}
+
+impl Drop for Channel {
+    fn drop(&mut self) {
+        let stream = self.stream.clone();
+        // Drop may run inside the test's runtime: delete on a thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let Ok(Ok(client)) =
+                    tokio::time::timeout(Duration::from_secs(2), async_nats::connect(nats_url()))
+                        .await
+                else {
+                    return;
+                };
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    async_nats::jetstream::new(client).delete_stream(&stream),
+                )
+                .await;
+            });
+        })
+        .join();
+    }
+}
+
+/// A relay running in-process, as the binary runs it; killed (aborted) when dropped.
+pub struct Relay {
+    /// Its status (role, epoch).
+    pub status: RelayStatus,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: JoinHandle<()>,
+}
+
+impl Relay {
+    /// A WAL relay of the database at `url`, publishing on `channel`; with `lease`, it takes
+    /// the lease first (a standby otherwise).
+    pub fn start(url: &str, channel: &Channel, lease: Option<Duration>) -> Self {
+        Self::start_with(url, channel, |c| c.lease_ttl = lease)
+    }
+
+    /// The same, with the configuration changed by `configure` (no lease by default).
+    pub fn start_with(
+        url: &str,
+        channel: &Channel,
+        configure: impl FnOnce(&mut RelayConfig),
+    ) -> Self {
+        let wal = WalConfig::new(url).unwrap();
+        let mut config = RelayConfig::new(RelaySource::Wal(wal), nats_url(), "unused");
+        config.stream = channel.stream.clone();
+        config.prefix = channel.prefix.clone();
+        config.lease_ttl = None;
+        config.lease_bucket = "nearcache_relays_test".into();
+        configure(&mut config);
+        let status = RelayStatus::default();
+        let (stop, stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(nearcache_relay::run(config, status.clone(), async {
+            let _ = stopped.await;
+        }));
+        Self {
+            status,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    /// A graceful stop: the relay tells the instances it is in doubt, and lets its lease go.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
+            .await
+            .expect("the relay stops")
+            .unwrap();
+    }
+
+    /// Gone at once, as with SIGKILL: no goodbye, the lease left to expire.
+    pub fn kill(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A loopback TCP proxy to one address, whose open connections a test can cut.
+pub struct Proxy {
+    /// Where clients connect.
+    pub addr: SocketAddr,
+    cuts: watch::Sender<u64>,
+    task: JoinHandle<()>,
+}
+
+impl Proxy {
+    /// A proxy to `target` (`host:port`).
+    pub async fn start(target: &str) -> Self {
+        let target = tokio::net::lookup_host(target)
+            .await
+            .unwrap()
+            .next()
+            .expect("an address for the proxy's target");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (cuts, watching) = watch::channel(0u64);
+        let task = tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut cut = watching.clone();
+                cut.mark_unchanged();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(target).await else {
+                        return;
+                    };
+                    // Both sides closed as soon as the test cuts.
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Self { addr, cuts, task }
+    }
+
+    /// Closes every connection open through the proxy; new ones are accepted.
+    pub fn cut(&self) {
+        self.cuts.send_modify(|n| *n += 1);
+    }
+
+    /// `nats://` URL of the proxy.
+    pub fn nats_url(&self) -> String {
+        format!("nats://{}", self.addr)
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
