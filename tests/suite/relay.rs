@@ -260,6 +260,9 @@ async fn instances_probe_the_path_through_the_relay() {
         assert_eq!(metric(&text, "nearcache_source_probe_timeouts_total"), 0.0);
         // Probes are the source's own: not counted as changes of an uncached table.
         assert_eq!(metric(&text, "nearcache_source_ignored_total"), 0.0);
+        // One consumer all along: nothing was replayed, nothing flushed.
+        assert_eq!(metric(&text, "nearcache_source_replays_total"), 0.0);
+        assert_eq!(metric(&text, "nearcache_source_gaps_total"), 0.0);
         assert_eq!(app.get("/healthz", None).await.1["cache"], "coherent");
     }
     let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM nearcache_probe")

@@ -190,6 +190,7 @@ async fn session<H: Handler + ?Sized>(
         coherent: false,
     };
     let mut delivered = false;
+    let mut consumer: Option<String> = None;
     let (probe_errors, mut probe_failed) = mpsc::unbounded_channel::<String>();
     let mut prober = config.probe.as_ref().map(|p| Prober::new(p, probe_errors));
     loop {
@@ -224,7 +225,20 @@ async fn session<H: Handler + ?Sized>(
             next = messages.next() => next,
         };
         let message = match next {
-            Some(Ok(m)) => m,
+            Some(Ok(m)) => {
+                // The ordered consumer fills a delivery gap by recreating itself (a new name)
+                // from the last stream sequence it saw: a replay, which needs no flush.
+                if let Ok(info) = m.info() {
+                    if consumer.as_deref().is_some_and(|c| c != info.consumer) {
+                        status.replay();
+                        tracing::info!("nats source: a delivery gap replayed by the stream");
+                    }
+                    if consumer.as_deref() != Some(info.consumer) {
+                        consumer = Some(info.consumer.to_owned());
+                    }
+                }
+                m
+            }
             Some(Err(e)) => return (SessionError::Ended(e.to_string()), delivered),
             None => return (SessionError::Ended("no more messages".into()), delivered),
         };

@@ -108,6 +108,7 @@ counters! {
     heartbeats: "Heartbeats that came back.",
     heartbeat_timeouts: "Heartbeats that did not come back in time.",
     gaps: "Messages of a relay lost beyond what its stream could replay (each answered with a flush).",
+    replays: "Delivery gaps between NATS and this instance that JetStream replayed (no flush needed).",
     new_epochs: "Relay restarts or takeovers seen (each answered with a flush).",
     probes: "End-to-end probes that came back (written through the instance's own pool, read back from the relay).",
     probe_timeouts: "End-to-end probes that did not come back in time (each answered with bypass and a new subscription).",
@@ -225,6 +226,10 @@ impl SourceStatus {
     /// Counts a gap in a relay's sequence.
     pub fn gap(&self) {
         self.inner.gaps.fetch_add(1, Relaxed);
+    }
+    /// Counts a delivery gap that the stream replayed.
+    pub fn replay(&self) {
+        self.inner.replays.fetch_add(1, Relaxed);
     }
     /// Counts a new relay epoch.
     pub fn new_epoch(&self) {
