@@ -43,6 +43,11 @@ impl CachedPrincipal {
     pub fn principal(&self) -> &Principal {
         &self.principal
     }
+
+    /// Bytes of the rendered bodies it holds.
+    pub fn json_len(&self) -> usize {
+        self.me.len() + self.organization.len()
+    }
 }
 
 /// What the cache is doing, as `/healthz` reports it.

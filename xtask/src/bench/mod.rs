@@ -8,7 +8,13 @@
 //! * Write throughput on `users` with no nearcache, the WAL source and LISTEN, with 1 and 8
 //!   writers, for profile updates and for `last_seen_at`-only updates.
 //! * What `wal_level = logical` costs a writer, against a second cluster at `replica`.
-//! * The cache core's criterion benchmark against raw moka.
+//! * The cache core's criterion benchmark against raw moka, and its instruction counts under
+//!   callgrind (exact on a noisy machine).
+//! * Memory per cached principal, in a process of its own.
+//! * Charts (SVG, plotters) beside the report, in `target/bench/`.
+//!
+//! `--quick` is a smoke run (CI runs it): every part, small, and a failure if any measurement
+//! produced no number.
 //!
 //! The machine is shared and noisy: compare figures of one run, as ratios.
 //!
@@ -18,7 +24,9 @@
 mod core;
 mod fleet;
 mod http;
+mod instructions;
 mod latency;
+mod plot;
 mod report;
 mod writes;
 
@@ -45,9 +53,14 @@ pub(crate) struct Args {
     /// Skip the criterion benchmark of the cache core.
     #[arg(long)]
     no_criterion: bool,
-    /// Run only these parts (http, latency, writes, wal-level, core); all by default.
+    /// Run only these parts (http, latency, writes, fleet, wal-level, core, instructions,
+    /// memory); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// A smoke run: every part, briefly and small (1 s runs, one small fleet, 100 000 cached
+    /// principals, a flush of 10 000); fails if a measurement produced no number.
+    #[arg(long)]
+    quick: bool,
 }
 
 impl Args {
@@ -56,7 +69,11 @@ impl Args {
     }
 }
 
-pub(crate) fn run(args: Args) -> Result<()> {
+pub(crate) fn run(mut args: Args) -> Result<()> {
+    if args.quick {
+        args.seconds = args.seconds.min(1);
+        args.write_seconds = args.write_seconds.min(1);
+    }
     if args.runs("http") && Command::new("wrk").arg("--version").output().is_err() {
         bail!("wrk not found: install it with `apt-get install -y wrk` (Debian's package)");
     }
@@ -76,6 +93,8 @@ fn bench(url: &str, args: &Args) -> Result<()> {
     let machine = machine();
     writeln!(report, "# nearcache benchmark\n\n{machine}\n")?;
 
+    let charts = crate::workspace_root().join("target").join("bench");
+    std::fs::create_dir_all(&charts)?;
     rt.block_on(seed::seed(url))?;
     if args.runs("http") {
         eprintln!(
@@ -90,6 +109,16 @@ fn bench(url: &str, args: &Args) -> Result<()> {
             report,
             "| run | requests/s | p50 | p99 | x ceiling | x ceiling, same requests | x cache off |\n|---|---|---|---|---|---|---|"
         )?;
+        plot::bars(
+            &charts.join("http.svg"),
+            "HTTP throughput per cache mode",
+            "requests/s",
+            &http
+                .iter()
+                .map(|r| (r.name.clone(), r.rps))
+                .collect::<Vec<_>>(),
+        )?;
+        writeln!(report, "![HTTP throughput](bench/http.svg)\n")?;
         let ceiling = http[0].rps;
         let same = http[1].rps;
         let off = http
@@ -116,6 +145,18 @@ fn bench(url: &str, args: &Args) -> Result<()> {
         let lat = rt.block_on(latency::invalidation_latency(url))?;
         writeln!(report, "\n## Invalidation latency\n\nFrom the UPDATE's return (commit acknowledged) to the eviction, over 1000 updates, two in-process instances each with its own cache and source, for each source.\n")?;
         writeln!(report, "| measure | p50 | p99 | max |\n|---|---|---|---|")?;
+        plot::lines(
+            &charts.join("latency-cdf.svg"),
+            "Commit → eviction (CDF)",
+            ("milliseconds", "fraction of updates"),
+            &lat.iter()
+                .map(|s| (s.name.clone(), plot::cdf(&s.samples)))
+                .collect::<Vec<_>>(),
+        )?;
+        writeln!(
+            report,
+            "![commit to eviction, CDF](bench/latency-cdf.svg)\n"
+        )?;
         for series in &lat {
             let v = &series.samples;
             writeln!(
@@ -136,6 +177,25 @@ fn bench(url: &str, args: &Args) -> Result<()> {
             Duration::from_secs(args.write_seconds),
         ))?;
         writeln!(report, "\n## Write throughput on users\n\n{} s per run, random users, arms run A-B-C-C-B-A and averaged. Both consumers (a WAL source and a LISTEN source, in the bench process) run during every arm. Unpinned, everything shares both cores; pinned, every Postgres process runs on CPU 1 and the bench process (writers' clients and consumers) on CPU 0, as instances would run off the database's CPUs.\n", args.write_seconds)?;
+        let mut bars = Vec::new();
+        for w in &writes {
+            let name = format!(
+                "{}{}, {} writer(s)",
+                w.statement,
+                if w.pinned { ", pinned" } else { "" },
+                w.writers
+            );
+            for (arm, v) in [("none", w.none), ("WAL", w.wal), ("LISTEN", w.notify)] {
+                bars.push((format!("{name}: {arm}"), v));
+            }
+        }
+        plot::bars(
+            &charts.join("writes.svg"),
+            "Writer throughput per source",
+            "transactions/s",
+            &bars,
+        )?;
+        writeln!(report, "![writer throughput](bench/writes.svg)\n")?;
         writeln!(report, "| statement | writers | no nearcache (tx/s) | WAL source (tx/s) | LISTEN (tx/s) | WAL x none | LISTEN x none | WAL held back (max) |\n|---|---|---|---|---|---|---|---|")?;
         for w in &writes {
             writeln!(
@@ -156,20 +216,47 @@ fn bench(url: &str, args: &Args) -> Result<()> {
 
     if args.runs("fleet") {
         let mut points = Vec::new();
-        for n in [10, 50, 200] {
+        let (sizes, updates): (&[usize], usize) = if args.quick {
+            (&[10], 100)
+        } else {
+            (&[10, 50, 200], 1000)
+        };
+        for &n in sizes {
             for relay in [true, false] {
                 eprintln!(
-                    "==> fleet: {n} instances, {}, 1000 updates",
+                    "==> fleet: {n} instances, {}, {updates} updates",
                     if relay {
                         "behind one relay"
                     } else {
                         "direct LISTEN"
                     }
                 );
-                points.push(rt.block_on(fleet::fleet(url, n, relay, 1000))?);
+                points.push(rt.block_on(fleet::fleet(url, n, relay, updates))?);
             }
         }
-        writeln!(report, "\n## Fleets\n\nLightweight in-process instances in the bench process: each a nearcache cache with its own source (behind the relay: its own NATS connection and ordered consumer; direct: its own LISTEN connection). The relay runs in-process too, on the WAL. 1000 updates of random users, one at a time; for each, from the UPDATE's return to the eviction on every instance. Postgres CPU: user + system time of all its processes during the updates.\n")?;
+        let sweep = |arm: &str| -> Vec<(f64, f64)> {
+            points
+                .iter()
+                .filter(|p| p.arm == arm)
+                .map(|p| (p.instances as f64, pct(&p.all, 99.0).as_secs_f64() * 1000.0))
+                .collect()
+        };
+        let arms: Vec<&str> = points.iter().map(|p| p.arm).fold(Vec::new(), |mut v, a| {
+            if !v.contains(&a) {
+                v.push(a);
+            }
+            v
+        });
+        plot::lines(
+            &charts.join("fleet-p99.svg"),
+            "Commit → eviction on every instance, p99",
+            ("instances", "milliseconds"),
+            &arms
+                .iter()
+                .map(|a| (a.to_string(), sweep(a)))
+                .collect::<Vec<_>>(),
+        )?;
+        writeln!(report, "\n## Fleets\n\nLightweight in-process instances in the bench process: each a nearcache cache with its own source (behind the relay: its own NATS connection and ordered consumer; direct: its own LISTEN connection). The relay runs in-process too, on the WAL. {updates} updates of random users, one at a time; for each, from the UPDATE's return to the eviction on every instance. Postgres CPU: user + system time of all its processes during the updates.\n")?;
         writeln!(report, "| fleet | instances | Postgres connections for invalidation | commit → eviction on all: p50 | p99 | max | writer's commit p50 | p99 | Postgres CPU per update |\n|---|---|---|---|---|---|---|---|---|")?;
         for p in &points {
             writeln!(
@@ -221,6 +308,70 @@ fn bench(url: &str, args: &Args) -> Result<()> {
         }
     }
 
+    if args.runs("instructions") {
+        eprintln!("==> cache core: instruction counts under callgrind");
+        let flush = if args.quick { 10_000 } else { 1_000_000 };
+        let rows = instructions::counts(flush)?;
+        writeln!(report, "\n## Cache core: instructions per operation (callgrind)\n\nvalgrind's callgrind counts instructions, not time: the same on a busy or an idle machine. Each operation runs after the same setup with 0 and with n repetitions (n = 10 000; 10 for the 1000-dependent tag); the difference over n is one operation, moka's periodic housekeeping included. Release build, 10 000 entries.\n")?;
+        writeln!(
+            report,
+            "| operation | nearcache | raw moka | ratio |\n|---|---|---|---|"
+        )?;
+        let mut bars = Vec::new();
+        for r in &rows {
+            let (moka, ratio) = match r.moka {
+                Some(m) => (format!("{m:.0}"), format!("{:.2}", r.nearcache / m)),
+                None => ("".into(), "".into()),
+            };
+            writeln!(
+                report,
+                "| {} | {:.0} | {moka} | {ratio} |",
+                r.operation, r.nearcache
+            )?;
+            if let Some(m) = r.moka {
+                bars.push((format!("{}: nearcache", r.operation), r.nearcache));
+                bars.push((format!("{}: moka", r.operation), m));
+            }
+        }
+        plot::bars(
+            &charts.join("instructions.svg"),
+            "Instructions per operation (callgrind)",
+            "instructions",
+            &bars,
+        )?;
+        writeln!(report, "\n![instructions](bench/instructions.svg)")?;
+    }
+
+    if args.runs("memory") {
+        let n: u64 = if args.quick { 100_000 } else { 1_000_000 };
+        eprintln!("==> memory: {n} cached principals in a process of their own");
+        let m = memory(n)?;
+        writeln!(report, "\n## Memory per cached principal\n\n{n} principals (user + organization, their two rendered JSON bodies, two tags each, the tag index) in a nearcache `Cache` as the service fills it, in a process of its own (`crates/nearcache-http/examples/memory.rs`), glibc malloc; resident set before and after.\n")?;
+        writeln!(
+            report,
+            "| RSS empty | RSS with {n} | per principal | of which the value | of which its JSON | the rest (moka entry, tags, index, allocator) |\n|---|---|---|---|---|---|"
+        )?;
+        let per = m.per_entry();
+        writeln!(
+            report,
+            "| {:.1} MB | {:.1} MB | {per:.0} B | {} B | {} B | {:.0} B |",
+            m.rss_before as f64 / 1e6,
+            m.rss_after as f64 / 1e6,
+            m.value_bytes,
+            m.json_bytes,
+            per - (m.value_bytes + m.json_bytes) as f64
+        )?;
+    }
+
+    if args.quick {
+        // A smoke run is good only if every table cell that should hold a number does.
+        for line in report.lines().filter(|l| l.starts_with('|')) {
+            if ["NaN", "inf", "| ? |"].iter().any(|bad| line.contains(bad)) {
+                bail!("a measurement produced no number: {line}");
+            }
+        }
+    }
+
     let path = crate::workspace_root()
         .join("target")
         .join("bench-report.md");
@@ -228,4 +379,58 @@ fn bench(url: &str, args: &Args) -> Result<()> {
     println!("{report}");
     eprintln!("==> report written to {}", path.display());
     Ok(())
+}
+
+/// What the memory example printed.
+struct Memory {
+    entries: u64,
+    rss_before: u64,
+    rss_after: u64,
+    value_bytes: u64,
+    json_bytes: u64,
+}
+
+impl Memory {
+    fn per_entry(&self) -> f64 {
+        self.rss_after.saturating_sub(self.rss_before) as f64 / self.entries.max(1) as f64
+    }
+}
+
+fn memory(n: u64) -> Result<Memory> {
+    crate::check(
+        crate::cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "nearcache-http",
+            "--example",
+            "memory",
+        ]),
+        "cargo build --release -p nearcache-http --example memory",
+    )?;
+    let binary = xtask::target_dir()
+        .join("release")
+        .join("examples")
+        .join("memory");
+    let out = Command::new(&binary).arg(n.to_string()).output()?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            binary.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let field = |name: &str| {
+        v[name]
+            .as_u64()
+            .ok_or_else(|| anyhow::anyhow!("no {name} in the memory example's output: {v}"))
+    };
+    Ok(Memory {
+        entries: field("entries")?,
+        rss_before: field("rss_before")?,
+        rss_after: field("rss_after")?,
+        value_bytes: field("value_bytes")?,
+        json_bytes: field("json_bytes")?,
+    })
 }

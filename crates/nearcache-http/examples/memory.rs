@@ -1,0 +1,82 @@
+//! What a cached principal costs in memory: `memory <n>` fills a nearcache `Cache` with `n`
+//! principals as the service caches them (the domain value, its two rendered JSON bodies, its
+//! two tags, the tag index), and prints one JSON line with the process's resident set before
+//! and after, and the average sizes of the value and of the JSON. Run in a process of its own
+//! by `cargo xtask bench`, so that no earlier allocation is reused.
+
+use std::sync::Arc;
+
+use nearcache::{Cache, CacheConfig, Fill};
+use nearcache_http::CachedPrincipal;
+use nearcache_pg::{OrgId, Organization, Principal, User, UserId};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+/// Resident set of this process, in bytes.
+fn rss() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
+    let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
+    pages * 4096
+}
+
+fn main() {
+    let n: u64 = std::env::args()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .expect("usage: memory <entries>");
+    let cache: Cache<UserId, Arc<CachedPrincipal>> = Cache::new(CacheConfig {
+        capacity: n * 2,
+        ..CacheConfig::default()
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let now = OffsetDateTime::now_utc();
+    // Organizations of 1000 users, as the bench's seed makes them.
+    let orgs: Vec<Organization> = (0..n.div_ceil(1000))
+        .map(|i| Organization {
+            id: OrgId::new(Uuid::new_v4()),
+            name: format!("Organization {i}"),
+            plan: "pro".into(),
+            created_at: now,
+            updated_at: now,
+        })
+        .collect();
+    let before = rss();
+    let (mut value_bytes, mut json_bytes) = (0u64, 0u64);
+    rt.block_on(async {
+        for i in 0..n {
+            let organization = orgs[usize::try_from(i / 1000).unwrap()].clone();
+            let user = User {
+                id: UserId::new(Uuid::new_v4()),
+                org_id: organization.id,
+                email: format!("user{i}@example.com"),
+                name: format!("User {i}"),
+                active: true,
+                created_at: now,
+                updated_at: now,
+            };
+            // The heap strings of the value (user and its own copy of the organization).
+            value_bytes += (user.email.capacity()
+                + user.name.capacity()
+                + organization.name.capacity()
+                + organization.plan.capacity()) as u64;
+            let principal = Principal { user, organization };
+            let tags = principal.tags();
+            let cached = CachedPrincipal::new(principal);
+            json_bytes += cached.json_len() as u64;
+            let id = cached.principal().user.id;
+            let fill = Fill::found(Arc::new(cached)).with_tags(tags);
+            cache.get_or_store(id, || async { Ok(fill) }).await.unwrap();
+        }
+    });
+    cache.run_pending_tasks();
+    let after = rss();
+    assert_eq!(cache.len(), n, "every principal cached");
+    value_bytes += n * std::mem::size_of::<CachedPrincipal>() as u64;
+    println!(
+        "{{\"entries\":{n},\"rss_before\":{before},\"rss_after\":{after},\"value_bytes\":{},\"json_bytes\":{}}}",
+        value_bytes / n.max(1),
+        json_bytes / n.max(1)
+    );
+}
