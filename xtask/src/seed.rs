@@ -17,6 +17,12 @@ pub(crate) fn user_id(i: u32) -> String {
 
 /// Seeds 100 organizations and 10 000 users, unless they are there.
 pub(crate) async fn seed(url: &str) -> Result<()> {
+    seed_users(url, USERS).await
+}
+
+/// Seeds 100 organizations and users 1 to `users`, unless they are there (one statement
+/// each, `generate_series`: a million users take seconds).
+pub(crate) async fn seed_users(url: &str, users: u32) -> Result<()> {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect(url)
@@ -39,7 +45,7 @@ pub(crate) async fn seed(url: &str) -> Result<()> {
            FROM generate_series(1, $1) i
          ON CONFLICT DO NOTHING",
     )
-    .bind(USERS as i32)
+    .bind(users as i32)
     .bind(ORGS as i32)
     .execute(&pool)
     .await?;

@@ -31,7 +31,15 @@ impl CachedPrincipal {
     pub fn new(principal: Principal) -> Self {
         let me = Bytes::from(serde_json::to_vec(&principal).expect("our types serialize"));
         let organization =
-            Bytes::from(serde_json::to_vec(&principal.organization).expect("our types serialize"));
+            serde_json::to_vec(&principal.organization).expect("our types serialize");
+        // `me` ends with `"organization":{…}}`: share those bytes rather than hold them twice
+        // (a tenth of what a cached principal costs).
+        let end = me.len().saturating_sub(1);
+        let organization = if me[..end].ends_with(&organization) {
+            me.slice(end - organization.len()..end)
+        } else {
+            Bytes::from(organization)
+        };
         Self {
             principal,
             me,
@@ -44,9 +52,16 @@ impl CachedPrincipal {
         &self.principal
     }
 
-    /// Bytes of the rendered bodies it holds.
+    /// Bytes of the rendered bodies it holds (the organization's body is a slice of the
+    /// principal's when it can be).
     pub fn json_len(&self) -> usize {
-        self.me.len() + self.organization.len()
+        if self.organization.as_ptr() >= self.me.as_ptr()
+            && self.organization.as_ptr() < self.me.as_ptr().wrapping_add(self.me.len())
+        {
+            self.me.len()
+        } else {
+            self.me.len() + self.organization.len()
+        }
     }
 }
 
@@ -380,4 +395,37 @@ fn json_bytes(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+#[cfg(test)]
+mod cached_tests {
+    use super::*;
+    use nearcache_pg::{OrgId, Organization, User, UserId};
+
+    #[test]
+    fn the_organization_body_is_the_one_rendered_alone_and_shares_the_principals_bytes() {
+        let now = time::OffsetDateTime::now_utc();
+        let organization = Organization {
+            id: OrgId::new(uuid::Uuid::new_v4()),
+            name: "Acme \"quoted\" — ünïcode".into(),
+            plan: "pro".into(),
+            created_at: now,
+            updated_at: now,
+        };
+        let user = User {
+            id: UserId::new(uuid::Uuid::new_v4()),
+            org_id: organization.id,
+            email: "a@acme.io".into(),
+            name: "A".into(),
+            active: true,
+            created_at: now,
+            updated_at: now,
+        };
+        let alone = serde_json::to_vec(&organization).unwrap();
+        let cached = CachedPrincipal::new(Principal { user, organization });
+        assert_eq!(&cached.organization[..], &alone[..]);
+        assert_eq!(cached.json_len(), cached.me.len(), "one copy of the bytes");
+        let me: serde_json::Value = serde_json::from_slice(&cached.me).unwrap();
+        assert_eq!(me["organization"]["name"], "Acme \"quoted\" — ünïcode");
+    }
 }

@@ -26,6 +26,9 @@ pub(super) struct Point {
     pub(super) commits: Vec<Duration>,
     pub(super) postgres_cpu: Duration,
     pub(super) updates: usize,
+    /// Updates some instance did not show as an eviction within 10 s (its source reconnected
+    /// and flushed instead).
+    pub(super) missed: usize,
 }
 
 /// CPU time (user + system) of every process named `postgres`, from /proc.
@@ -132,6 +135,7 @@ pub(super) async fn fleet(url: &str, n: usize, relay: bool, updates: usize) -> R
     let cpu_before = postgres_cpu();
     let mut all = Vec::with_capacity(updates);
     let mut commits = Vec::with_capacity(updates);
+    let mut missed = 0;
     let mut rng = rand::rng();
     for u in 0..updates {
         let key = seed::user_id(rng.random_range(1..=seed::USERS));
@@ -147,15 +151,22 @@ pub(super) async fn fleet(url: &str, n: usize, relay: bool, updates: usize) -> R
         let committed = Instant::now();
         commits.push(committed - start);
         let wait_deadline = committed + Duration::from_secs(10);
-        let mut worst = Duration::ZERO;
+        let mut worst = Some(Duration::ZERO);
         for h in &instances {
-            let Some(d) = h.evicted_after(&key, committed, wait_deadline).await else {
-                let _ = stop_tx.send(true);
-                bail!("update {u} did not reach an instance of {n} within 10 s");
-            };
-            worst = worst.max(d);
+            match h.evicted_after(&key, committed, wait_deadline).await {
+                Some(d) => worst = worst.map(|w| w.max(d)),
+                // An instance whose source dropped (a late heartbeat under this load) flushed
+                // instead of evicting: no latency to record, but counted and reported.
+                None => worst = None,
+            }
         }
-        all.push(worst);
+        match worst {
+            Some(w) => all.push(w),
+            None => {
+                missed += 1;
+                eprintln!("    update {u} not seen as an eviction on every instance within 10 s");
+            }
+        }
     }
     let postgres_cpu = postgres_cpu().saturating_sub(cpu_before);
     let _ = stop_tx.send(true);
@@ -179,5 +190,6 @@ pub(super) async fn fleet(url: &str, n: usize, relay: bool, updates: usize) -> R
         commits,
         postgres_cpu,
         updates,
+        missed,
     })
 }

@@ -27,19 +27,7 @@ pub(super) async fn http(
     let tokens = dir.join("tokens.txt");
     let all: Vec<String> = (1..=seed::USERS).map(seed::token).collect();
     std::fs::write(&tokens, all.join("\n"))?;
-    let script = |path: &str| -> Result<String> {
-        let file = dir.join(format!("rotate{}.lua", path.replace('/', "_")));
-        std::fs::write(
-            &file,
-            format!(
-                "local tokens = {{}}\nfor line in io.lines(\"{}\") do tokens[#tokens + 1] = line end\n\
-                 local i = math.random(#tokens)\n\
-                 request = function()\n  i = i % #tokens + 1\n  return wrk.format(\"GET\", \"{path}\", {{[\"Authorization\"] = \"Bearer \" .. tokens[i]}})\nend\n",
-                tokens.display()
-            ),
-        )?;
-        Ok(file.display().to_string())
-    };
+    let script = |path: &str| rotate_script(&dir, &tokens, path);
     let client = reqwest::Client::new();
     let mut runs = Vec::new();
     // (name, flags, cache mode, path, rotate tokens)
@@ -91,7 +79,12 @@ pub(super) async fn http(
     Ok(runs)
 }
 
-fn wrk(target: &str, script: &[String], connections: u32, seconds: u64) -> Result<String> {
+pub(super) fn wrk(
+    target: &str,
+    script: &[String],
+    connections: u32,
+    seconds: u64,
+) -> Result<String> {
     let out = Command::new("wrk")
         .args([
             "-t2",
@@ -112,7 +105,7 @@ fn wrk(target: &str, script: &[String], connections: u32, seconds: u64) -> Resul
     Ok(text)
 }
 
-fn parse_wrk(name: &str, out: &str) -> Result<HttpRun> {
+pub(super) fn parse_wrk(name: &str, out: &str) -> Result<HttpRun> {
     if let Some(line) = out.lines().find(|l| l.contains("Non-2xx")) {
         bail!("{name}: {}; wrk said:\n{out}", line.trim());
     }
@@ -132,4 +125,27 @@ fn parse_wrk(name: &str, out: &str) -> Result<HttpRun> {
         p50: pct("50%"),
         p99: pct("99%"),
     })
+}
+
+/// A wrk script that sends `GET path` with the tokens of `tokens` (one per line) in order,
+/// from a random starting point, round and round.
+pub(super) fn rotate_script(
+    dir: &std::path::Path,
+    tokens: &std::path::Path,
+    path: &str,
+) -> Result<String> {
+    let stem = tokens
+        .file_stem()
+        .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+    let file = dir.join(format!("rotate-{stem}{}.lua", path.replace('/', "_")));
+    std::fs::write(
+        &file,
+        format!(
+            "local tokens = {{}}\nfor line in io.lines(\"{}\") do tokens[#tokens + 1] = line end\n\
+             local i = math.random(#tokens)\n\
+             request = function()\n  i = i % #tokens + 1\n  return wrk.format(\"GET\", \"{path}\", {{[\"Authorization\"] = \"Bearer \" .. tokens[i]}})\nend\n",
+            tokens.display()
+        ),
+    )?;
+    Ok(file.display().to_string())
 }

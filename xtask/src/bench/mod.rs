@@ -28,6 +28,7 @@ mod instructions;
 mod latency;
 mod plot;
 mod report;
+mod sweep;
 mod writes;
 
 use std::fmt::Write as _;
@@ -53,8 +54,8 @@ pub(crate) struct Args {
     /// Skip the criterion benchmark of the cache core.
     #[arg(long)]
     no_criterion: bool,
-    /// Run only these parts (http, latency, writes, fleet, wal-level, core, instructions,
-    /// memory); all by default.
+    /// Run only these parts (http, sweep, latency, writes, fleet, wal-level, core,
+    /// instructions, memory); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// A smoke run: every part, briefly and small (1 s runs, one small fleet, 100 000 cached
@@ -118,7 +119,6 @@ fn bench(url: &str, args: &Args) -> Result<()> {
                 .map(|r| (r.name.clone(), r.rps))
                 .collect::<Vec<_>>(),
         )?;
-        writeln!(report, "![HTTP throughput](bench/http.svg)\n")?;
         let ceiling = http[0].rps;
         let same = http[1].rps;
         let off = http
@@ -138,6 +138,59 @@ fn bench(url: &str, args: &Args) -> Result<()> {
                 r.rps / off
             )?;
         }
+        writeln!(report, "\n![HTTP throughput](bench/http.svg)")?;
+    }
+
+    if args.runs("sweep") {
+        let sizes: &[u32] = if args.quick {
+            &[1_000]
+        } else {
+            &[1_000, 10_000, 100_000, 1_000_000]
+        };
+        eprintln!(
+            "==> key-space sweep: {sizes:?} users, uniform and Zipf, capacity above and below"
+        );
+        let points = rt.block_on(sweep::sweep(url, &binary, args, sizes))?;
+        writeln!(report, "\n## Key-space sweep\n\nCached GET /me (coherent) against GET /healthz with the very same requests (the ceiling), wrk {} connections, {} s per run after 3 s of warm-up. Tokens rotate over every user in a shuffled order (uniform) or over 200 000 draws of a Zipf distribution with s = 1 (hot users first); the cache holds twice the key space or a tenth of it (at least 100). Hit ratio: the cache's own counters during the measured run.\n", args.connections, args.seconds)?;
+        writeln!(report, "| users | tokens | capacity | /me req/s | ceiling req/s | ratio | hit ratio | p99 |\n|---|---|---|---|---|---|---|---|")?;
+        for p in &points {
+            writeln!(
+                report,
+                "| {} | {} | {} | {:.0} | {:.0} | {:.2} | {:.1} % | {} |",
+                p.users,
+                p.skew,
+                p.capacity,
+                p.rps,
+                p.ceiling,
+                p.rps / p.ceiling,
+                p.hit_ratio * 100.0,
+                p.p99
+            )?;
+        }
+        let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+        for p in &points {
+            let name = format!(
+                "{}, capacity {}",
+                p.skew,
+                if p.capacity > u64::from(p.users) {
+                    "2x"
+                } else {
+                    "1/10"
+                }
+            );
+            let point = (f64::from(p.users).log10(), p.rps);
+            match series.iter_mut().find(|s| s.0 == name) {
+                Some(s) => s.1.push(point),
+                None => series.push((name, vec![point])),
+            }
+        }
+        plot::lines(
+            &charts.join("sweep.svg"),
+            "Cached GET /me by key space",
+            ("log10(users)", "requests/s"),
+            &series,
+        )?;
+        writeln!(report, "\n![key-space sweep](bench/sweep.svg)")?;
     }
 
     if args.runs("latency") {
@@ -168,6 +221,10 @@ fn bench(url: &str, args: &Args) -> Result<()> {
                 ms(pct(v, 100.0))
             )?;
         }
+        writeln!(
+            report,
+            "\n![commit to eviction, CDF](bench/latency-cdf.svg)"
+        )?;
     }
 
     if args.runs("writes") {
@@ -257,11 +314,11 @@ fn bench(url: &str, args: &Args) -> Result<()> {
                 .collect::<Vec<_>>(),
         )?;
         writeln!(report, "\n## Fleets\n\nLightweight in-process instances in the bench process: each a nearcache cache with its own source (behind the relay: its own NATS connection and ordered consumer; direct: its own LISTEN connection). The relay runs in-process too, on the WAL. {updates} updates of random users, one at a time; for each, from the UPDATE's return to the eviction on every instance. Postgres CPU: user + system time of all its processes during the updates.\n")?;
-        writeln!(report, "| fleet | instances | Postgres connections for invalidation | commit → eviction on all: p50 | p99 | max | writer's commit p50 | p99 | Postgres CPU per update |\n|---|---|---|---|---|---|---|---|---|")?;
+        writeln!(report, "| fleet | instances | Postgres connections for invalidation | commit → eviction on all: p50 | p99 | max | writer's commit p50 | p99 | Postgres CPU per update | updates missed (a source reconnected) |\n|---|---|---|---|---|---|---|---|---|---|")?;
         for p in &points {
             writeln!(
                 report,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} µs |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} µs | {} |",
                 p.arm,
                 p.instances,
                 p.connections,
@@ -270,9 +327,11 @@ fn bench(url: &str, args: &Args) -> Result<()> {
                 ms(pct(&p.all, 100.0)),
                 ms(pct(&p.commits, 50.0)),
                 ms(pct(&p.commits, 99.0)),
-                p.postgres_cpu.as_secs_f64() * 1e6 / p.updates as f64
+                p.postgres_cpu.as_secs_f64() * 1e6 / p.updates as f64,
+                p.missed
             )?;
         }
+        writeln!(report, "\n![fleet p99 by instances](bench/fleet-p99.svg)")?;
     }
 
     if args.runs("wal-level") {

@@ -1,0 +1,161 @@
+//! The key-space sweep: cached `GET /me` as the number of users grows, with tokens rotating
+//! uniformly or with a Zipf skew (s = 1), and a cache larger or smaller than the key space;
+//! each point beside its ceiling (`GET /healthz` with the very same requests).
+
+use std::path::Path;
+
+use anyhow::Result;
+use rand::{RngExt, SeedableRng};
+
+use super::http::{parse_wrk, rotate_script, wrk};
+use super::Args;
+use crate::instance::Instance;
+use crate::seed;
+
+/// One point of the sweep.
+pub(super) struct Point {
+    pub(super) users: u32,
+    pub(super) skew: &'static str,
+    pub(super) capacity: u64,
+    pub(super) rps: f64,
+    pub(super) ceiling: f64,
+    pub(super) hit_ratio: f64,
+    pub(super) p99: String,
+}
+
+/// Requests per token file: rotating over it, wrk sends these in order, again and again.
+const SEQUENCE: usize = 200_000;
+
+/// Token indexes (1-based users): every user once, shuffled, or a Zipf(1) sample.
+fn sequence(users: u32, zipf: bool, rng: &mut rand::rngs::StdRng) -> Vec<u32> {
+    if !zipf {
+        let mut all: Vec<u32> = (1..=users).collect();
+        for i in (1..all.len()).rev() {
+            all.swap(i, rng.random_range(0..=i));
+        }
+        return all;
+    }
+    // Inverse of the cumulative weights 1/k.
+    let mut cumulative = Vec::with_capacity(users as usize);
+    let mut total = 0.0;
+    for k in 1..=users {
+        total += 1.0 / f64::from(k);
+        cumulative.push(total);
+    }
+    (0..SEQUENCE)
+        .map(|_| {
+            let u = rng.random_range(0.0..total);
+            cumulative.partition_point(|c| *c < u) as u32 + 1
+        })
+        .collect()
+}
+
+fn counter(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Every point; `sizes` are user counts (seeded up to the largest).
+pub(super) async fn sweep(
+    url: &str,
+    binary: &std::path::PathBuf,
+    args: &Args,
+    sizes: &[u32],
+) -> Result<Vec<Point>> {
+    let dir = crate::workspace_root().join("target").join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let largest = sizes.iter().copied().max().unwrap_or(0);
+    eprintln!("    seeding {largest} users");
+    seed::seed_users(url, largest).await?;
+    let client = reqwest::Client::new();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut points = Vec::new();
+    for &users in sizes {
+        for (skew, zipf) in [("uniform", false), ("zipf s=1", true)] {
+            let order = sequence(users, zipf, &mut rng);
+            let tokens = dir.join(format!(
+                "sweep-{users}-{}.txt",
+                if zipf { "zipf" } else { "uniform" }
+            ));
+            write_tokens(&tokens, &order)?;
+            for capacity in [u64::from(users) * 2, u64::from(users / 10).max(100)] {
+                eprintln!("    {users} users, {skew}, capacity {capacity}");
+                let port = crate::instance::port_near(0)?;
+                let cap = capacity.to_string();
+                let mut inst =
+                    Instance::start(binary, "sweep", url, port, &["--cache-capacity", &cap])?;
+                inst.ready(&client, "coherent").await?;
+                let (ceiling, _) = measure(&inst, &client, &dir, &tokens, "/healthz", args).await?;
+                let (me, (hits, misses)) =
+                    measure(&inst, &client, &dir, &tokens, "/me", args).await?;
+                inst.stop();
+                let point = Point {
+                    users,
+                    skew,
+                    capacity,
+                    rps: me.rps,
+                    ceiling: ceiling.rps,
+                    hit_ratio: hits / (hits + misses).max(1.0),
+                    p99: me.p99,
+                };
+                eprintln!(
+                    "      /me {:.0} requests/s ({:.2}x the same requests' ceiling), hits {:.1} %, p99 {}",
+                    point.rps,
+                    point.rps / point.ceiling,
+                    point.hit_ratio * 100.0,
+                    point.p99
+                );
+                points.push(point);
+            }
+        }
+    }
+    Ok(points)
+}
+
+fn write_tokens(path: &Path, order: &[u32]) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    // One token per user, signed once.
+    let mut signed = std::collections::HashMap::new();
+    for &i in order {
+        let t = signed.entry(i).or_insert_with(|| seed::token(i));
+        writeln!(out, "{t}")?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// One warmed-up wrk run of `path` with the tokens of `tokens`, and the cache hits and misses
+/// counted during it.
+async fn measure(
+    inst: &Instance,
+    client: &reqwest::Client,
+    dir: &Path,
+    tokens: &Path,
+    path: &str,
+    args: &Args,
+) -> Result<(super::http::HttpRun, (f64, f64))> {
+    let script = vec!["-s".to_string(), rotate_script(dir, tokens, path)?];
+    wrk(&inst.url("/"), &script, args.connections, 3)?;
+    let metrics = || async {
+        let text = client
+            .get(inst.url("/metrics"))
+            .send()
+            .await?
+            .text()
+            .await?;
+        anyhow::Ok((
+            counter(&text, "nearcache_cache_hits_total"),
+            counter(&text, "nearcache_cache_misses_total"),
+        ))
+    };
+    let before = metrics().await?;
+    let out = wrk(&inst.url("/"), &script, args.connections, args.seconds)?;
+    let after = metrics().await?;
+    Ok((
+        parse_wrk(path, &out)?,
+        (after.0 - before.0, after.1 - before.1),
+    ))
+}
