@@ -40,27 +40,18 @@ impl Channel {
 impl Drop for Channel {
     fn drop(&mut self) {
         let stream = self.stream.clone();
-        // Drop may run inside the test's runtime: delete on a thread with a runtime of its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let Ok(Ok(client)) =
-                    tokio::time::timeout(Duration::from_secs(2), async_nats::connect(nats_url()))
-                        .await
-                else {
-                    return;
-                };
-                let _ = tokio::time::timeout(
-                    Duration::from_secs(2),
-                    async_nats::jetstream::new(client).delete_stream(&stream),
-                )
-                .await;
-            });
-        })
-        .join();
+        crate::block_on_aside(async move {
+            let Ok(Ok(client)) =
+                tokio::time::timeout(Duration::from_secs(2), async_nats::connect(nats_url())).await
+            else {
+                return;
+            };
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                async_nats::jetstream::new(client).delete_stream(&stream),
+            )
+            .await;
+        });
     }
 }
 
