@@ -193,8 +193,11 @@ async fn session<H: Handler + ?Sized>(
     let mut consumer: Option<String> = None;
     let (probe_errors, mut probe_failed) = mpsc::unbounded_channel::<String>();
     let mut prober = config.probe.as_ref().map(|p| Prober::new(p, probe_errors));
+    // Silence is counted from the last message, not from the last wake-up: the probe's own
+    // wake-ups must not push the relay's deadline back.
+    let mut heard = Instant::now();
     loop {
-        let deadline = Some(Instant::now() + config.heartbeat_timeout);
+        let deadline = Some(heard + config.heartbeat_timeout);
         let (probe_at, due) = match prober.as_ref().and_then(Prober::deadline) {
             Some((at, due)) => (Some(at), Some(due)),
             None => (None, None),
@@ -224,6 +227,7 @@ async fn session<H: Handler + ?Sized>(
             }
             next = messages.next() => next,
         };
+        heard = Instant::now();
         let message = match next {
             Some(Ok(m)) => {
                 // The ordered consumer fills a delivery gap by recreating itself (a new name)
