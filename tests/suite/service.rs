@@ -257,6 +257,20 @@ async fn every_cache_mode_serves_the_same_answers() {
             "{mode}"
         );
         assert!(metrics.contains("nearcache_build_info{version=\""));
+        assert!(metrics.contains("nearcache_auth_tokens_remembered 1"), "{mode}");
+        assert!(metrics.contains("nearcache_runtime_alive_tasks "), "{mode}");
+        if mode == "coherent" {
+            // One principal cached, carrying its user's and its organization's tags.
+            for line in [
+                "nearcache_cache_entries 1",
+                "nearcache_cache_index_rows 2",
+                "nearcache_cache_indexed_tags 2",
+                "nearcache_cache_loads_in_flight 0",
+                "nearcache_cache_fence_memory 65536",
+            ] {
+                assert!(metrics.contains(line), "{line} in\n{metrics}");
+            }
+        }
         promtool_accepts(&metrics);
         // HEAD on the operational routes; /livez answers whatever the readiness.
         for path in ["/healthz", "/metrics", "/livez"] {

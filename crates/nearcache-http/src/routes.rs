@@ -1,5 +1,6 @@
 //! Routing and handlers.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -309,6 +310,12 @@ fn healthz(state: &AppState) -> Response<Full<Bytes>> {
 fn metrics(state: &AppState) -> Response<Full<Bytes>> {
     let mut out = String::with_capacity(4096);
     state.inner.metrics.render(&mut out);
+    let _ = write!(
+        out,
+        "# HELP nearcache_auth_tokens_remembered Verified tokens remembered (at most {}).\n# TYPE nearcache_auth_tokens_remembered gauge\nnearcache_auth_tokens_remembered {}\n",
+        Authenticator::REMEMBERED_MAX,
+        state.inner.auth.remembered()
+    );
     state.inner.probe.render_metrics(&mut out);
     let mut response = Response::new(Full::new(Bytes::from(out)));
     response.headers_mut().insert(

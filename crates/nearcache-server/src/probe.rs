@@ -95,10 +95,40 @@ impl Probe for ServerProbe {
                 "Entries in the cache.",
                 entries,
             );
+            let capacity = cache.config().capacity;
+            metric(
+                out,
+                "nearcache_cache_capacity",
+                "gauge",
+                "The most entries the cache holds (--cache-capacity).",
+                capacity,
+            );
+            let sizes = cache.internals();
+            let internals = [
+                ("nearcache_cache_indexed_tags", "Distinct tags that cached entries carry.", sizes.indexed_tags),
+                ("nearcache_cache_index_rows", "Rows of the tag index (one per tag of each cached entry).", sizes.index_rows),
+                ("nearcache_cache_fence_remembered", "Keys and tags whose latest invalidation the fence remembers (at most nearcache_cache_fence_memory).", sizes.fence_remembered),
+                ("nearcache_cache_fence_memory", "The most invalidations the fence remembers before it forgets them all.", cache.config().fence_memory),
+                ("nearcache_cache_loads_in_flight", "Loads under way (one per key).", sizes.loads_in_flight),
+                ("nearcache_cache_removals_queued", "Removals reported by moka not yet processed.", sizes.removals_queued),
+            ];
+            for (name, help, value) in internals {
+                metric(out, name, "gauge", help, value);
+            }
             for m in cache.stats().metrics() {
                 let name = format!("nearcache_cache_{}_total", m.name);
                 metric(out, &name, "counter", m.help, m.value);
             }
+        }
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let tasks = runtime.metrics().num_alive_tasks();
+            metric(
+                out,
+                "nearcache_runtime_alive_tasks",
+                "gauge",
+                "Tasks alive in the server's tokio runtime.",
+                tasks,
+            );
         }
         if let Some(source) = self.source.get() {
             let _ = writeln!(

@@ -243,6 +243,20 @@ impl<S: FromStr + Clone> Authenticator<S> {
     }
 }
 
+impl<S> Authenticator<S> {
+    /// How many verified tokens are remembered now: at most [`Authenticator::REMEMBERED_MAX`]
+    /// (a full shard is emptied).
+    pub fn remembered(&self) -> usize {
+        self.verified
+            .iter()
+            .map(|shard| shard.lock().unwrap_or_else(PoisonError::into_inner).len())
+            .sum()
+    }
+
+    /// The most verified tokens remembered at once.
+    pub const REMEMBERED_MAX: usize = SHARDS * SHARD_CAPACITY;
+}
+
 fn shard_of(token: &str) -> usize {
     // The signature's last bytes are as good as random and cheap to read.
     let tail = token.as_bytes().iter().rev().take(4);

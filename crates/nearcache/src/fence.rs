@@ -28,6 +28,8 @@ pub(crate) struct Fence<K> {
     tags: HashMap<Tag, u64>,
     /// Which entries (key and entry id) carry each tag.
     index: HashMap<Tag, HashMap<K, u64>>,
+    /// Rows of `index` in all (tag, entry pairs).
+    index_rows: usize,
     memory: usize,
 }
 
@@ -39,6 +41,7 @@ impl<K: Hash + Eq + Clone> Fence<K> {
             keys: HashMap::new(),
             tags: HashMap::new(),
             index: HashMap::new(),
+            index_rows: 0,
             memory: memory.max(1),
         }
     }
@@ -68,7 +71,9 @@ impl<K: Hash + Eq + Clone> Fence<K> {
         self.epoch += 1;
         self.tags.insert(tag.clone(), self.epoch);
         self.forget_if_full();
-        self.index.remove(tag).unwrap_or_default()
+        let carried = self.index.remove(tag).unwrap_or_default();
+        self.index_rows -= carried.len();
+        carried
     }
 
     /// Records a flush: every ticket taken so far is stale. Returns the forgotten state, for
@@ -76,6 +81,7 @@ impl<K: Hash + Eq + Clone> Fence<K> {
     pub(crate) fn flush(&mut self) -> Forgotten<K> {
         self.epoch += 1;
         self.floor = self.epoch;
+        self.index_rows = 0;
         Forgotten {
             _keys: std::mem::take(&mut self.keys),
             _tags: std::mem::take(&mut self.tags),
@@ -85,10 +91,14 @@ impl<K: Hash + Eq + Clone> Fence<K> {
 
     pub(crate) fn index(&mut self, key: &K, id: u64, tags: &[Tag]) {
         for tag in tags {
-            self.index
+            let previous = self
+                .index
                 .entry(tag.clone())
                 .or_default()
                 .insert(key.clone(), id);
+            if previous.is_none() {
+                self.index_rows += 1;
+            }
         }
     }
 
@@ -98,12 +108,27 @@ impl<K: Hash + Eq + Clone> Fence<K> {
             if let Some(entries) = self.index.get_mut(tag) {
                 if entries.get(key) == Some(&id) {
                     entries.remove(key);
+                    self.index_rows -= 1;
                     if entries.is_empty() {
                         self.index.remove(tag);
                     }
                 }
             }
         }
+    }
+
+    /// Tags in the index, rows of the index, and keys and tags whose invalidation is
+    /// remembered.
+    pub(crate) fn sizes(&self) -> (usize, usize, usize) {
+        debug_assert_eq!(
+            self.index_rows,
+            self.index.values().map(HashMap::len).sum::<usize>()
+        );
+        (
+            self.index.len(),
+            self.index_rows,
+            self.keys.len() + self.tags.len(),
+        )
     }
 
     #[cfg(test)]

@@ -56,6 +56,11 @@ impl<K: Hash + Eq + Clone, O: Clone> Flights<K, O> {
         }
     }
 
+    /// Loads under way.
+    pub(crate) fn len(&self) -> usize {
+        lock(&self.map).len()
+    }
+
     /// Joins the flight of `key`, or registers one led by the caller.
     pub(crate) fn join_or_lead(&self, key: &K) -> Role<'_, K, O> {
         let mut map = lock(&self.map);

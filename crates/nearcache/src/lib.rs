@@ -79,7 +79,7 @@ mod handler;
 mod removal;
 mod stats;
 
-pub use cache::{Cache, Write};
+pub use cache::{Cache, Internals, Write};
 pub use config::CacheConfig;
 pub use entry::{Cause, Change};
 pub use handler::TableHandler;

@@ -45,6 +45,14 @@ impl<K, V> RemovalQueue<K, V> {
         self.pending.load(Ordering::Acquire)
     }
 
+    /// Removals queued.
+    pub(crate) fn len(&self) -> usize {
+        self.items
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
     /// Takes every queued removal.
     pub(crate) fn take(&self) -> Vec<Removed<K, V>> {
         if !self.pending.swap(false, Ordering::AcqRel) {

@@ -43,6 +43,26 @@ struct Outcome<V> {
     tags: Arc<[Tag]>,
 }
 
+/// The sizes of a cache's own structures (see [`Cache::internals`]), and what bounds each.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Internals {
+    /// Distinct tags that cached entries carry (at most `index_rows`).
+    pub indexed_tags: usize,
+    /// Rows of the tag index, one per tag of each cached entry: bounded by the entries' tags
+    /// in all (an evicted entry's rows leave when its removal is processed).
+    pub index_rows: usize,
+    /// Keys and tags whose latest invalidation the fence remembers: at most
+    /// [`CacheConfig::fence_memory`] (past it the fence forgets them all and fences every load
+    /// under way instead).
+    pub fence_remembered: usize,
+    /// Loads under way, one per key however many callers wait on it.
+    pub loads_in_flight: usize,
+    /// Removals reported by moka and not yet processed (index rows, callbacks): emptied by the
+    /// next use of the cache.
+    pub removals_queued: usize,
+}
+
 /// A per-process cache with fenced fills, tags and a coherence gate. See the crate docs.
 ///
 /// Cloning is cheap and gives another handle to the same cache.
@@ -538,6 +558,36 @@ where
     /// ```
     pub fn config(&self) -> &CacheConfig {
         &self.inner.config
+    }
+
+    /// The sizes of the cache's own structures beside moka's entries, each bounded (see
+    /// [`Internals`]): for metrics, and for a soak test that they stay flat.
+    ///
+    /// ```
+    /// use nearcache::{Cache, CacheConfig, Fill, Tag};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let cache: Cache<u32, &str> = Cache::new(CacheConfig::default());
+    /// let (user, org) = (Tag::row("users", 1), Tag::row("organizations", 7));
+    /// let fill = Fill::found("Ada").with_tag(user).with_tag(org.clone());
+    /// cache.get_or_store(1, || async { Ok(fill) }).await.unwrap();
+    /// cache.invalidate(&2);
+    /// let sizes = cache.internals();
+    /// assert_eq!((sizes.indexed_tags, sizes.index_rows, sizes.fence_remembered), (2, 2, 1));
+    /// cache.invalidate_tag(&org); // the entry goes, and with it both its index rows
+    /// let sizes = cache.internals();
+    /// assert_eq!((sizes.indexed_tags, sizes.index_rows, sizes.fence_remembered), (0, 0, 2));
+    /// # });
+    /// ```
+    pub fn internals(&self) -> Internals {
+        let inner = &*self.inner;
+        let (indexed_tags, index_rows, fence_remembered) = lock(&inner.fence).sizes();
+        Internals {
+            indexed_tags,
+            index_rows,
+            fence_remembered,
+            loads_in_flight: inner.flights.len(),
+            removals_queued: inner.removals.len(),
+        }
     }
 
     #[cfg(test)]
