@@ -257,7 +257,10 @@ async fn every_cache_mode_serves_the_same_answers() {
             "{mode}"
         );
         assert!(metrics.contains("nearcache_build_info{version=\""));
-        assert!(metrics.contains("nearcache_auth_tokens_remembered 1"), "{mode}");
+        assert!(
+            metrics.contains("nearcache_auth_tokens_remembered 1"),
+            "{mode}"
+        );
         assert!(metrics.contains("nearcache_runtime_alive_tasks "), "{mode}");
         if mode == "coherent" {
             // One principal cached, carrying its user's and its organization's tags.

@@ -80,6 +80,22 @@ impl Instance {
         })
     }
 
+    /// How the process ended, if it has.
+    pub(crate) fn exited(&mut self) -> Option<String> {
+        self.child.try_wait().ok().flatten().map(|status| {
+            format!(
+                "{} exited ({status}); see {}",
+                self.name,
+                self.log.display()
+            )
+        })
+    }
+
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub(crate) fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }

@@ -4,6 +4,7 @@ mod bench;
 mod demo;
 mod instance;
 mod seed;
+mod soak;
 
 use std::process::{Command, ExitCode};
 
@@ -39,6 +40,9 @@ enum Cmd {
     Demo(demo::Args),
     /// Measure the system (release build, wrk) and write a report under target/.
     Bench(bench::Args),
+    /// Run two release instances for minutes or hours under load, writes and faults; check
+    /// that answers stay fresh and memory, sizes and latency stay flat (exit 1 otherwise).
+    Soak(soak::Args),
 }
 
 #[derive(Subcommand)]
@@ -74,6 +78,7 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Ci => ci(),
         Cmd::Demo(args) => demo::run(args),
         Cmd::Bench(args) => bench::run(args),
+        Cmd::Soak(args) => soak::run(args),
     }
 }
 
@@ -212,7 +217,8 @@ fn test(args: &[String]) -> Result<()> {
         if let Some(bin) = xtask::find_pg_bin() {
             cmd.env("NEARCACHE_PG_BIN", bin);
         }
-        run_tests(&mut cmd)
+        run_tests(&mut cmd)?;
+        soak_minute(args, &url)
     })();
     if let Some(cluster) = started {
         if let Err(e) = cluster.down() {
@@ -220,6 +226,21 @@ fn test(args: &[String]) -> Result<()> {
         }
     }
     result
+}
+
+/// The one-minute soak that closes `test`: two release instances under load, writes and
+/// faults (see `cargo xtask soak`). It restarts the project's cluster, so it is skipped when
+/// `DATABASE_URL` names another database, and when a filter picks some tests only.
+fn soak_minute(args: &[String], url: &str) -> Result<()> {
+    if !args.is_empty() {
+        eprintln!("==> soak skipped: a filter was given");
+        return Ok(());
+    }
+    if cluster()?.url().ok().as_deref() != Some(url) {
+        eprintln!("==> soak skipped: DATABASE_URL names a database nearcache did not make");
+        return Ok(());
+    }
+    soak::run(soak::Args::minute())
 }
 
 /// Runs `cargo test`, passing its output through, and closes with one line that sums up every

@@ -2,6 +2,7 @@
 
 use anyhow::Result;
 use jsonwebtoken::{encode, EncodingKey, Header};
+use rand::RngExt;
 
 /// The HS256 secret of demo and benchmark instances.
 pub(crate) const SECRET: &str = "nearcache-demo-secret";
@@ -63,15 +64,50 @@ pub(crate) async fn seed_users(url: &str, users: u32) -> Result<()> {
 
 /// A token for seeded user `i`, valid for an hour.
 pub(crate) fn token(i: u32) -> String {
+    token_valid_for(i, 3600)
+}
+
+/// A token for seeded user `i`, valid for `seconds`.
+pub(crate) fn token_valid_for(i: u32, seconds: u64) -> String {
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs()
-        + 3600;
+        + seconds;
     encode(
         &Header::default(),
         &serde_json::json!({"sub": user_id(i), "exp": exp}),
         &EncodingKey::from_secret(SECRET.as_bytes()),
     )
     .expect("HS256 signing cannot fail")
+}
+
+/// Users (1-based) in the order requests visit them: every user once, shuffled (uniform), or
+/// `draws` draws of a Zipf distribution with s = 1 (user 1 the most frequent).
+pub(crate) fn user_order(
+    users: u32,
+    zipf: bool,
+    draws: usize,
+    rng: &mut rand::rngs::StdRng,
+) -> Vec<u32> {
+    if !zipf {
+        let mut all: Vec<u32> = (1..=users).collect();
+        for i in (1..all.len()).rev() {
+            all.swap(i, rng.random_range(0..=i));
+        }
+        return all;
+    }
+    // Inverse of the cumulative weights 1/k.
+    let mut cumulative = Vec::with_capacity(users as usize);
+    let mut total = 0.0;
+    for k in 1..=users {
+        total += 1.0 / f64::from(k);
+        cumulative.push(total);
+    }
+    (0..draws)
+        .map(|_| {
+            let u = rng.random_range(0.0..total);
+            cumulative.partition_point(|c| *c < u) as u32 + 1
+        })
+        .collect()
 }

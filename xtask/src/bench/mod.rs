@@ -26,7 +26,7 @@ mod fleet;
 mod http;
 mod instructions;
 mod latency;
-mod plot;
+pub(crate) mod plot;
 mod report;
 mod sweep;
 mod writes;
@@ -38,7 +38,8 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 
 use crate::seed;
-use report::{machine, ms, pct};
+pub(crate) use report::machine;
+use report::{ms, pct};
 
 #[derive(clap::Args)]
 pub(crate) struct Args {

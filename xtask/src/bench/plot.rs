@@ -62,7 +62,7 @@ pub(super) fn bars(path: &Path, title: &str, unit: &str, rows: &[(String, f64)])
 }
 
 /// Lines, one per named series of `(x, y)` points.
-pub(super) fn lines(
+pub(crate) fn lines(
     path: &Path,
     title: &str,
     (x_desc, y_desc): (&str, &str),

@@ -4,7 +4,7 @@ use std::process::Command;
 use std::time::Duration;
 
 /// The machine, for the report's header.
-pub(super) fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|c| {

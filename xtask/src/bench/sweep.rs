@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use anyhow::Result;
-use rand::{RngExt, SeedableRng};
+use rand::SeedableRng;
 
 use super::http::{parse_wrk, rotate_script, wrk};
 use super::Args;
@@ -25,30 +25,6 @@ pub(super) struct Point {
 
 /// Requests per token file: rotating over it, wrk sends these in order, again and again.
 const SEQUENCE: usize = 200_000;
-
-/// Token indexes (1-based users): every user once, shuffled, or a Zipf(1) sample.
-fn sequence(users: u32, zipf: bool, rng: &mut rand::rngs::StdRng) -> Vec<u32> {
-    if !zipf {
-        let mut all: Vec<u32> = (1..=users).collect();
-        for i in (1..all.len()).rev() {
-            all.swap(i, rng.random_range(0..=i));
-        }
-        return all;
-    }
-    // Inverse of the cumulative weights 1/k.
-    let mut cumulative = Vec::with_capacity(users as usize);
-    let mut total = 0.0;
-    for k in 1..=users {
-        total += 1.0 / f64::from(k);
-        cumulative.push(total);
-    }
-    (0..SEQUENCE)
-        .map(|_| {
-            let u = rng.random_range(0.0..total);
-            cumulative.partition_point(|c| *c < u) as u32 + 1
-        })
-        .collect()
-}
 
 fn counter(metrics: &str, name: &str) -> f64 {
     metrics
@@ -74,7 +50,7 @@ pub(super) async fn sweep(
     let mut points = Vec::new();
     for &users in sizes {
         for (skew, zipf) in [("uniform", false), ("zipf s=1", true)] {
-            let order = sequence(users, zipf, &mut rng);
+            let order = seed::user_order(users, zipf, SEQUENCE, &mut rng);
             let tokens = dir.join(format!(
                 "sweep-{users}-{}.txt",
                 if zipf { "zipf" } else { "uniform" }

@@ -1,0 +1,203 @@
+//! The soak's faults, each applied to the running system, with the evidence that it took
+//! effect (a counter of every instance's source that must move) and the wait for recovery to
+//! Coherent on every instance.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use super::metrics::Scrape;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fault {
+    /// `pg_terminate_backend` of every instance's source connection.
+    Terminate,
+    /// SIGSTOP of every instance's source backend for longer than the heartbeat timeout, then
+    /// SIGCONT.
+    Stop,
+    /// One UPDATE of 10 000 users (cached ones among them).
+    Burst,
+    /// The whole cluster stopped (fast shutdown) and started again.
+    Restart,
+}
+
+impl Fault {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Fault::Terminate => "source backends terminated",
+            Fault::Stop => "source backends SIGSTOPped past the heartbeat timeout",
+            Fault::Burst => "10 000-row UPDATE",
+            Fault::Restart => "cluster restarted",
+        }
+    }
+
+    /// The counter of `nearcache_source_*` that must move on every instance, and by how much.
+    fn evidence(self) -> (&'static str, f64) {
+        match self {
+            Fault::Terminate | Fault::Restart => ("nearcache_source_connections_total", 1.0),
+            Fault::Stop => ("nearcache_source_heartbeat_timeouts_total", 1.0),
+            // LISTEN may carry many rows in one notification: at least one came.
+            Fault::Burst => ("nearcache_source_notifications_total", 1.0),
+        }
+    }
+}
+
+/// The schedule: `slots` faults, cycling through terminate, stop and burst, with the cluster
+/// restarted once, in the middle.
+pub(super) fn schedule(slots: usize) -> Vec<Fault> {
+    let cycle = [Fault::Terminate, Fault::Stop, Fault::Burst];
+    (0..slots)
+        .map(|i| {
+            if i == slots / 2 {
+                Fault::Restart
+            } else {
+                cycle[(i - usize::from(i > slots / 2)) % cycle.len()]
+            }
+        })
+        .collect()
+}
+
+/// What happened to one fault.
+#[derive(Debug, Clone)]
+pub(super) struct Outcome {
+    pub(super) fault: Fault,
+    /// Seconds into the run when it was applied.
+    pub(super) at: f64,
+    /// How long the fault itself took (a stop's pause, a restart, the UPDATE).
+    pub(super) took: Duration,
+    /// From the end of the fault to every instance coherent with the evidence seen; `None`
+    /// if that did not happen within the deadline.
+    pub(super) recovered_after: Option<Duration>,
+    pub(super) detail: String,
+}
+
+/// Everything a fault needs.
+pub(super) struct Target<'a> {
+    pub(super) pool: &'a sqlx::PgPool,
+    pub(super) database: &'a str,
+    pub(super) bases: &'a [String],
+    pub(super) client: &'a reqwest::Client,
+    pub(super) heartbeat_timeout: Duration,
+}
+
+/// The source backends of the soak's database: WAL senders and LISTEN connections.
+macro_rules! source_backends {
+    ($select:literal) => {
+        concat!(
+            "SELECT ",
+            $select,
+            " FROM pg_stat_activity
+              WHERE application_name IN ('nearcache-wal', 'nearcache-listener') AND datname = $1"
+        )
+    };
+}
+
+pub(super) async fn apply(fault: Fault, t: &Target<'_>, started: Instant) -> Result<Outcome> {
+    let at = started.elapsed().as_secs_f64();
+    let (counter, by) = fault.evidence();
+    let mut before = Vec::new();
+    for base in t.bases {
+        before.push(Scrape::get(t.client, base).await?.value(counter));
+    }
+    let began = Instant::now();
+    let detail = match fault {
+        Fault::Terminate => {
+            let n: i64 = sqlx::query_scalar(source_backends!("count(pg_terminate_backend(pid))"))
+                .bind(t.database)
+                .fetch_one(t.pool)
+                .await?;
+            format!("{n} backends terminated")
+        }
+        Fault::Stop => {
+            let pids: Vec<i32> = sqlx::query_scalar(source_backends!("pid"))
+                .bind(t.database)
+                .fetch_all(t.pool)
+                .await?;
+            if pids.is_empty() {
+                bail!("no source backend to stop");
+            }
+            signal("-STOP", &pids)?;
+            let pause = t.heartbeat_timeout + Duration::from_secs(2);
+            tokio::time::sleep(pause).await;
+            signal("-CONT", &pids)?;
+            format!("{} backends stopped for {pause:?}", pids.len())
+        }
+        Fault::Burst => {
+            let n = sqlx::query(
+                "UPDATE users SET name = name || '.'
+                  WHERE id IN (SELECT id FROM users ORDER BY id OFFSET 1000 LIMIT 10000)",
+            )
+            .execute(t.pool)
+            .await?
+            .rows_affected();
+            format!("{n} rows in one transaction")
+        }
+        Fault::Restart => {
+            tokio::task::spawn_blocking(move || -> Result<()> {
+                let cluster = crate::cluster()?;
+                cluster.down()?;
+                cluster.up()?;
+                Ok(())
+            })
+            .await??;
+            "fast shutdown, start".to_string()
+        }
+    };
+    let took = began.elapsed();
+    let ended = Instant::now();
+    let deadline = ended + Duration::from_secs(60);
+    let mut recovered_after = None;
+    while Instant::now() < deadline {
+        let mut all = true;
+        for (base, before) in t.bases.iter().zip(&before) {
+            let Ok(scrape) = Scrape::get(t.client, base).await else {
+                all = false;
+                break;
+            };
+            if scrape.value(counter) < before + by || scrape.value("nearcache_cache_coherent") < 1.0
+            {
+                all = false;
+                break;
+            }
+        }
+        if all {
+            recovered_after = Some(ended.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(Outcome {
+        fault,
+        at,
+        took,
+        recovered_after,
+        detail,
+    })
+}
+
+fn signal(which: &str, pids: &[i32]) -> Result<()> {
+    let status = std::process::Command::new("kill")
+        .arg(which)
+        .args(pids.iter().map(ToString::to_string))
+        .status()
+        .context("running kill")?;
+    if !status.success() {
+        bail!("kill {which} {pids:?} failed ({status})");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cluster_restarts_once_in_the_middle() {
+        use Fault::*;
+        assert_eq!(schedule(4), [Terminate, Stop, Restart, Burst]);
+        assert_eq!(
+            schedule(7),
+            [Terminate, Stop, Burst, Restart, Terminate, Stop, Burst]
+        );
+    }
+}
