@@ -12,6 +12,11 @@ use nearcache_pg::{OrgId, Organization, Principal, User, UserId};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+// The allocator the service uses (see nearcache-server's main.rs).
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Resident set of this process, in bytes.
 fn rss() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");

@@ -24,6 +24,11 @@ pub struct CacheConfig {
     /// How many invalidated keys and tags the fence remembers. Past it the fence forgets them
     /// all and instead discards every load in flight, which is always safe. Default 65 536.
     pub fence_memory: usize,
+    /// How long the fence keeps an invalidation for loads that began before it: it forgets
+    /// invalidations older than one to two windows, and a load that began longer ago than that
+    /// is discarded instead of stored (it is not an error: the next read loads again). Default
+    /// 10 seconds, twice the reference service's statement timeout.
+    pub fence_window: Duration,
     /// The mode the cache starts in. A cache driven by a listener starts in
     /// [`Mode::Bypass`] and is made coherent once the listener listens. Default
     /// [`Mode::Coherent`].
@@ -46,6 +51,7 @@ impl Default for CacheConfig {
             negative_ttl: Duration::from_secs(5),
             fill_wait: Duration::from_secs(5),
             fence_memory: 65_536,
+            fence_window: Duration::from_secs(10),
             initial_mode: Mode::Coherent,
             ttl_check_interval: None,
         }

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::time::{Duration, Instant};
 
 use crate::Tag;
 
@@ -31,10 +32,15 @@ pub(crate) struct Fence<K> {
     /// Rows of `index` in all (tag, entry pairs).
     index_rows: usize,
     memory: usize,
+    /// Every `window`, invalidations older than the previous rotation are forgotten (see
+    /// [`Fence::age`]): when the last rotation happened, and the epoch then.
+    window: Duration,
+    rotated: Instant,
+    rotated_epoch: u64,
 }
 
 impl<K: Hash + Eq + Clone> Fence<K> {
-    pub(crate) fn new(memory: usize) -> Self {
+    pub(crate) fn new(memory: usize, window: Duration) -> Self {
         Self {
             epoch: 0,
             floor: 0,
@@ -43,6 +49,9 @@ impl<K: Hash + Eq + Clone> Fence<K> {
             index: HashMap::new(),
             index_rows: 0,
             memory: memory.max(1),
+            window,
+            rotated: Instant::now(),
+            rotated_epoch: 0,
         }
     }
 
@@ -61,6 +70,7 @@ impl<K: Hash + Eq + Clone> Fence<K> {
 
     /// Records a write or invalidation of `key`.
     pub(crate) fn invalidate_key(&mut self, key: &K) {
+        self.age(Instant::now());
         self.epoch += 1;
         self.keys.insert(key.clone(), self.epoch);
         self.forget_if_full();
@@ -68,6 +78,7 @@ impl<K: Hash + Eq + Clone> Fence<K> {
 
     /// Records an invalidation of `tag`; returns the entries that carried it.
     pub(crate) fn invalidate_tag(&mut self, tag: &Tag) -> HashMap<K, u64> {
+        self.age(Instant::now());
         self.epoch += 1;
         self.tags.insert(tag.clone(), self.epoch);
         self.forget_if_full();
@@ -136,6 +147,31 @@ impl<K: Hash + Eq + Clone> Fence<K> {
         self.index.len()
     }
 
+    /// Forgets what no load needs any more. Once a window has passed since the last rotation,
+    /// the floor rises to the epoch of that rotation: a load whose ticket is older began more
+    /// than a window ago, and is discarded instead of stored (always safe). Every remembered
+    /// invalidation at or below the floor then admits every ticket that may still store, so it
+    /// goes. The memory holds the invalidations of the last one to two windows, not of the
+    /// process's life (until `memory` forces a forgetting of everything).
+    pub(crate) fn age(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.rotated) < self.window {
+            return;
+        }
+        self.floor = self.floor.max(self.rotated_epoch);
+        let floor = self.floor;
+        self.keys.retain(|_, e| *e > floor);
+        self.tags.retain(|_, e| *e > floor);
+        // Give back what a burst took.
+        if self.keys.capacity() > 4 * self.keys.len().max(1024) {
+            self.keys.shrink_to_fit();
+        }
+        if self.tags.capacity() > 4 * self.tags.len().max(1024) {
+            self.tags.shrink_to_fit();
+        }
+        self.rotated = now;
+        self.rotated_epoch = self.epoch;
+    }
+
     fn forget_if_full(&mut self) {
         // Forgetting which keys were invalidated is safe only if every ticket taken before now
         // is treated as stale, which raising the floor does.
@@ -151,9 +187,42 @@ impl<K: Hash + Eq + Clone> Fence<K> {
 mod tests {
     use super::*;
 
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn invalidations_older_than_a_window_are_forgotten_and_so_are_loads_that_old() {
+        let mut f = Fence::<u32>::new(1000, WINDOW);
+        let t0 = f.rotated;
+        let old_ticket = f.epoch();
+        f.invalidate_key(&1);
+        let a = Tag::new("a");
+        f.invalidate_tag(&a);
+        let ticket = f.epoch();
+        assert_eq!(f.sizes().2, 2);
+        // Within the window nothing is forgotten.
+        f.age(t0 + WINDOW / 2);
+        assert_eq!(f.sizes().2, 2);
+        assert!(!f.admits(&1, &[], old_ticket));
+        // One window on: the rotation marks the epoch; both are still remembered, since a load
+        // that began just before them may still be running.
+        f.age(t0 + WINDOW);
+        assert_eq!(f.sizes().2, 2);
+        assert!(!f.admits(&1, &[], old_ticket));
+        assert!(!f.admits(&2, std::slice::from_ref(&a), old_ticket));
+        f.invalidate_key(&3);
+        // Another window on: what came before the last rotation goes, and a load that began
+        // before it (two windows ago) may no longer store; later ones are judged as before.
+        f.age(t0 + 2 * WINDOW);
+        assert_eq!(f.sizes().2, 1, "only key 3 is remembered");
+        assert!(!f.admits(&9, &[], old_ticket));
+        assert!(f.admits(&1, std::slice::from_ref(&a), ticket));
+        assert!(!f.admits(&3, &[], ticket));
+        assert!(f.admits(&3, &[], f.epoch()));
+    }
+
     #[test]
     fn a_ticket_is_stale_after_an_invalidation_of_its_tags() {
-        let mut f = Fence::<u32>::new(100);
+        let mut f = Fence::<u32>::new(100, WINDOW);
         let t = Tag::new("a");
         let ticket = f.epoch();
         assert!(f.admits(&1, std::slice::from_ref(&t), ticket));
@@ -167,7 +236,7 @@ mod tests {
 
     #[test]
     fn forgetting_raises_the_floor() {
-        let mut f = Fence::<u32>::new(2);
+        let mut f = Fence::<u32>::new(2, WINDOW);
         let ticket = f.epoch();
         f.invalidate_key(&1);
         f.invalidate_key(&2);
@@ -179,7 +248,7 @@ mod tests {
 
     #[test]
     fn unindex_leaves_a_newer_entry() {
-        let mut f = Fence::<u32>::new(10);
+        let mut f = Fence::<u32>::new(10, WINDOW);
         let t = Tag::new("t");
         f.index(&1, 10, std::slice::from_ref(&t));
         f.index(&1, 11, std::slice::from_ref(&t));

@@ -358,16 +358,17 @@ pub(super) fn checker(
     tasks
 }
 
-/// Fills each instance's cache with the `users` hottest users (the Zipf order's first), with
-/// `concurrency` requests in flight per instance.
+/// Sends `GET /me` for users `from..=to` in order through each instance, with `concurrency`
+/// requests in flight per instance.
 pub(super) async fn warm(
     bases: &[String],
     tokens: &Arc<Vec<String>>,
-    users: u32,
+    (from, to): (u32, u32),
     concurrency: usize,
 ) -> anyhow::Result<()> {
     let next = Arc::new(AtomicU64::new(0));
-    let total = u64::from(users) * bases.len() as u64;
+    let per = u64::from(to - from + 1);
+    let total = per * bases.len() as u64;
     let mut tasks = Vec::new();
     for _ in 0..concurrency * bases.len() {
         let (next, tokens, bases) = (next.clone(), tokens.clone(), bases.to_vec());
@@ -378,10 +379,8 @@ pub(super) async fn warm(
                 if n >= total {
                     return anyhow::Ok(());
                 }
-                let (instance, user) = (
-                    (n % bases.len() as u64) as usize,
-                    1 + n / bases.len() as u64,
-                );
+                let instance = (n % bases.len() as u64) as usize;
+                let user = u64::from(from) + n / bases.len() as u64;
                 let r = client
                     .get(format!("{}/me", bases[instance]))
                     .bearer_auth(&tokens[user as usize])

@@ -276,8 +276,14 @@ async fn soak(args: &Args, admin: &str, url: &str, binary: &std::path::Path) -> 
             .collect()
     };
     let empty = rss(&instances)?;
-    eprintln!("    warming up: the {warm} hottest users through each instance");
-    load::warm(&bases, &tokens, warm, 16).await?;
+    // Warm-up brings what is bounded to its steady state before the clock starts: every
+    // user's token once (the token memory fills and cycles), then the hottest users (the cache
+    // holds the hot set).
+    eprintln!(
+        "    warming up: every user's token, then the {warm} hottest users, through each instance"
+    );
+    load::warm(&bases, &tokens, (1, args.users), 16).await?;
+    load::warm(&bases, &tokens, (1, warm), 16).await?;
     let warmed = rss(&instances)?;
     eprintln!(
         "    RSS empty {:?} MB, warm {:?} MB",

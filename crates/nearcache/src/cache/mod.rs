@@ -52,9 +52,9 @@ pub struct Internals {
     /// Rows of the tag index, one per tag of each cached entry: bounded by the entries' tags
     /// in all (an evicted entry's rows leave when its removal is processed).
     pub index_rows: usize,
-    /// Keys and tags whose latest invalidation the fence remembers: at most
-    /// [`CacheConfig::fence_memory`] (past it the fence forgets them all and fences every load
-    /// under way instead).
+    /// Keys and tags whose latest invalidation the fence remembers: those of the last one to two
+    /// [`CacheConfig::fence_window`]s, and at most [`CacheConfig::fence_memory`] (past it the
+    /// fence forgets them all and fences every load under way instead).
     pub fence_remembered: usize,
     /// Loads under way, one per key however many callers wait on it.
     pub loads_in_flight: usize,
@@ -168,7 +168,7 @@ where
         let cache = Self {
             inner: Arc::new(Inner {
                 entries,
-                fence: Mutex::new(Fence::new(config.fence_memory)),
+                fence: Mutex::new(Fence::new(config.fence_memory, config.fence_window)),
                 epoch: AtomicU64::new(0),
                 generation: AtomicU64::new(0),
                 coherent: AtomicBool::new(coherent),
