@@ -40,6 +40,11 @@
 //! invalidations are issued once a change is committed, a reader that starts after the
 //! invalidation sees the change or something newer.
 //!
+//! The fence keeps an invalidation for one to two [`CacheConfig::fence_window`]s: a load that
+//! began longer ago than a window is not stored (its caller still gets the value it loaded),
+//! which is what lets the fence forget old invalidations instead of holding each one until its
+//! memory is full.
+//!
 //! The unit tests check this invariant under every interleaving of the protocol's steps for
 //! small scenarios (two loads and an invalidation of their tag; a load, a flush and a
 //! Bypass/Coherent round trip; a load and a put; a load and a delete), with an explorer that
