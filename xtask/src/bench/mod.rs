@@ -406,7 +406,7 @@ fn bench(url: &str, args: &Args) -> Result<()> {
         let n: u64 = if args.quick { 100_000 } else { 1_000_000 };
         eprintln!("==> memory: {n} cached principals in a process of their own");
         let m = memory(n)?;
-        writeln!(report, "\n## Memory per cached principal\n\n{n} principals (user + organization, their two rendered JSON bodies, two tags each, the tag index) in a nearcache `Cache` as the service fills it, in a process of its own (`crates/nearcache-http/examples/memory.rs`), glibc malloc; resident set before and after.\n")?;
+        writeln!(report, "\n## Memory per cached principal\n\n{n} principals (user + organization, their two rendered JSON bodies, two tags each, the tag index) in a nearcache `Cache` as the service fills it, in a process of its own (`crates/nearcache-http/examples/memory.rs`), with jemalloc as the server runs; resident set before and after.\n")?;
         writeln!(
             report,
             "| RSS empty | RSS with {n} | per principal | of which the value | of which its JSON | the rest (moka entry, tags, index, allocator) |\n|---|---|---|---|---|---|"
