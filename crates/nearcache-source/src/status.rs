@@ -112,6 +112,8 @@ counters! {
     new_epochs: "Relay restarts or takeovers seen (each answered with a flush).",
     probes: "End-to-end probes that came back (written through the instance's own pool, read back from the relay).",
     probe_timeouts: "End-to-end probes that did not come back in time (each answered with bypass and a new subscription).",
+    visibility_polls: "Snapshots taken to see whether decoded commits are visible yet (WAL source: a commit applies only once new snapshots see it).",
+    rechecks: "Checks of the database repeated while delivering (publication, replica identity, triggers, attach rules).",
 }
 
 impl StatusSnapshot {
@@ -243,6 +245,14 @@ impl SourceStatus {
     /// Counts an end-to-end probe that did not come back in time.
     pub fn probe_timeout(&self) {
         self.inner.probe_timeouts.fetch_add(1, Relaxed);
+    }
+    /// Counts a snapshot taken for the visibility gate.
+    pub fn visibility_poll(&self) {
+        self.inner.visibility_polls.fetch_add(1, Relaxed);
+    }
+    /// Counts a check of the database repeated while delivering.
+    pub fn recheck(&self) {
+        self.inner.rechecks.fetch_add(1, Relaxed);
     }
     /// Counts a heartbeat that did not come back in time.
     pub fn heartbeat_timeout(&self) {

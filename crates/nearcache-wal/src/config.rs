@@ -16,6 +16,9 @@ pub enum ConfigError {
     /// The heartbeat timings make no sense.
     #[error("heartbeat interval and timeout must be positive")]
     Heartbeat,
+    /// The check interval is zero.
+    #[error("check interval must be positive")]
+    CheckInterval,
 }
 
 /// How the WAL source connects and watches its stream.
@@ -46,6 +49,10 @@ pub struct WalConfig {
     /// columns only (which evicts nothing) from one that matters. Past it the memory starts
     /// over, and the next update of each row evicts it (always safe). Default 100 000.
     pub digest_capacity: usize,
+    /// How often the checks made at connect (publication, replica identity, attach rules) are
+    /// made again while streaming: a table dropped from the publication bypasses, changed
+    /// attach rules are reloaded and flush their tables. Default 10 s.
+    pub check_interval: Duration,
 }
 
 impl WalConfig {
@@ -87,6 +94,7 @@ impl WalConfig {
             backoff_max: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             digest_capacity: 100_000,
+            check_interval: Duration::from_secs(10),
         })
     }
 
@@ -129,10 +137,14 @@ impl WalConfig {
     /// Checks what [`run`](crate::run) needs.
     ///
     /// # Errors
-    /// [`ConfigError::Heartbeat`] when a heartbeat timing is zero.
+    /// [`ConfigError::Heartbeat`] when a heartbeat timing is zero, [`ConfigError::CheckInterval`]
+    /// when the check interval is.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.heartbeat_interval.is_zero() || self.heartbeat_timeout.is_zero() {
             return Err(ConfigError::Heartbeat);
+        }
+        if self.check_interval.is_zero() {
+            return Err(ConfigError::CheckInterval);
         }
         Ok(())
     }

@@ -1,0 +1,407 @@
+//! Turns the stream's events into what a commit evicts: rows named by the key column each table
+//! was attached with, collected per transaction, handed on at its commit.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+
+use pgwire_replication::{Lsn, ReplicationEvent};
+
+use crate::gate::Commit;
+use crate::pgoutput::{self, Relation, Tuple, Value};
+
+/// The prefix of the source's heartbeat messages (`pg_logical_emit_message`).
+pub(crate) const HEARTBEAT_PREFIX: &str = "nearcache_hb";
+
+/// What one change evicts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Evict {
+    /// Rows of a table, by key (`key::text`).
+    Keys(String, Vec<String>),
+    /// A whole table.
+    Table(String),
+}
+
+impl Evict {
+    fn table(&self) -> &str {
+        match self {
+            Evict::Keys(t, _) | Evict::Table(t) => t,
+        }
+    }
+}
+
+/// How an attached table's rows are named and which of its columns do not count
+/// (`nearcache_attached`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Rule {
+    /// The column the table was attached with; rows are evicted by its text.
+    pub(crate) key: String,
+    /// Columns whose changes alone evict nothing.
+    pub(crate) ignored: Vec<String>,
+}
+
+/// Each attached table's rule, by table name.
+pub(crate) type Rules = HashMap<String, Rule>;
+
+/// What an event amounted to.
+#[derive(Debug)]
+pub(crate) enum Decoded {
+    /// Nothing to act on yet.
+    Nothing,
+    /// The heartbeat the session waits for came back.
+    Heartbeat,
+    /// A transaction committed: its evictions, for the gate.
+    Commit(Commit),
+    /// The server's position between transactions.
+    Position(Lsn),
+}
+
+/// Past this many keys in one transaction, its changes become table flushes: a statement
+/// that touches a million rows needs no million strings in memory.
+const MAX_TXN_KEYS: usize = 10_000;
+
+/// The transaction being decoded.
+#[derive(Debug, Default)]
+struct Txn {
+    xid: u32,
+    changes: Vec<Evict>,
+    keys: usize,
+    /// Tables of the transaction that will be flushed whole.
+    flushed: Vec<String>,
+}
+
+impl Txn {
+    fn begin(xid: u32) -> Self {
+        Self {
+            xid,
+            ..Self::default()
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.changes.is_empty() && self.flushed.is_empty()
+    }
+
+    /// Queues an eviction; past [`MAX_TXN_KEYS`], every table of the transaction is flushed
+    /// instead.
+    fn push(&mut self, e: Evict) {
+        if self.flushed.iter().any(|t| t == e.table()) {
+            return;
+        }
+        match e {
+            Evict::Keys(_, ref keys) => self.keys += keys.len(),
+            Evict::Table(t) => {
+                self.changes.retain(|c| c.table() != t);
+                self.flushed.push(t);
+                return;
+            }
+        }
+        self.changes.push(e);
+        if self.keys > MAX_TXN_KEYS {
+            for c in self.changes.drain(..) {
+                let t = match c {
+                    Evict::Keys(t, _) | Evict::Table(t) => t,
+                };
+                if !self.flushed.contains(&t) {
+                    self.flushed.push(t);
+                }
+            }
+            self.keys = 0;
+        }
+    }
+
+    fn commit(self, end_lsn: Lsn) -> Commit {
+        let mut changes = self.changes;
+        changes.extend(self.flushed.into_iter().map(Evict::Table));
+        Commit {
+            xid: self.xid,
+            end_lsn,
+            changes,
+        }
+    }
+}
+
+/// Decodes a session's stream.
+pub(crate) struct Decoder {
+    relations: HashMap<u32, Relation>,
+    rules: Rules,
+    /// Per table and key, a hash of each watched column's value as last seen.
+    digests: HashMap<(String, String), Vec<u64>>,
+    capacity: usize,
+    txn: Txn,
+}
+
+impl Decoder {
+    pub(crate) fn new(rules: Rules, capacity: usize) -> Self {
+        Self {
+            relations: HashMap::new(),
+            rules,
+            digests: HashMap::new(),
+            capacity: capacity.max(1),
+            txn: Txn::default(),
+        }
+    }
+
+    /// Replaces the rules; returns the tables whose rule changed (or appeared or went), whose
+    /// cached rows must be flushed since changes decoded before were named by the old rules.
+    pub(crate) fn set_rules(&mut self, rules: Rules) -> Vec<String> {
+        let mut changed: Vec<String> = rules
+            .iter()
+            .filter(|(t, r)| self.rules.get(*t) != Some(*r))
+            .map(|(t, _)| t.clone())
+            .chain(
+                self.rules
+                    .keys()
+                    .filter(|t| !rules.contains_key(*t))
+                    .cloned(),
+            )
+            .collect();
+        changed.sort();
+        for t in &changed {
+            self.digests.retain(|(table, _), _| table != t);
+        }
+        self.rules = rules;
+        changed
+    }
+
+    /// Whether a transaction is being decoded and has changes.
+    pub(crate) fn in_transaction(&self) -> bool {
+        !self.txn.is_empty()
+    }
+
+    /// Handles one event; `heartbeat` is the message the session waits for, if any.
+    pub(crate) fn event(
+        &mut self,
+        event: ReplicationEvent,
+        heartbeat: Option<&str>,
+    ) -> Result<Decoded, pgoutput::DecodeError> {
+        match event {
+            ReplicationEvent::Begin { xid, .. } => self.txn = Txn::begin(xid),
+            ReplicationEvent::XLogData { data, .. } => self.change(pgoutput::decode(&data)?)?,
+            ReplicationEvent::Commit { end_lsn, .. } => {
+                let txn = std::mem::take(&mut self.txn);
+                return Ok(Decoded::Commit(txn.commit(end_lsn)));
+            }
+            ReplicationEvent::Message {
+                prefix, content, ..
+            } => {
+                if prefix == HEARTBEAT_PREFIX
+                    && heartbeat.is_some_and(|h| h.as_bytes() == &content[..])
+                {
+                    return Ok(Decoded::Heartbeat);
+                }
+            }
+            ReplicationEvent::KeepAlive { wal_end, .. } => {
+                if !self.in_transaction() {
+                    return Ok(Decoded::Position(wal_end));
+                }
+            }
+            // Only bounded replays stop; ours never asks for one.
+            ReplicationEvent::StoppedAt { .. } => {}
+        }
+        Ok(Decoded::Nothing)
+    }
+
+    fn change(&mut self, change: pgoutput::Change) -> Result<(), pgoutput::DecodeError> {
+        use pgoutput::Change;
+        match change {
+            Change::Relation(r) => {
+                self.relations.insert(r.id, r);
+            }
+            Change::Insert { relation, new } => {
+                let row = self.row(relation)?;
+                match row.key(&new) {
+                    Some(key) => {
+                        self.remember(relation, &key, &new, None);
+                        self.txn.push(Evict::Keys(row.table, vec![key]));
+                    }
+                    None => self.txn.push(Evict::Table(row.table)),
+                }
+            }
+            Change::Update { relation, old, new } => {
+                let row = self.row(relation)?;
+                let new_key = row
+                    .key(&new)
+                    .or_else(|| old.as_ref().and_then(|o| row.old_key(o)));
+                let old_key = match &old {
+                    Some(old) => row.old_key(old),
+                    // No old tuple: the replica identity did not change. That says the key
+                    // did not either only if the identity carries the key.
+                    None if row.identity_has_key => new_key.clone(),
+                    None => None,
+                };
+                match (old_key, new_key) {
+                    (Some(old_key), Some(new_key)) if old_key != new_key => {
+                        self.forget(&row.table, &old_key);
+                        self.remember(relation, &new_key, &new, None);
+                        self.txn
+                            .push(Evict::Keys(row.table, vec![old_key, new_key]));
+                    }
+                    (Some(_), Some(key)) => {
+                        if self.remember(relation, &key, &new, old.as_ref()) {
+                            self.txn.push(Evict::Keys(row.table, vec![key]));
+                        }
+                    }
+                    _ => self.txn.push(Evict::Table(row.table)),
+                }
+            }
+            Change::Delete { relation, old } => {
+                let row = self.row(relation)?;
+                match row.old_key(&old) {
+                    Some(key) => {
+                        self.forget(&row.table, &key);
+                        self.txn.push(Evict::Keys(row.table, vec![key]));
+                    }
+                    None => self.txn.push(Evict::Table(row.table)),
+                }
+            }
+            Change::Truncate { relations } => {
+                for id in relations {
+                    let table = self.relation(id)?.name.clone();
+                    self.digests.retain(|(t, _), _| *t != table);
+                    self.txn.push(Evict::Table(table));
+                }
+            }
+            Change::Skipped => {}
+        }
+        Ok(())
+    }
+
+    fn relation(&self, id: u32) -> Result<&Relation, pgoutput::DecodeError> {
+        self.relations
+            .get(&id)
+            .ok_or_else(|| pgoutput::DecodeError(format!("change of unknown relation {id}")))
+    }
+
+    /// How rows of `relation` are named.
+    fn row(&self, relation: u32) -> Result<RowNames, pgoutput::DecodeError> {
+        let r = self.relation(relation)?;
+        let column = match self.rules.get(&r.name) {
+            // Attached: by the key column it was attached with.
+            Some(rule) => r.columns.iter().position(|c| c.name == rule.key),
+            // Published by hand: by its replica identity, if that is one column.
+            None => {
+                let identity: Vec<usize> =
+                    (0..r.columns.len()).filter(|&i| r.columns[i].key).collect();
+                match identity.as_slice() {
+                    [i] => Some(*i),
+                    _ => None,
+                }
+            }
+        };
+        Ok(RowNames {
+            table: r.name.clone(),
+            column,
+            identity_has_key: column.is_some_and(|i| r.columns[i].key),
+        })
+    }
+
+    /// Records the watched columns of a row as decoded, and returns whether they changed (or
+    /// may have: a row never seen counts as changed). Tables that ignore no column always
+    /// count as changed, without a digest.
+    fn remember(&mut self, relation: u32, key: &str, new: &Tuple, old: Option<&Tuple>) -> bool {
+        let Some(r) = self.relations.get(&relation) else {
+            return true;
+        };
+        let Some(ignored) = self
+            .rules
+            .get(&r.name)
+            .map(|rule| &rule.ignored)
+            .filter(|i| !i.is_empty())
+        else {
+            return true;
+        };
+        let watched = || {
+            r.columns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| !ignored.contains(&c.name))
+                .map(|(i, _)| i)
+        };
+        // With a full replica identity the old row says what changed by itself. Values are
+        // compared as stored (their text), not by the type's equality.
+        if let Some(old) = old {
+            return watched().any(|i| {
+                new.get(i).is_none_or(|n| *n != Value::Unchanged) && old.get(i) != new.get(i)
+            });
+        }
+        let hashes: Vec<Option<u64>> = watched()
+            // A tuple shorter than its relation (it should not happen) hashes as unknown.
+            .map(|i| match new.get(i) {
+                None | Some(Value::Unchanged) => None,
+                Some(v) => {
+                    let mut h = DefaultHasher::new();
+                    v.hash(&mut h);
+                    Some(h.finish())
+                }
+            })
+            .collect();
+        let slot = (r.name.clone(), key.to_string());
+        // A digest of another shape (a column was added since) is as good as none.
+        let before = self
+            .digests
+            .get(&slot)
+            .filter(|b| b.len() == hashes.len())
+            .cloned();
+        let changed = before.as_ref().is_none_or(|b| {
+            hashes
+                .iter()
+                .zip(b)
+                .any(|(now, before)| now.is_some_and(|h| h != *before))
+        });
+        // An unchanged TOASTed column keeps its earlier hash; without one the row stays
+        // unknown rather than remembered with a guess.
+        let merged: Option<Vec<u64>> = hashes
+            .iter()
+            .enumerate()
+            .map(|(i, h)| h.or_else(|| before.as_ref().map(|b| b[i])))
+            .collect();
+        match merged {
+            Some(merged) => {
+                if self.digests.len() >= self.capacity && !self.digests.contains_key(&slot) {
+                    // Forgetting is safe: a row without a digest counts as changed.
+                    self.digests.clear();
+                }
+                self.digests.insert(slot, merged);
+            }
+            None => {
+                self.digests.remove(&slot);
+            }
+        }
+        changed
+    }
+
+    fn forget(&mut self, table: &str, key: &str) {
+        self.digests.remove(&(table.to_string(), key.to_string()));
+    }
+}
+
+/// Where a relation's rows keep their key.
+struct RowNames {
+    table: String,
+    /// The key column's position, if the relation has it.
+    column: Option<usize>,
+    /// Whether the key column is part of the replica identity (or the identity is FULL), so
+    /// that old tuples (of UPDATEs that change the identity, and of DELETEs) carry it.
+    identity_has_key: bool,
+}
+
+impl RowNames {
+    /// The key in a new row (INSERT, UPDATE); none if absent or an unchanged TOASTed value.
+    fn key(&self, tuple: &Tuple) -> Option<String> {
+        match tuple.get(self.column?) {
+            Some(Value::Data(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+            _ => None,
+        }
+    }
+
+    /// The key in an old row, which carries only the replica identity's columns (all of them
+    /// under FULL).
+    fn old_key(&self, tuple: &Tuple) -> Option<String> {
+        if self.identity_has_key {
+            self.key(tuple)
+        } else {
+            None
+        }
+    }
+}
