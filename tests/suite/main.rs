@@ -14,4 +14,5 @@ mod relay;
 mod service;
 mod tidy;
 mod tls;
+mod visibility;
 mod wal;
