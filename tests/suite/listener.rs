@@ -102,7 +102,7 @@ pub(crate) fn start_wal(mut config: WalConfig) -> Running {
     }
 }
 
-fn start_with(mut config: ListenerConfig) -> Running {
+pub(crate) fn start_with(mut config: ListenerConfig) -> Running {
     config.backoff_max = Duration::from_millis(500);
     let handler = Arc::new(Recorder::default());
     let status = ListenerStatus::default();

@@ -14,5 +14,6 @@ mod relay;
 mod service;
 mod tidy;
 mod tls;
+mod values;
 mod visibility;
 mod wal;

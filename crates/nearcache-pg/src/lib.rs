@@ -49,9 +49,15 @@ pub use repo::{PgUserRepo, UserRepo};
 /// the reference tables attached to them, and the relay probe's table ([`probe`]). A downstream service wants [`install`] instead.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./sql");
 
-/// nearcache's trigger functions, generic and idempotent (`sql/0003_nearcache_install.sql`).
-/// A later change to them comes as a new migration, and this constant follows it.
-pub const INSTALL_SQL: &str = include_str!("../sql/0003_nearcache_install.sql");
+/// nearcache's trigger functions, generic and idempotent (`sql/0003_nearcache_install.sql`,
+/// then `sql/0006_nearcache_stored_values.sql`, which attaches every attached table again with
+/// the triggers it defines). A later change to them comes as a new migration, and this constant
+/// follows it.
+pub const INSTALL_SQL: &str = concat!(
+    include_str!("../sql/0003_nearcache_install.sql"),
+    "\n",
+    include_str!("../sql/0006_nearcache_stored_values.sql")
+);
 
 /// Installs (or reinstalls) nearcache's trigger functions on the database of `pool`, in one
 /// transaction, without touching any table of yours. Attach tables afterwards with
