@@ -18,6 +18,9 @@ pub enum ConfigError {
     /// The heartbeat timings make no sense.
     #[error("heartbeat interval and timeout must be positive")]
     Heartbeat,
+    /// The check interval is zero.
+    #[error("check interval must be positive")]
+    CheckInterval,
 }
 
 /// How the listener connects and how it watches its connection.
@@ -37,6 +40,10 @@ pub struct ListenerConfig {
     pub backoff_max: Duration,
     /// How long connecting and LISTEN may take. Default 5 s.
     pub connect_timeout: Duration,
+    /// How often the check made at connect (`nearcache_check`: triggers there and enabled
+    /// ALWAYS, columns watched, the channel) is made again while listening: a problem
+    /// bypasses, a table attached again (other ignored columns) is flushed. Default 10 s.
+    pub check_interval: Duration,
 }
 
 impl ListenerConfig {
@@ -55,6 +62,7 @@ impl ListenerConfig {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
+            check_interval: Duration::from_secs(10),
         })
     }
 
@@ -101,13 +109,17 @@ impl ListenerConfig {
         &self.tables
     }
 
-    /// Checks what [`run`](crate::run) needs: positive heartbeat timings.
+    /// Checks what [`run`](crate::run) needs: positive heartbeat timings and check interval.
     ///
     /// # Errors
-    /// [`ConfigError::Heartbeat`] when either is zero.
+    /// [`ConfigError::Heartbeat`] when a heartbeat timing is zero, [`ConfigError::CheckInterval`]
+    /// when the check interval is.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.heartbeat_interval.is_zero() || self.heartbeat_timeout.is_zero() {
             return Err(ConfigError::Heartbeat);
+        }
+        if self.check_interval.is_zero() {
+            return Err(ConfigError::CheckInterval);
         }
         Ok(())
     }

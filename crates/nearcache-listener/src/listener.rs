@@ -1,6 +1,7 @@
 //! The listening loop: connect, LISTEN, serve notifications and heartbeats, reconnect.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -104,16 +105,20 @@ async fn session<H: Handler + ?Sized>(
         Err(_) => return (SessionError::ConnectTimeout, false),
     }
     // Listening proves nothing if the tables do not notify: ask the database first.
-    match tokio::time::timeout(config.connect_timeout, check(&client, config)).await {
-        Ok(Ok(())) => status.set_problem(None),
-        Ok(Err(e)) => {
-            if let SessionError::Misconfigured(problem) = &e {
-                status.set_problem(Some(problem.clone()));
+    let mut attached =
+        match tokio::time::timeout(config.connect_timeout, check(&client, config)).await {
+            Ok(Ok(attached)) => {
+                status.set_problem(None);
+                attached
             }
-            return (e, false);
-        }
-        Err(_) => return (SessionError::ConnectTimeout, false),
-    }
+            Ok(Err(e)) => {
+                if let SessionError::Misconfigured(problem) = &e {
+                    status.set_problem(Some(problem.clone()));
+                }
+                return (e, false);
+            }
+            Err(_) => return (SessionError::ConnectTimeout, false),
+        };
     // Only now may the cache serve: anything committed before the LISTEN is flushed away,
     // anything after it will be notified.
     handler.flush_all();
@@ -126,6 +131,12 @@ async fn session<H: Handler + ?Sized>(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sequence: u64 = 0;
     let mut pending: Option<(u64, Instant)> = None;
+    let mut rechecks = tokio::time::interval_at(
+        tokio::time::Instant::now() + config.check_interval,
+        config.check_interval,
+    );
+    rechecks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut recheck: Option<Recheck> = None;
     loop {
         let deadline = pending
             .map(|(_, sent)| tokio::time::Instant::from_std(sent + config.heartbeat_timeout));
@@ -164,35 +175,84 @@ async fn session<H: Handler + ?Sized>(
                 status.heartbeat_timeout();
                 return (SessionError::HeartbeatTimeout(config.heartbeat_timeout), true);
             }
+            // The check again, on the same connection (one SELECT, no transaction); a server
+            // that stops answering it also stops answering heartbeats, whose deadline holds.
+            _ = rechecks.tick(), if recheck.is_none() => {
+                let (client, config) = (client.clone(), config.clone());
+                recheck = Some(Box::pin(async move { check(&client, &config).await }));
+            }
+            result = async { recheck.as_mut().expect("guarded").await }, if recheck.is_some() => {
+                recheck = None;
+                status.recheck();
+                match result {
+                    Ok(now) => {
+                        // A table attached again may watch columns whose changes were not
+                        // notified before: what is cached of it may be stale.
+                        for (table, rule) in &now {
+                            if attached.get(table).is_some_and(|before| before != rule) {
+                                tracing::info!(%table, "listener: table attached again; flushing it");
+                                handler.flush_table(table);
+                            }
+                        }
+                        attached = now;
+                    }
+                    Err(e) => {
+                        if let SessionError::Misconfigured(problem) = &e {
+                            status.set_problem(Some(problem.clone()));
+                        }
+                        return (e, true);
+                    }
+                }
+            }
         }
     }
 }
 
+/// Each attached table's rule as `nearcache_attached` records it (key, ignored and watched
+/// columns), to notice a table attached again.
+type Attached = std::collections::HashMap<String, String>;
+
+type Recheck = Pin<Box<dyn Future<Output = Result<Attached, SessionError>> + Send>>;
+
 /// Asks the database whether the tables carry nearcache's triggers as they must
-/// (`nearcache_check`, installed with the triggers).
+/// (`nearcache_check`, installed with the triggers), and how each table is attached.
 async fn check(
     client: &tokio_postgres::Client,
     config: &ListenerConfig,
-) -> Result<(), SessionError> {
-    let problems: Vec<String> = match client
+) -> Result<Attached, SessionError> {
+    let (problems, attached): (Vec<String>, Attached) = match client
         .query_one(
-            "SELECT nearcache_check($1::text[], $2::text)",
+            "SELECT nearcache_check($1::text[], $2::text),
+                    ARRAY(SELECT tbl::text FROM nearcache_attached ORDER BY 1),
+                    ARRAY(SELECT concat_ws('|', key_column, ignore_columns::text,
+                                           watched_columns::text, notify::text)
+                            FROM nearcache_attached ORDER BY tbl::text)",
             &[&config.tables, &config.channel],
         )
         .await
     {
-        Ok(row) => row.get(0),
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION) => {
-            vec![
-                "nearcache is not installed in this database (nearcache_pg::install, or \
-                  sql/0003_nearcache_install.sql)"
-                    .to_string(),
-            ]
+        Ok(row) => {
+            let tables: Vec<String> = row.get(1);
+            let rules: Vec<String> = row.get(2);
+            (row.get(0), tables.into_iter().zip(rules).collect())
+        }
+        Err(e)
+            if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION)
+                || e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) =>
+        {
+            (
+                vec![
+                    "nearcache is not installed in this database (nearcache_pg::install, or \
+                      sql/0003_nearcache_install.sql)"
+                        .to_string(),
+                ],
+                Attached::new(),
+            )
         }
         Err(e) => return Err(SessionError::Check(e)),
     };
     if problems.is_empty() {
-        Ok(())
+        Ok(attached)
     } else {
         Err(SessionError::Misconfigured(problems.join("; ")))
     }

@@ -133,6 +133,10 @@ pub struct Config {
     /// How long a heartbeat may take before the cache bypasses and the listener reconnects.
     #[arg(long, env = "NEARCACHE_HEARTBEAT_TIMEOUT", default_value = "3s", value_parser = duration)]
     pub heartbeat_timeout: Duration,
+    /// How often the source checks again what it relies on (publication and replica identity,
+    /// triggers, attach rules): a problem bypasses, a table attached again is flushed.
+    #[arg(long, env = "NEARCACHE_CHECK_INTERVAL", default_value = "10s", value_parser = duration)]
+    pub check_interval: Duration,
     /// Notification channel of the triggers (the database's `nearcache_channel()`).
     #[arg(long, env = "NEARCACHE_CHANNEL", default_value = "nearcache")]
     pub channel: String,
@@ -251,6 +255,8 @@ pub struct Settings {
     pub heartbeat_interval: Duration,
     /// Heartbeat timeout.
     pub heartbeat_timeout: Duration,
+    /// How often a source checks the database again.
+    pub check_interval: Duration,
     /// Notification channel.
     pub channel: String,
     /// Invalidation source of a coherent cache.
@@ -283,6 +289,7 @@ impl Settings {
             cache_capacity: 100_000,
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(3),
+            check_interval: Duration::from_secs(10),
             channel: "nearcache".into(),
             source: SourceKind::Auto,
             nats: NatsSettings {
@@ -342,6 +349,7 @@ impl Config {
         settings.cache_capacity = self.cache_capacity;
         settings.heartbeat_interval = self.heartbeat_interval;
         settings.heartbeat_timeout = self.heartbeat_timeout;
+        settings.check_interval = self.check_interval;
         settings.channel = self.channel;
         settings.source = self.source;
         settings.nats = NatsSettings {

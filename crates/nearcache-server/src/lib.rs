@@ -97,8 +97,14 @@ impl Application {
             .with_tables(handler::TABLES);
         listener.heartbeat_interval = settings.heartbeat_interval;
         listener.heartbeat_timeout = settings.heartbeat_timeout;
-        listener.validate().map_err(|_| {
-            ConfigError::Timing("--heartbeat-interval and --heartbeat-timeout must be positive")
+        listener.check_interval = settings.check_interval;
+        listener.validate().map_err(|e| match e {
+            nearcache_listener::ConfigError::CheckInterval => {
+                ConfigError::Timing("--check-interval must be positive")
+            }
+            _ => {
+                ConfigError::Timing("--heartbeat-interval and --heartbeat-timeout must be positive")
+            }
         })?;
         // The WAL source needs a TCP host; `auto` falls back to LISTEN without one.
         let wal = match WalConfig::new(&settings.database_url) {
@@ -106,6 +112,7 @@ impl Application {
                 wal = wal.with_tables(handler::TABLES);
                 wal.heartbeat_interval = settings.heartbeat_interval;
                 wal.heartbeat_timeout = settings.heartbeat_timeout;
+                wal.check_interval = settings.check_interval;
                 Some(wal)
             }
             Err(e) if settings.source == SourceKind::Wal => return Err(e.into()),
