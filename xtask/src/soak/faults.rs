@@ -19,7 +19,13 @@ pub(super) enum Fault {
     Burst,
     /// The whole cluster stopped (fast shutdown) and started again.
     Restart,
+    /// A synchronous standby that does not exist, for a few seconds: every commit meanwhile is
+    /// flushed and decodable but not visible until the setting is reset.
+    SyncStandby,
 }
+
+/// How long the synchronous standby is missing.
+const SYNC_MISSING: Duration = Duration::from_secs(3);
 
 impl Fault {
     pub(super) fn name(self) -> &'static str {
@@ -28,6 +34,7 @@ impl Fault {
             Fault::Stop => "source backends SIGSTOPped past the heartbeat timeout",
             Fault::Burst => "10 000-row UPDATE",
             Fault::Restart => "cluster restarted",
+            Fault::SyncStandby => "synchronous standby missing for 3 s",
         }
     }
 
@@ -36,16 +43,22 @@ impl Fault {
         match self {
             Fault::Terminate | Fault::Restart => ("nearcache_source_connections_total", 1.0),
             Fault::Stop => ("nearcache_source_heartbeat_timeouts_total", 1.0),
-            // LISTEN may carry many rows in one notification: at least one came.
-            Fault::Burst => ("nearcache_source_notifications_total", 1.0),
+            // LISTEN may carry many rows in one notification: at least one came. After a
+            // missing standby, the held commits were delivered once visible.
+            Fault::Burst | Fault::SyncStandby => ("nearcache_source_notifications_total", 1.0),
         }
     }
 }
 
-/// The schedule: `slots` faults, cycling through terminate, stop and burst, with the cluster
-/// restarted once, in the middle.
+/// The schedule: `slots` faults, cycling through terminate, stop, burst and a missing
+/// synchronous standby, with the cluster restarted once, in the middle.
 pub(super) fn schedule(slots: usize) -> Vec<Fault> {
-    let cycle = [Fault::Terminate, Fault::Stop, Fault::Burst];
+    let cycle = [
+        Fault::Terminate,
+        Fault::Stop,
+        Fault::Burst,
+        Fault::SyncStandby,
+    ];
     (0..slots)
         .map(|i| {
             if i == slots / 2 {
@@ -142,6 +155,28 @@ pub(super) async fn apply(fault: Fault, t: &Target<'_>, started: Instant) -> Res
             .await??;
             "fast shutdown, start".to_string()
         }
+        Fault::SyncStandby => {
+            // ALTER SYSTEM and a reload assign no xid, so they do not wait themselves.
+            let set = async |sql: &str| -> Result<()> {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+                    .execute(t.pool)
+                    .await?;
+                Ok(())
+            };
+            set("ALTER SYSTEM SET synchronous_standby_names = 'nearcache_soak_missing'; SELECT pg_reload_conf()").await?;
+            tokio::time::sleep(SYNC_MISSING / 2).await;
+            let waiting: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'",
+            )
+            .fetch_one(t.pool)
+            .await?;
+            tokio::time::sleep(SYNC_MISSING / 2).await;
+            set("ALTER SYSTEM RESET synchronous_standby_names; SELECT pg_reload_conf()").await?;
+            if waiting == 0 {
+                bail!("no commit waited for the missing standby");
+            }
+            format!("{waiting} commits waiting for the standby halfway")
+        }
     };
     let took = began.elapsed();
     let ended = Instant::now();
@@ -197,7 +232,15 @@ mod tests {
         assert_eq!(schedule(4), [Terminate, Stop, Restart, Burst]);
         assert_eq!(
             schedule(7),
-            [Terminate, Stop, Burst, Restart, Terminate, Stop, Burst]
+            [
+                Terminate,
+                Stop,
+                Burst,
+                Restart,
+                SyncStandby,
+                Terminate,
+                Stop
+            ]
         );
     }
 }
