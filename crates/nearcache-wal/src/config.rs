@@ -53,6 +53,11 @@ pub struct WalConfig {
     /// made again while streaming: a table dropped from the publication bypasses, changed
     /// attach rules are reloaded and flush their tables. Default 10 s.
     pub check_interval: Duration,
+    /// For measurements only (`cargo xtask bench` compares the gate's cost with it): apply a
+    /// commit when it is decoded, before new snapshots can see it, as the source did before
+    /// the visibility gate. A load racing the commit can then store the superseded row.
+    #[doc(hidden)]
+    pub apply_at_decoding: bool,
 }
 
 impl WalConfig {
@@ -95,6 +100,7 @@ impl WalConfig {
             connect_timeout: Duration::from_secs(5),
             digest_capacity: 100_000,
             check_interval: Duration::from_secs(10),
+            apply_at_decoding: false,
         })
     }
 

@@ -300,6 +300,12 @@ impl Stream {
                     match decoder.event(event, ours) {
                         Err(e) => return e.into(),
                         Ok(Decoded::Nothing) => {}
+                        Ok(Decoded::Commit(commit)) if config.apply_at_decoding => {
+                            let end = commit.end_lsn;
+                            apply(commit, handler, status);
+                            gate.keepalive(end);
+                            self.confirm(&gate);
+                        }
                         Ok(Decoded::Commit(commit)) => {
                             let applies = !commit.changes.is_empty();
                             gate.admit(commit);

@@ -84,6 +84,9 @@ pub(super) struct Series {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Source {
     Wal,
+    /// The WAL source applying commits when decoded, without the visibility gate: what it did
+    /// before, kept to measure the gate's cost (it can serve superseded rows).
+    WalAtDecoding,
     Notify,
 }
 
@@ -91,6 +94,7 @@ impl Source {
     pub(super) fn name(self) -> &'static str {
         match self {
             Source::Wal => "WAL",
+            Source::WalAtDecoding => "WAL applied at decoding (no gate, for comparison)",
             Source::Notify => "LISTEN",
         }
     }
@@ -108,13 +112,10 @@ pub(super) fn spawn_source<H: Handler>(
         let _ = stop.wait_for(|s| *s).await;
     };
     match source {
-        Source::Wal => {
-            tokio::spawn(nearcache_wal::run(
-                WalConfig::new(url)?,
-                handler,
-                status.clone(),
-                stopped,
-            ));
+        Source::Wal | Source::WalAtDecoding => {
+            let mut config = WalConfig::new(url)?;
+            config.apply_at_decoding = source == Source::WalAtDecoding;
+            tokio::spawn(nearcache_wal::run(config, handler, status.clone(), stopped));
         }
         Source::Notify => {
             tokio::spawn(nearcache_listener::run(
@@ -132,7 +133,7 @@ pub(super) fn spawn_source<H: Handler>(
 /// over 1000 updates.
 pub(super) async fn invalidation_latency(url: &str) -> Result<Vec<Series>> {
     let mut all = Vec::new();
-    for source in [Source::Wal, Source::Notify] {
+    for source in [Source::Wal, Source::WalAtDecoding, Source::Notify] {
         all.extend(latency_of(url, source).await?);
     }
     Ok(all)
