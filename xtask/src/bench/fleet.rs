@@ -93,6 +93,7 @@ pub(super) async fn fleet(url: &str, n: usize, relay: bool, updates: usize) -> R
             inner: TableHandler::new(cache.clone(), nearcache_pg::tags::PRINCIPAL_TABLES),
             cache,
             seen: Mutex::default(),
+            flushed: Mutex::default(),
             changed: tokio::sync::Notify::new(),
         });
         let status = ListenerStatus::default();

@@ -18,6 +18,9 @@ pub(super) struct Timed {
     pub(super) cache: Cache<String, u32>,
     pub(super) inner: TableHandler<String, u32>,
     pub(super) seen: Mutex<HashMap<String, Instant>>,
+    /// When the whole cache was last flushed (a source that reconnected, a table flush): that
+    /// evicts every key too.
+    pub(super) flushed: Mutex<Option<Instant>>,
     pub(super) changed: tokio::sync::Notify,
 }
 
@@ -35,7 +38,8 @@ impl Timed {
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let at = self.seen.lock().unwrap().get(key).copied();
+            let flushed = (*self.flushed.lock().unwrap()).filter(|f| *f >= committed);
+            let at = self.seen.lock().unwrap().get(key).copied().or(flushed);
             if let Some(at) = at {
                 return Some(at.saturating_duration_since(committed));
             }
@@ -51,10 +55,13 @@ impl Timed {
 
 impl Handler for Timed {
     fn bypass(&self) {
+        // Bypass serves nothing from the cache, and flushes it.
         self.inner.bypass();
+        self.flushed_now();
     }
     fn flush_all(&self) {
         self.inner.flush_all();
+        self.flushed_now();
     }
     fn coherent(&self) {
         self.inner.coherent();
@@ -70,7 +77,16 @@ impl Handler for Timed {
         cached
     }
     fn flush_table(&self, table: &str) -> bool {
-        self.inner.flush_table(table)
+        let cached = self.inner.flush_table(table);
+        self.flushed_now();
+        cached
+    }
+}
+
+impl Timed {
+    fn flushed_now(&self) {
+        *self.flushed.lock().unwrap() = Some(Instant::now());
+        self.changed.notify_waiters();
     }
 }
 
@@ -155,6 +171,7 @@ async fn latency_of(url: &str, source: Source) -> Result<Vec<Series>> {
             inner: TableHandler::new(cache.clone(), nearcache_pg::tags::PRINCIPAL_TABLES),
             cache,
             seen: Mutex::default(),
+            flushed: Mutex::default(),
             changed: tokio::sync::Notify::new(),
         });
         let status = spawn_source(source, url, handler.clone(), stop_rx.clone())?;
@@ -186,9 +203,18 @@ async fn latency_of(url: &str, source: Source) -> Result<Vec<Series>> {
         let committed = Instant::now();
         let wait_deadline = committed + Duration::from_secs(5);
         let mut worst = Duration::ZERO;
-        for (h, _) in &instances {
+        for (i, (h, status)) in instances.iter().enumerate() {
             let Some(d) = h.evicted_after(&key, committed, wait_deadline).await else {
-                bail!("update {n} did not reach an instance within 5 s");
+                let s = status.snapshot();
+                bail!(
+                    "{}: update {n} did not reach instance {i} within 5 s (connections {}, disconnects {}, heartbeat timeouts {}, visibility polls {}, last error: {})",
+                    source.name(),
+                    s.connections,
+                    s.disconnects,
+                    s.heartbeat_timeouts,
+                    s.visibility_polls,
+                    status.last_error().unwrap_or_else(|| "none".into())
+                );
             };
             per_instance.push(d);
             worst = worst.max(d);
