@@ -55,7 +55,7 @@ impl Timed {
 
 impl Handler for Timed {
     fn bypass(&self) {
-        // Bypass serves nothing from the cache, and flushes it.
+        // In bypass the cache serves nothing (and is flushed before it serves again).
         self.inner.bypass();
         self.flushed_now();
     }
