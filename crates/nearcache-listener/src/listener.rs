@@ -9,7 +9,7 @@ use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_postgres::{AsyncMessage, Notification};
 
-use nearcache_source::{sleep_until_opt, supervise, AbortOnDrop};
+use nearcache_source::{in_flight, sleep_until_opt, supervise, AbortOnDrop};
 
 use crate::{parse, Handler, ListenerConfig, ListenerState, ListenerStatus, Payload};
 
@@ -181,7 +181,7 @@ async fn session<H: Handler + ?Sized>(
                 let (client, config) = (client.clone(), config.clone());
                 recheck = Some(Box::pin(async move { check(&client, &config).await }));
             }
-            result = async { recheck.as_mut().expect("guarded").await }, if recheck.is_some() => {
+            result = in_flight(&mut recheck) => {
                 recheck = None;
                 status.recheck();
                 match result {

@@ -13,4 +13,4 @@ mod supervise;
 
 pub use handler::Handler;
 pub use status::{Metric, SourceState, SourceStatus, StatusSnapshot};
-pub use supervise::{explain, sleep_until_opt, supervise, AbortOnDrop};
+pub use supervise::{explain, in_flight, sleep_until_opt, supervise, AbortOnDrop};

@@ -84,6 +84,15 @@ pub async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     }
 }
 
+/// Awaits the query in flight, if any, or waits forever: a source's side query (a check, a
+/// poll) as one arm of its session's `select!`, beside the stream it must keep reading.
+pub async fn in_flight<F: Future + Unpin>(query: &mut Option<F>) -> F::Output {
+    match query {
+        Some(q) => q.await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Aborts a task when dropped: a connection driver that must not outlive its session.
 #[derive(Debug)]
 pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nearcache_source::{
-    sleep_until_opt, supervise, AbortOnDrop, Handler, SourceState, SourceStatus,
+    in_flight, sleep_until_opt, supervise, AbortOnDrop, Handler, SourceState, SourceStatus,
 };
 use pgwire_replication::{ReplicationClient, ReplicationConfig};
 
@@ -88,14 +88,6 @@ async fn session<H: Handler + ?Sized>(
 }
 
 type Query<T> = Pin<Box<dyn Future<Output = Result<T, SessionError>> + Send>>;
-
-/// Awaits the query in flight, if any; pending forever otherwise.
-async fn in_flight<T>(query: &mut Option<Query<T>>) -> Result<T, SessionError> {
-    match query {
-        Some(q) => q.await,
-        None => std::future::pending().await,
-    }
-}
 
 /// The first pause between two polls of the gate; it doubles while commits stay invisible.
 const POLL_MIN: Duration = Duration::from_millis(1);
