@@ -117,16 +117,21 @@ pub(crate) async fn check(
     Ok(rules)
 }
 
-/// The transactions that hold an xid now (each holds the lock on its own xid until after it
-/// has become visible): those among them whose commit precedes the slot's consistent point are
+/// The transactions of this database that hold an xid now (each holds the lock on its own xid
+/// until after it has become visible): those among them whose commit precedes the slot's consistent point are
 /// never decoded, and may not be visible yet.
 pub(crate) async fn running_xids(
     control: &tokio_postgres::Client,
 ) -> Result<Vec<u32>, SessionError> {
     let rows = control
         .query(
-            "SELECT transactionid::text FROM pg_locks
-              WHERE locktype = 'transactionid' AND mode = 'ExclusiveLock' AND granted",
+            // Only this database's: a transaction of another is never decoded here, and
+            // watching it would flush everything for nothing. A lock with no backend (a
+            // prepared transaction) is kept.
+            "SELECT l.transactionid::text FROM pg_locks l
+               LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+              WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted
+                AND (a.pid IS NULL OR a.datname = current_database())",
             &[],
         )
         .await

@@ -232,7 +232,13 @@ impl Decoder {
                 };
                 match (old_key, new_key) {
                     (Some(old_key), Some(new_key)) if old_key != new_key => {
-                        self.forget(&row.table, &old_key);
+                        // The row keeps its digest under its new key: an unchanged TOASTed
+                        // value in the new tuple is known from it, so that a later change of
+                        // ignored columns alone is still told apart.
+                        if let Some(digest) = self.forget(&row.table, &old_key) {
+                            self.digests
+                                .insert((row.table.clone(), new_key.clone()), digest);
+                        }
                         self.remember(relation, &new_key, &new, None);
                         self.txn
                             .push(Evict::Keys(row.table, vec![old_key, new_key]));
@@ -371,8 +377,9 @@ impl Decoder {
         changed
     }
 
-    fn forget(&mut self, table: &str, key: &str) {
-        self.digests.remove(&(table.to_string(), key.to_string()));
+    /// Forgets a row's digest, and returns it.
+    fn forget(&mut self, table: &str, key: &str) -> Option<Vec<u64>> {
+        self.digests.remove(&(table.to_string(), key.to_string()))
     }
 }
 
