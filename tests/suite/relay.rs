@@ -215,7 +215,10 @@ async fn a_gap_in_the_relays_sequence_flushes() {
         seq: 1_000_000,
         coherent: true,
         lsn: None,
-        change: nearcache_nats::Change::Heartbeat { lag_micros: 0 },
+        change: nearcache_nats::Change::Heartbeat {
+            lag_micros: 0,
+            reads: None,
+        },
     };
     let client = async_nats::connect(nats_url()).await.unwrap();
     async_nats::jetstream::new(client)
@@ -302,5 +305,53 @@ async fn an_instance_whose_relay_reads_another_database_bypasses_and_says_why() 
                 .is_some_and(|e| e.contains("probe did not come back"))
     })
     .await;
+    relay.stop().await;
+}
+
+/// The relay checks what its source relies on for the tables it reads, but only an instance
+/// knows which tables it caches: a cached table dropped from the relay's publication makes the
+/// instance bypass within its check interval, saying why, and a repair makes it coherent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_whose_cached_table_leaves_the_publication_bypasses_and_says_why() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let (_, users) = seed(&pool, 1).await;
+    let channel = Channel::new();
+    let relay = Relay::start(db.url(), &channel, None);
+    let app = spawn_app_with(db.url(), |s| {
+        following(s, &channel);
+        s.check_interval = Duration::from_millis(300);
+    })
+    .await;
+    app.ready("coherent").await;
+    let t = token(users[0].id, json!({}));
+    all_see(std::slice::from_ref(&app), &t, "User 0").await;
+    let checks = metric(&app.metrics().await, "nearcache_source_rechecks_total");
+    assert!(checks >= 1.0, "checked before becoming coherent");
+
+    sqlx::query("ALTER PUBLICATION nearcache DROP TABLE users")
+        .execute(&pool)
+        .await
+        .unwrap();
+    wait_until(BOUND, "bypass, saying why", || async {
+        let health = app.get("/healthz", None).await.1;
+        health["cache"] == "bypass"
+            && health["problem"]
+                .as_str()
+                .is_some_and(|p| p.contains("users is not in publication nearcache"))
+    })
+    .await;
+    // Nobody hears about this change any more: it must not be hidden behind a cached entry.
+    update(&pool, "users", users[0].id, "name = 'Unrelayed'").await;
+    all_see(std::slice::from_ref(&app), &t, "Unrelayed").await;
+
+    sqlx::query("SELECT nearcache_attach('users', 'id', '{last_seen_at}')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    app.ready("coherent").await;
+    assert!(app.get("/healthz", None).await.1["problem"].is_null());
+    update(&pool, "users", users[0].id, "name = 'Relayed again'").await;
+    all_see(std::slice::from_ref(&app), &t, "Relayed again").await;
     relay.stop().await;
 }

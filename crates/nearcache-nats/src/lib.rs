@@ -27,11 +27,19 @@
 //!    and must read that key back from the stream within the probe's timeout, or it bypasses
 //!    and subscribes again. A heartbeat says the relay is alive; the probe says the relay reads
 //!    the database this instance writes to and publishes where it listens.
+//! 5. With a [`TableCheck`], the instance checks through its own database pool that every
+//!    table it caches is read the way the relay's heartbeats say the relay reads (in the
+//!    publication, with a replica identity that carries the attached key; or carrying the
+//!    triggers on the relay's channel): before its cache first becomes coherent, whenever the
+//!    relay's way changes, and every interval after. A problem bypasses, shown as the
+//!    source's problem, and the instance subscribes again.
 
+mod check;
 mod probe;
 mod source;
 mod wire;
 
+pub use check::{CheckResult, CheckTables, TableCheck};
 pub use probe::{Probe, ProbeWrite};
 pub use source::{run, NatsConfig, NatsConfigError};
-pub use wire::{Change, Message, CHANGES};
+pub use wire::{Change, Message, Reads, CHANGES};

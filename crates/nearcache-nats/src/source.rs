@@ -7,10 +7,11 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::push::OrderedConfig;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use futures_util::StreamExt;
-use nearcache_source::{sleep_until_opt, supervise, Handler, SourceState, SourceStatus};
+use nearcache_source::{in_flight, sleep_until_opt, supervise, Handler, SourceState, SourceStatus};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::check::{Checker, TableCheck};
 use crate::probe::{Due, Probe, Prober};
 use crate::wire::{Change, Message, CHANGES};
 
@@ -18,7 +19,7 @@ use crate::wire::{Change, Message, CHANGES};
 #[derive(Debug, thiserror::Error)]
 pub enum NatsConfigError {
     /// Zero timings.
-    #[error("the heartbeat timeout and the probe's interval and timeout must be positive")]
+    #[error("the heartbeat timeout, the probe's interval and timeout and the check's interval must be positive")]
     Heartbeat,
     /// An empty stream name or subject prefix.
     #[error("the stream and the subject prefix must not be empty")]
@@ -45,6 +46,10 @@ pub struct NatsConfig {
     pub connect_timeout: Duration,
     /// The end-to-end probe, if any (none by default: it needs the instance's database).
     pub probe: Option<Probe>,
+    /// The instance's own check of its cached tables against how the relay reads, if any
+    /// (none by default: it needs the instance's database). With one, the cache becomes
+    /// coherent only once it has passed.
+    pub check: Option<TableCheck>,
 }
 
 impl NatsConfig {
@@ -59,6 +64,7 @@ impl NatsConfig {
             backoff_max: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             probe: None,
+            check: None,
         }
     }
 
@@ -72,6 +78,7 @@ impl NatsConfig {
                 .probe
                 .as_ref()
                 .is_some_and(|p| p.interval.is_zero() || p.timeout.is_zero())
+            || self.check.as_ref().is_some_and(|c| c.interval.is_zero())
         {
             return Err(NatsConfigError::Heartbeat);
         }
@@ -98,6 +105,8 @@ enum SessionError {
     Silent(Duration),
     #[error("the end-to-end probe did not come back within {0:?} (is the relay reading this instance's database?)")]
     ProbeLost(Duration),
+    #[error("a cached table is not read as the relay says: {0}")]
+    Misconfigured(String),
 }
 
 /// Follows the relay of `config` until `shutdown` completes, driving `handler`: see the
@@ -127,7 +136,10 @@ pub async fn run<H>(
 struct Followed {
     epoch: Option<String>,
     seq: u64,
+    /// Whether this instance's cache is coherent.
     coherent: bool,
+    /// Whether the relay's last message said it is.
+    relay_coherent: bool,
 }
 
 async fn session<H: Handler + ?Sized>(
@@ -181,15 +193,20 @@ async fn session<H: Handler + ?Sized>(
         }
         Err(_) => return (SessionError::Timeout("subscribing"), false),
     };
-    status.set_problem(None);
+    // A problem the check found stays shown until a check passes.
+    if config.check.is_none() {
+        status.set_problem(None);
+    }
     tracing::info!(stream = %config.stream, prefix = %config.prefix, "nats source: subscribed");
 
     let mut followed = Followed {
         epoch: None,
         seq: 0,
         coherent: false,
+        relay_coherent: false,
     };
     let mut delivered = false;
+    let mut checker = Checker::new(config.check.as_ref());
     let mut consumer: Option<String> = None;
     let (probe_errors, mut probe_failed) = mpsc::unbounded_channel::<String>();
     let mut prober = config.probe.as_ref().map(|p| Prober::new(p, probe_errors));
@@ -202,6 +219,7 @@ async fn session<H: Handler + ?Sized>(
             Some((at, due)) => (Some(at), Some(due)),
             None => (None, None),
         };
+        let check_at = checker.deadline();
         let next = tokio::select! {
             biased;
             _ = lost.recv() => return (SessionError::Lost, delivered),
@@ -217,6 +235,23 @@ async fn session<H: Handler + ?Sized>(
                     }
                     (Some(Due::Send), Some(p)) => p.send(),
                     _ => {}
+                }
+                continue;
+            }
+            () = sleep_until_opt(check_at) => {
+                checker.start();
+                continue;
+            }
+            result = in_flight(&mut checker.running) => {
+                status.recheck();
+                if let Err(problem) = checker.finished(result) {
+                    tracing::warn!(%problem, "nats source: a cached table is not read as the relay says");
+                    status.set_problem(Some(problem.clone()));
+                    return (SessionError::Misconfigured(problem), delivered);
+                }
+                status.set_problem(None);
+                if checker.passed() && followed.relay_coherent && !followed.coherent {
+                    become_coherent(&mut followed, handler, status, &mut delivered, prober.as_mut());
                 }
                 continue;
             }
@@ -269,23 +304,22 @@ async fn session<H: Handler + ?Sized>(
                     status.set_problem(None);
                 }
             }
+            (Change::Heartbeat { reads, .. }, _) => {
+                checker.heard(reads.as_ref());
+                apply(&message.change, handler, status);
+            }
             (change, _) => apply(change, handler, status),
         }
+        followed.relay_coherent = message.coherent;
         match (followed.coherent, message.coherent) {
-            (false, true) => {
-                // Everything before this point is flushed away; everything after arrives.
-                handler.flush_all();
-                handler.coherent();
-                followed.coherent = true;
-                if !delivered {
-                    delivered = true;
-                    status.connected();
-                }
-                status.set_state(SourceState::Listening);
-                if let Some(p) = prober.as_mut() {
-                    p.start();
-                }
-                tracing::info!(epoch = %message.epoch, seq = message.seq, "nats source: cache coherent");
+            (false, true) if checker.passed() => {
+                become_coherent(
+                    &mut followed,
+                    handler,
+                    status,
+                    &mut delivered,
+                    prober.as_mut(),
+                );
             }
             (true, false) => {
                 handler.bypass();
@@ -301,6 +335,28 @@ async fn session<H: Handler + ?Sized>(
             }
         }
     }
+}
+
+/// Everything before this point is flushed away; everything after arrives.
+fn become_coherent<H: Handler + ?Sized>(
+    followed: &mut Followed,
+    handler: &H,
+    status: &SourceStatus,
+    delivered: &mut bool,
+    prober: Option<&mut Prober<'_>>,
+) {
+    handler.flush_all();
+    handler.coherent();
+    followed.coherent = true;
+    if !*delivered {
+        *delivered = true;
+        status.connected();
+    }
+    status.set_state(SourceState::Listening);
+    if let Some(p) = prober {
+        p.start();
+    }
+    tracing::info!(epoch = ?followed.epoch, seq = followed.seq, "nats source: cache coherent");
 }
 
 /// Checks `message` against the relay's epoch and sequence; on a new epoch or a gap the cache
@@ -362,6 +418,6 @@ fn apply<H: Handler + ?Sized>(change: &Change, handler: &H, status: &SourceStatu
             status.notification();
             handler.flush_all();
         }
-        Change::Heartbeat { lag_micros } => status.heartbeat(*lag_micros),
+        Change::Heartbeat { lag_micros, .. } => status.heartbeat(*lag_micros),
     }
 }

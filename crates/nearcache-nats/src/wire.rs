@@ -44,6 +44,28 @@ pub enum Change {
     Heartbeat {
         /// The relay's source's last heartbeat round trip, in microseconds.
         lag_micros: u64,
+        /// How the relay reads the database (absent from relays that do not say), so that an
+        /// instance can check that its own cached tables are read that way.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reads: Option<Reads>,
+    },
+}
+
+/// How a relay reads the database: what an instance behind it checks its cached tables against.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "via", rename_all = "snake_case")]
+pub enum Reads {
+    /// The WAL, through this publication: each cached table must be in it, with a replica
+    /// identity that carries its attached key.
+    Wal {
+        /// The publication.
+        publication: String,
+    },
+    /// LISTEN on this channel: each cached table must carry nearcache's triggers, enabled
+    /// ALWAYS, notifying on it.
+    Notify {
+        /// The channel.
+        channel: String,
     },
 }
 
@@ -82,6 +104,30 @@ mod tests {
         let text = String::from_utf8(m.to_bytes()).unwrap();
         assert!(text.contains(r#""kind":"keys""#), "{text}");
         assert!(Message::parse(b"{\"epoch\":1}").is_err());
+        // A heartbeat says how the relay reads; one from a relay that does not say still parses.
+        let beat = Message {
+            change: Change::Heartbeat {
+                lag_micros: 3,
+                reads: Some(Reads::Wal {
+                    publication: "nearcache".into(),
+                }),
+            },
+            ..m
+        };
+        let text = String::from_utf8(beat.to_bytes()).unwrap();
+        assert!(
+            text.contains(r#""reads":{"via":"wal","publication":"nearcache"}"#),
+            "{text}"
+        );
+        assert_eq!(Message::parse(&beat.to_bytes()).unwrap(), beat);
+        let old = br#"{"epoch":"e","seq":1,"coherent":true,"change":{"kind":"heartbeat","lag_micros":5}}"#;
+        assert_eq!(
+            Message::parse(old).unwrap().change,
+            Change::Heartbeat {
+                lag_micros: 5,
+                reads: None
+            }
+        );
         assert!(Message::parse(b"\xff").is_err());
     }
 }

@@ -31,6 +31,7 @@
 //! `sql/0003_nearcache_install.sql` for the details; `nearcache_detach('invoices')` removes the
 //! triggers.
 
+pub mod check;
 mod domain;
 mod error;
 pub mod probe;

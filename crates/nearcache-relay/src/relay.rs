@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use nearcache_listener::ListenerConfig;
-use nearcache_nats::{Change, Message, CHANGES};
+use nearcache_nats::{Change, Message, Reads, CHANGES};
 use nearcache_source::{AbortOnDrop, SourceStatus};
 use nearcache_wal::WalConfig;
 use tokio::sync::mpsc;
@@ -390,7 +390,7 @@ async fn publish(
         lsn: None,
         status,
     };
-    out.send(heartbeat(status)).await;
+    out.send(heartbeat(config, status)).await;
     let mut beat = tokio::time::interval(config.heartbeat_interval);
     let renew_every = lease
         .as_ref()
@@ -404,13 +404,13 @@ async fn publish(
                 Some(Event::State(coherent)) => {
                     out.coherent = coherent;
                     out.lsn = None;
-                    out.send(heartbeat(status)).await;
+                    out.send(heartbeat(config, status)).await;
                 }
                 Some(Event::Commit(lsn)) => out.lsn = Some(lsn),
                 Some(Event::Change(change)) => out.send(change).await,
                 None => break Ended::Shutdown,
             },
-            _ = beat.tick() => out.send(heartbeat(status)).await,
+            _ = beat.tick() => out.send(heartbeat(config, status)).await,
             _ = renew.tick() => {
                 if let Some(l) = lease.as_mut() {
                     if !l.renew().await {
@@ -422,7 +422,7 @@ async fn publish(
     };
     // Tell the instances at once; then stop the source.
     out.coherent = false;
-    out.send(heartbeat(status)).await;
+    out.send(heartbeat(config, status)).await;
     stop_source.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), &mut source.0).await;
     if let (Ended::Shutdown, Some(l)) = (&ended, lease) {
@@ -431,9 +431,17 @@ async fn publish(
     Ok(ended)
 }
 
-fn heartbeat(status: &RelayStatus) -> Change {
+fn heartbeat(config: &RelayConfig, status: &RelayStatus) -> Change {
     Change::Heartbeat {
         lag_micros: status.source().snapshot().heartbeat_rtt_micros,
+        reads: Some(match &config.source {
+            RelaySource::Wal(wal) => Reads::Wal {
+                publication: wal.publication.clone(),
+            },
+            RelaySource::Notify(listen) => Reads::Notify {
+                channel: listen.channel().to_string(),
+            },
+        }),
     }
 }
 

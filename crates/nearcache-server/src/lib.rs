@@ -144,9 +144,15 @@ impl Application {
                 probe.timeout = probe_timeout;
                 nats.probe = Some(probe);
             }
+            // Likewise the check of the cached tables, which needs the pool.
+            let mut check = nearcache_nats::TableCheck::new(Arc::new(|_| {
+                Box::pin(async { Err("no pool yet".to_string()) })
+            }));
+            check.interval = settings.check_interval;
+            nats.check = Some(check);
             nats.validate().map_err(|e| {
                 ConfigError::Timing(if matches!(e, nearcache_nats::NatsConfigError::Heartbeat) {
-                    "--heartbeat-timeout and --nats-probe-timeout must be positive"
+                    "--heartbeat-timeout, --nats-probe-timeout and --check-interval must be positive"
                 } else {
                     "--nats-stream and --nats-prefix must not be empty"
                 })

@@ -69,13 +69,41 @@ pub(crate) async fn run<H: Handler>(
         (SourceKind::Nats, _) => {
             let mut nats = sources.nats;
             if let Some(probe) = &mut nats.probe {
-                probe.write = probe_write(pool, probe.instance.clone());
+                probe.write = probe_write(pool.clone(), probe.instance.clone());
+            }
+            if let Some(check) = &mut nats.check {
+                check.check = table_check(pool);
             }
             nearcache_nats::run(nats, handler, status, stopped).await;
         }
         (SourceKind::Wal, Some(wal)) => nearcache_wal::run(wal, handler, status, stopped).await,
         _ => nearcache_listener::run(sources.notify, handler, status, stopped).await,
     }
+}
+
+/// The check of the cached tables against how the relay reads, through this instance's pool.
+fn table_check(pool: PgPool) -> nearcache_nats::CheckTables {
+    Arc::new(move |reads| {
+        let pool = pool.clone();
+        Box::pin(async move {
+            let tables = &crate::handler::TABLES;
+            let problems = match reads {
+                Some(nearcache_nats::Reads::Wal { publication }) => {
+                    nearcache_pg::check::read_by_wal(&pool, tables, &publication).await
+                }
+                Some(nearcache_nats::Reads::Notify { channel }) => {
+                    nearcache_pg::check::read_by_notify(&pool, tables, &channel).await
+                }
+                None => nearcache_pg::check::attached(&pool, tables).await,
+            }
+            .map_err(|e| format!("checking the cached tables: {e}"))?;
+            if problems.is_empty() {
+                Ok(())
+            } else {
+                Err(problems.join("; "))
+            }
+        })
+    })
 }
 
 /// The end-to-end probe's write: this instance's row of `nearcache_probe`, through its pool.
