@@ -88,7 +88,10 @@ pub(super) struct Outcome {
 pub(super) struct Target<'a> {
     pub(super) pool: &'a sqlx::PgPool,
     pub(super) database: &'a str,
+    /// The instances, which must be coherent again.
     pub(super) bases: &'a [String],
+    /// Where the fault's counter moves: the instances, or the relay they follow.
+    pub(super) evidence: &'a [String],
     pub(super) client: &'a reqwest::Client,
     pub(super) heartbeat_timeout: Duration,
 }
@@ -109,7 +112,7 @@ pub(super) async fn apply(fault: Fault, t: &Target<'_>, started: Instant) -> Res
     let at = started.elapsed().as_secs_f64();
     let (counter, by) = fault.evidence();
     let mut before = Vec::new();
-    for base in t.bases {
+    for base in t.evidence {
         before.push(Scrape::get(t.client, base).await?.value(counter));
     }
     let began = Instant::now();
@@ -184,16 +187,17 @@ pub(super) async fn apply(fault: Fault, t: &Target<'_>, started: Instant) -> Res
     let mut recovered_after = None;
     while Instant::now() < deadline {
         let mut all = true;
-        for (base, before) in t.bases.iter().zip(&before) {
-            let Ok(scrape) = Scrape::get(t.client, base).await else {
-                all = false;
-                break;
-            };
-            if scrape.value(counter) < before + by || scrape.value("nearcache_cache_coherent") < 1.0
-            {
-                all = false;
-                break;
-            }
+        for (base, before) in t.evidence.iter().zip(&before) {
+            let moved = Scrape::get(t.client, base)
+                .await
+                .is_ok_and(|s| s.value(counter) >= before + by);
+            all &= moved;
+        }
+        for base in t.bases {
+            let coherent = Scrape::get(t.client, base)
+                .await
+                .is_ok_and(|s| s.value("nearcache_cache_coherent") >= 1.0);
+            all &= coherent;
         }
         if all {
             recovered_after = Some(ended.elapsed());

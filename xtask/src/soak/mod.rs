@@ -34,7 +34,9 @@ pub(crate) struct Args {
     /// Length of the run, in minutes (fractions allowed).
     #[arg(long, default_value_t = 30.0)]
     minutes: f64,
-    /// The instances' invalidation source: wal or notify.
+    /// The instances' invalidation source: wal, notify, or nats (a release relay reading the
+    /// WAL and publishing to NATS at `NATS_URL`, default nats://127.0.0.1:4222; the instances
+    /// follow it).
     #[arg(long, default_value = "wal")]
     source: String,
     /// Users seeded; the readers' tokens rotate over all of them (Zipf, s = 1).
@@ -182,8 +184,8 @@ impl Plan {
 }
 
 pub(crate) fn run(args: Args) -> Result<()> {
-    if !matches!(args.source.as_str(), "wal" | "notify") {
-        bail!("--source is wal or notify, not {:?}", args.source);
+    if !matches!(args.source.as_str(), "wal" | "notify" | "nats") {
+        bail!("--source is wal, notify or nats, not {:?}", args.source);
     }
     if args.minutes <= 0.0 {
         bail!("--minutes must be positive");
@@ -235,6 +237,29 @@ async fn soak(args: &Args, admin: &str, url: &str, binary: &std::path::Path) -> 
     let capacity = args.capacity.to_string();
     let pool_size = POOL_SIZE.to_string();
     let client = reqwest::Client::new();
+    // Behind a relay: one release relay reads the WAL and publishes on a stream of the soak's
+    // own; the faults' evidence (its source's counters) is read from it.
+    let nats = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let mut relay = None;
+    let mut source_flags = vec!["--source", args.source.as_str()];
+    if args.source == "nats" {
+        let relay_binary = crate::instance::build("nearcache-relay", true)?;
+        let port = crate::instance::port_near(0)?;
+        let r = Instance::start(
+            &relay_binary,
+            "soak-relay",
+            url,
+            port,
+            &["--nats-url", &nats, "--nats-stream", "NEARCACHE_SOAK"],
+        )?;
+        eprintln!(
+            "    relay: {} (log: {})",
+            r.url("/healthz"),
+            r.log.display()
+        );
+        relay = Some(r);
+        source_flags.extend(["--nats-url", &nats, "--nats-stream", "NEARCACHE_SOAK"]);
+    }
     let mut instances = Vec::new();
     for i in 0..2 {
         let port = crate::instance::port_near(0)?;
@@ -244,20 +269,26 @@ async fn soak(args: &Args, admin: &str, url: &str, binary: &std::path::Path) -> 
             url,
             port,
             &[
-                "--source",
-                &args.source,
-                "--cache-capacity",
-                &capacity,
-                "--heartbeat-timeout",
-                &heartbeat_timeout,
-                "--db-pool-size",
-                &pool_size,
-            ],
+                source_flags.as_slice(),
+                &[
+                    "--cache-capacity",
+                    &capacity,
+                    "--heartbeat-timeout",
+                    &heartbeat_timeout,
+                    "--db-pool-size",
+                    &pool_size,
+                ],
+            ]
+            .concat(),
         )?;
         inst.ready(&client, "coherent").await?;
         instances.push(inst);
     }
     let bases: Vec<String> = instances.iter().map(|i| i.url("")).collect();
+    let evidence_bases: Vec<String> = match &relay {
+        Some(r) => vec![r.url("")],
+        None => bases.clone(),
+    };
     let run_for = Duration::from_secs_f64(plan.total);
 
     let tokens = load::tokens(args.users, run_for);
@@ -344,7 +375,12 @@ async fn soak(args: &Args, admin: &str, url: &str, binary: &std::path::Path) -> 
     // Faults, on their own task.
     let start = Instant::now();
     let fault_task = {
-        let (url, bases, client) = (url.to_string(), bases.clone(), client.clone());
+        let (url, bases, evidence_bases, client) = (
+            url.to_string(),
+            bases.clone(),
+            evidence_bases.clone(),
+            client.clone(),
+        );
         let times = plan.fault_times();
         let heartbeat_timeout = args.heartbeat_timeout;
         tokio::spawn(async move {
@@ -356,6 +392,7 @@ async fn soak(args: &Args, admin: &str, url: &str, binary: &std::path::Path) -> 
                 pool: &pool,
                 database: DATABASE,
                 bases: &bases,
+                evidence: &evidence_bases,
                 client: &client,
                 heartbeat_timeout,
             };
@@ -463,7 +500,7 @@ async fn soak(args: &Args, admin: &str, url: &str, binary: &std::path::Path) -> 
         t.abort();
     }
     let mut exits = Vec::new();
-    for inst in &mut instances {
+    for inst in instances.iter_mut().chain(relay.as_mut()) {
         exits.push(inst.exited());
         inst.stop();
     }
