@@ -40,13 +40,37 @@ fn with_database(url: &str, db: &str) -> String {
 }
 
 impl TestDb {
-    /// A fresh database on the server of `DATABASE_URL`.
+    /// A fresh database on the server of `DATABASE_URL`, migrated, its writes for both
+    /// sources (`nearcache_set_source('both')`: triggers fire and the WAL is published), so
+    /// that any source can follow it.
     pub async fn new() -> Self {
         Self::on(&base_url()).await
     }
 
-    /// A fresh database on the server at `server_url`.
+    /// A fresh database on the server at `server_url`, for both sources.
     pub async fn on(server_url: &str) -> Self {
+        let db = Self::migrated_on(server_url).await;
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&db.url)
+            .await
+            .unwrap();
+        sqlx::query("SELECT nearcache_set_source('both')")
+            .execute(&pool)
+            .await
+            .expect("choosing both sources");
+        pool.close().await;
+        db
+    }
+
+    /// A fresh database on the server of `DATABASE_URL`, just as the migrations leave it (its
+    /// writes for the source they choose).
+    pub async fn migrated() -> Self {
+        Self::migrated_on(&base_url()).await
+    }
+
+    /// The same, on the server at `server_url`.
+    pub async fn migrated_on(server_url: &str) -> Self {
         let name = format!("nc_test_{}", Uuid::new_v4().simple());
         let admin = PgPoolOptions::new()
             .max_connections(1)

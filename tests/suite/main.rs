@@ -19,3 +19,4 @@ mod tls;
 mod values;
 mod visibility;
 mod wal;
+mod writers;

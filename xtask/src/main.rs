@@ -117,6 +117,23 @@ pub(crate) fn migrate(url: &str) -> Result<()> {
     })
 }
 
+/// Chooses which source the database's writes are for (`nearcache_set_source`: `auto`, `wal`,
+/// `notify` or `both`), attaching its tables again accordingly.
+pub(crate) async fn choose_source(url: &str, source: &str) -> Result<()> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await
+        .with_context(|| format!("connecting to {url}"))?;
+    sqlx::query("SELECT nearcache_set_source($1)")
+        .bind(source)
+        .execute(&pool)
+        .await
+        .with_context(|| format!("nearcache_set_source('{source}')"))?;
+    pool.close().await;
+    Ok(())
+}
+
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

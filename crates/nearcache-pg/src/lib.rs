@@ -8,7 +8,7 @@
 //! # Notification triggers for your own tables
 //!
 //! nearcache's trigger functions are generic and install on any database, idempotently, without
-//! the reference schema: call [`install`] (or run `psql -1 -f sql/0003_nearcache_install.sql`).
+//! the reference schema: call [`install`] (or run [`INSTALL_SQL`]'s files with `psql -1`).
 //! Then attach each table you cache, naming its key column (which must be `NOT NULL`) and the
 //! columns whose changes must not notify — only columns your cache never serves:
 //!
@@ -16,7 +16,12 @@
 //! SELECT nearcache_attach('invoices', 'id', '{printed_at}');
 //! ```
 //!
-//! Every INSERT, UPDATE, DELETE and TRUNCATE then sends, at commit, compact JSON on the
+//! Which source the database's writes are for decides whether triggers fire at all:
+//! `SELECT nearcache_set_source('auto' | 'wal' | 'notify' | 'both')` (default `auto`: none
+//! when `wal_level = logical`, where the WAL source needs none; triggers otherwise). Setting it
+//! attaches every table again accordingly; `nearcache_attach(…, notify => true | false)`
+//! decides for one table. Where triggers fire, every INSERT, UPDATE, DELETE and TRUNCATE
+//! sends, at commit, compact JSON on the
 //! database's channel (`nearcache_channel()`, default `nearcache`, changed with
 //! `SELECT nearcache_set_channel('…')`; no session setting can redirect it):
 //! `{"v":1,"table":"invoices","op":"update","keys":["…"]}`, or `{"v":1,"table":"invoices",
@@ -51,13 +56,15 @@ pub use repo::{PgUserRepo, UserRepo};
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./sql");
 
 /// nearcache's trigger functions, generic and idempotent (`sql/0003_nearcache_install.sql`,
-/// then `sql/0006_nearcache_stored_values.sql`, which attaches every attached table again with
-/// the triggers it defines). A later change to them comes as a new migration, and this constant
-/// follows it.
+/// then `sql/0006_nearcache_stored_values.sql` and `sql/0007_nearcache_notify_by_source.sql`,
+/// which attach every attached table again with the triggers they define). A later change to
+/// them comes as a new migration, and this constant follows it.
 pub const INSTALL_SQL: &str = concat!(
     include_str!("../sql/0003_nearcache_install.sql"),
     "\n",
-    include_str!("../sql/0006_nearcache_stored_values.sql")
+    include_str!("../sql/0006_nearcache_stored_values.sql"),
+    "\n",
+    include_str!("../sql/0007_nearcache_notify_by_source.sql")
 );
 
 /// Installs (or reinstalls) nearcache's trigger functions on the database of `pool`, in one

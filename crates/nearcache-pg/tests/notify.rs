@@ -88,7 +88,7 @@ async fn user(pool: &PgPool, org: &str, email: &str) -> String {
     .unwrap()
 }
 
-#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR", fixtures("both"))]
 async fn inserts_notify_with_the_new_key(pool: PgPool) {
     let mut probe = Probe::new(&pool).await;
     let o = org(&pool).await;
@@ -102,7 +102,7 @@ async fn inserts_notify_with_the_new_key(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR", fixtures("both"))]
 async fn one_user_updated_notifies_its_key(pool: PgPool) {
     let o = org(&pool).await;
     let u = user(&pool, &o, "a@x.io").await;
@@ -119,7 +119,7 @@ async fn one_user_updated_notifies_its_key(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR", fixtures("both"))]
 async fn last_seen_only_and_no_op_updates_send_nothing(pool: PgPool) {
     let o = org(&pool).await;
     let u = user(&pool, &o, "a@x.io").await;
@@ -157,7 +157,7 @@ async fn calls(tx: &mut sqlx::PgConnection) -> Vec<(String, i64)> {
     .unwrap()
 }
 
-#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR", fixtures("both"))]
 async fn ignored_and_no_op_updates_call_no_trigger_function(pool: PgPool) {
     let o = org(&pool).await;
     users(&pool, &o, 100).await;
@@ -196,7 +196,7 @@ async fn ignored_and_no_op_updates_call_no_trigger_function(pool: PgPool) {
     tx.rollback().await.unwrap();
 }
 
-#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR", fixtures("both"))]
 async fn a_rolled_back_transaction_sends_nothing(pool: PgPool) {
     let o = org(&pool).await;
     let u = user(&pool, &o, "a@x.io").await;
@@ -211,7 +211,7 @@ async fn a_rolled_back_transaction_sends_nothing(pool: PgPool) {
     assert_eq!(probe.drain(&pool).await, Vec::<Value>::new());
 }
 
-#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR", fixtures("both"))]
 async fn deletes_and_moves_notify_the_user(pool: PgPool) {
     let (o1, o2) = (org(&pool).await, org(&pool).await);
     let u = user(&pool, &o1, "a@x.io").await;
@@ -232,7 +232,7 @@ async fn deletes_and_moves_notify_the_user(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR", fixtures("both"))]
 async fn an_organization_renamed_notifies_its_key(pool: PgPool) {
     let o = org(&pool).await;
     let mut probe = Probe::new(&pool).await;
@@ -248,7 +248,7 @@ async fn an_organization_renamed_notifies_its_key(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR", fixtures("both"))]
 async fn a_changed_key_notifies_old_and_new(pool: PgPool) {
     let o = org(&pool).await;
     let u = user(&pool, &o, "a@x.io").await;
@@ -283,7 +283,7 @@ async fn users(pool: &PgPool, org: &str, n: i32) {
     .unwrap();
 }
 
-#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR", fixtures("both"))]
 async fn a_statement_on_many_rows_batches_its_keys(pool: PgPool) {
     let o = org(&pool).await;
     users(&pool, &o, 500).await;
@@ -312,7 +312,7 @@ async fn a_statement_on_many_rows_batches_its_keys(pool: PgPool) {
     assert_eq!(keys, all.into_iter().collect());
 }
 
-#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR", fixtures("both"))]
 async fn ten_thousand_rows_send_one_flush(pool: PgPool) {
     let o = org(&pool).await;
     users(&pool, &o, 10_000).await;
@@ -328,7 +328,7 @@ async fn ten_thousand_rows_send_one_flush(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR", fixtures("both"))]
 async fn truncate_sends_a_flush(pool: PgPool) {
     let o = org(&pool).await;
     users(&pool, &o, 3).await;
@@ -340,7 +340,7 @@ async fn truncate_sends_a_flush(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR", fixtures("both"))]
 async fn a_huge_row_updates_without_error(pool: PgPool) {
     let o = org(&pool).await;
     let u = user(&pool, &o, "a@x.io").await;
@@ -358,7 +358,7 @@ async fn a_huge_row_updates_without_error(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR", fixtures("both"))]
 async fn the_channel_is_fixed_per_database_and_no_session_setting_redirects_it(pool: PgPool) {
     let o = org(&pool).await;
     let mut probe = Probe::new(&pool).await;
@@ -392,7 +392,7 @@ async fn the_channel_is_fixed_per_database_and_no_session_setting_redirects_it(p
     assert!(bad.to_string().contains("invalid channel"), "{bad}");
 }
 
-#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR", fixtures("both"))]
 async fn writes_under_the_replica_role_notify(pool: PgPool) {
     let o = org(&pool).await;
     let mut probe = Probe::new(&pool).await;
@@ -410,7 +410,7 @@ async fn writes_under_the_replica_role_notify(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR", fixtures("both"))]
 async fn an_update_of_updated_at_alone_notifies(pool: PgPool) {
     let o = org(&pool).await;
     let u = user(&pool, &o, "a@x.io").await;
@@ -441,7 +441,7 @@ fn fields(v: &Value) -> Vec<String> {
     v.as_object().unwrap().keys().cloned().collect()
 }
 
-#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR", fixtures("both"))]
 async fn no_column_the_api_serves_is_ignored_by_the_triggers(pool: PgPool) {
     use nearcache_pg::{PgUserRepo, UserId, UserRepo};
     let o = org(&pool).await;
@@ -469,7 +469,7 @@ async fn no_column_the_api_serves_is_ignored_by_the_triggers(pool: PgPool) {
     }
 }
 
-#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR", fixtures("both"))]
 async fn a_nullable_key_column_is_refused(pool: PgPool) {
     run(&pool, "CREATE TABLE notes (slug text, body text)", &[]).await;
     let e = sqlx::query("SELECT nearcache_attach('notes', 'slug')")
@@ -513,7 +513,7 @@ async fn a_nullable_key_column_is_refused(pool: PgPool) {
     assert!(e.to_string().contains("may be NULL"), "{e}");
 }
 
-#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR", fixtures("both"))]
 async fn a_column_added_after_attach_notifies(pool: PgPool) {
     let o = org(&pool).await;
     let u = user(&pool, &o, "a@x.io").await;
@@ -537,7 +537,7 @@ async fn a_column_added_after_attach_notifies(pool: PgPool) {
     assert_eq!(problems, Vec::<String>::new());
 }
 
-#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR", fixtures("both"))]
 async fn the_check_names_every_problem(pool: PgPool) {
     let check = |channel: &'static str| {
         let pool = pool.clone();
@@ -605,7 +605,25 @@ async fn install_works_on_a_database_without_the_reference_schema(pool: PgPool) 
     .execute(&pool)
     .await
     .unwrap();
+    // This cluster decodes the WAL (wal_level = logical): by default, writes are for the WAL
+    // source and fire no trigger.
+    let triggers = async |pool: &PgPool| -> i64 {
+        sqlx::query_scalar(
+            "SELECT count(*) FROM pg_trigger
+              WHERE tgrelid = 'invoices'::regclass AND tgname LIKE 'nearcache%'",
+        )
+        .fetch_one(pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(triggers(&pool).await, 0);
+    // For LISTEN: the database's choice, kept by a second install.
+    sqlx::query("SELECT nearcache_set_source('notify')")
+        .execute(&pool)
+        .await
+        .unwrap();
     nearcache_pg::install(&pool).await.unwrap();
+    assert!(triggers(&pool).await > 0);
     let mut probe = Probe::new(&pool).await;
     run(&pool, "INSERT INTO invoices VALUES (42, 1)", &[]).await;
     assert_eq!(
@@ -632,7 +650,7 @@ fn random_key(rng: &mut impl rand::RngExt, i: usize) -> String {
     key
 }
 
-#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR", fixtures("both"))]
 async fn keys_of_any_characters_never_abort_a_write_and_are_always_covered(pool: PgPool) {
     use rand::{RngExt, SeedableRng};
     let seed: u64 = std::env::var("NEARCACHE_SEED")
@@ -688,7 +706,7 @@ async fn keys_of_any_characters_never_abort_a_write_and_are_always_covered(pool:
     }
 }
 
-#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR", fixtures("both"))]
 async fn a_session_that_corrupts_the_pending_keys_gets_a_flush_not_an_error(pool: PgPool) {
     let o = org(&pool).await;
     let mut probe = Probe::new(&pool).await;
@@ -709,7 +727,7 @@ async fn a_session_that_corrupts_the_pending_keys_gets_a_flush_not_an_error(pool
     );
 }
 
-#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR", fixtures("both"))]
 async fn any_table_can_be_attached(pool: PgPool) {
     sqlx::raw_sql(
         "CREATE TABLE invoices (no text PRIMARY KEY, total int, printed_at timestamptz);
@@ -736,7 +754,7 @@ async fn any_table_can_be_attached(pool: PgPool) {
     );
 }
 
-#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR", fixtures("both"))]
 async fn a_table_attached_without_notify_sends_nothing_and_the_check_says_so(pool: PgPool) {
     let o = org(&pool).await;
     run(
@@ -759,7 +777,10 @@ async fn a_table_attached_without_notify_sends_nothing_and_the_check_says_so(poo
             .await
             .unwrap();
     assert_eq!(problems.len(), 1, "{problems:?}");
-    assert!(problems[0].contains("WAL source only"), "{problems:?}");
+    assert!(
+        problems[0].contains("nearcache_set_source('notify')"),
+        "{problems:?}"
+    );
     // Still published, for the WAL source.
     let published: bool = sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM pg_publication_tables
@@ -775,7 +796,7 @@ async fn a_table_attached_without_notify_sends_nothing_and_the_check_says_so(poo
 /// `Tag::row` writes a Rust key of the common types the same way, so the tag a loader puts on a
 /// value is the tag the change invalidates. (The WAL source reports the same text: pgoutput
 /// sends each column through its type's output function, which is what `::text` calls.)
-#[sqlx::test(migrator = "nearcache_pg::MIGRATOR")]
+#[sqlx::test(migrator = "nearcache_pg::MIGRATOR", fixtures("both"))]
 async fn keys_of_common_types_tag_as_postgres_prints_them(pool: PgPool) {
     use nearcache_store::Tag;
 

@@ -64,6 +64,9 @@ pub(crate) async fn run<H: Handler>(
         configured = sources.kind.as_str(),
         "invalidation source chosen"
     );
+    if kind != SourceKind::Notify {
+        warn_of_idle_triggers(&pool).await;
+    }
     let stopped = async move { stop.cancelled().await };
     match (kind, sources.wal) {
         (SourceKind::Nats, _) => {
@@ -78,6 +81,25 @@ pub(crate) async fn run<H: Handler>(
         }
         (SourceKind::Wal, Some(wal)) => nearcache_wal::run(wal, handler, status, stopped).await,
         _ => nearcache_listener::run(sources.notify, handler, status, stopped).await,
+    }
+}
+
+/// Says so when writers run triggers that this instance does not read (only LISTEN does),
+/// unless the database's writes are meant for both sources.
+async fn warn_of_idle_triggers(pool: &PgPool) {
+    let firing: Result<(i64, String), sqlx::Error> = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM nearcache_attached WHERE notify), nearcache_source()",
+    )
+    .fetch_one(pool)
+    .await;
+    // An error: an installation before nearcache_set_source, or none; the source's check speaks.
+    if let Ok((n, source)) = firing {
+        if n > 0 && source != "both" {
+            tracing::warn!(
+                tables = n,
+                "writers run nearcache's triggers on {n} tables for LISTEN, which this instance does not use: if no instance does, SELECT nearcache_set_source('wal') spares them that cost"
+            );
+        }
     }
 }
 

@@ -98,6 +98,8 @@ fn bench(url: &str, args: &Args) -> Result<()> {
     let charts = crate::workspace_root().join("target").join("bench");
     std::fs::create_dir_all(&charts)?;
     rt.block_on(seed::seed(url))?;
+    // Every source is measured on this database: its writes are for both.
+    rt.block_on(crate::choose_source(url, "both"))?;
     if args.runs("http") {
         eprintln!(
             "==> HTTP: wrk -c{} -d{}s, tokens rotating over {} users",

@@ -229,6 +229,10 @@ async fn soak(args: &Args, admin: &str, url: &str, binary: &std::path::Path) -> 
         let url = url.to_string();
         tokio::task::spawn_blocking(move || crate::migrate(&url)).await??;
     }
+    if args.source == "notify" {
+        // LISTEN needs the triggers, which the migrations leave out where the WAL is decoded.
+        crate::choose_source(url, "notify").await?;
+    }
     eprintln!("    seeding {} users", args.users);
     seed::seed_users(url, args.users).await?;
     let pg_port = crate::cluster()?.port()?;
