@@ -22,6 +22,7 @@
 //! this one runs them and writes the report (`report` has its helpers).
 
 mod core;
+mod deployed;
 mod fleet;
 mod http;
 mod instructions;
@@ -231,12 +232,32 @@ fn bench(url: &str, args: &Args) -> Result<()> {
     }
 
     if args.runs("writes") {
+        eprintln!("==> what writers pay as deployed: pgbench, the release server, pg_recvlogical");
+        let rows = rt.block_on(deployed::deployed(url, args.write_seconds, 8))?;
+        writeln!(report, "\n## What writers pay, as deployed\n\npgbench, 8 clients, prepared single-row UPDATEs of `users.name` (random users of {}), {} s per arm, arms run A-B-C-D-D-C-B-A and averaged, on the database as the migrations leave it (`wal_level = logical`: no trigger) and, for LISTEN, after `nearcache_set_source('notify')`. The consumer is the release `nearcache-server` (no HTTP load) or `pg_recvlogical` on the same publication, the least a logical-decoding consumer costs. CPU from /proc: every Postgres process (the WAL sender included), and the consumer's own.\n", seed::USERS, args.write_seconds)?;
+        writeln!(report, "| arm | tx/s | x no consumer | Postgres CPU per commit | consumer CPU per commit |\n|---|---|---|---|---|")?;
+        let base = rows.first().map_or(1.0, |r| r.tps);
+        for r in &rows {
+            writeln!(
+                report,
+                "| {} | {:.0} | {:.2} | {:.0} µs | {} |",
+                r.arm,
+                r.tps,
+                r.tps / base,
+                r.postgres_us,
+                r.consumer_us
+                    .map_or("—".to_string(), |u| format!("{u:.1} µs"))
+            )?;
+        }
+        if rows.iter().any(|r| r.tps <= 0.0) {
+            bail!("a write arm measured no commits");
+        }
         eprintln!("==> write throughput: no nearcache, WAL source, LISTEN");
         let writes = rt.block_on(writes::write_throughput(
             url,
             Duration::from_secs(args.write_seconds),
         ))?;
-        writeln!(report, "\n## Write throughput on users\n\n{} s per run, random users, arms run A-B-C-C-B-A and averaged. Both consumers (a WAL source and a LISTEN source, in the bench process) run during every arm. Unpinned, everything shares both cores; pinned, every Postgres process runs on CPU 1 and the bench process (writers' clients and consumers) on CPU 0, as instances would run off the database's CPUs.\n", args.write_seconds)?;
+        writeln!(report, "\n## Write throughput on users, in-process consumers (a stand-in)\n\n{} s per run, random users, arms run A-B-C-C-B-A and averaged. Both consumers (a WAL source and a LISTEN source, in the bench process) run during every arm. Unpinned, everything shares both cores; pinned, every Postgres process runs on CPU 1 and the bench process (writers' clients and consumers) on CPU 0, as instances would run off the database's CPUs.\n", args.write_seconds)?;
         let mut bars = Vec::new();
         for w in &writes {
             let name = format!(

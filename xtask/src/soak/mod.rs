@@ -406,7 +406,18 @@ async fn soak(args: &Args, admin: &str, url: &str, binary: &std::path::Path) -> 
                 if wait > 0.0 {
                     tokio::time::sleep(Duration::from_secs_f64(wait)).await;
                 }
-                let outcome = faults::apply(fault, &target, start).await?;
+                // A fault that cannot be applied is recorded as not recovered (the verdict
+                // fails on it), said at once, and the schedule goes on.
+                let outcome = match faults::apply(fault, &target, start).await {
+                    Ok(outcome) => outcome,
+                    Err(e) => Outcome {
+                        fault,
+                        at: start.elapsed().as_secs_f64(),
+                        took: Duration::ZERO,
+                        recovered_after: None,
+                        detail: format!("FAILED to apply: {e:#}"),
+                    },
+                };
                 eprintln!(
                     "    {:>6.1} s  fault: {} ({}); {}",
                     outcome.at,

@@ -1,0 +1,324 @@
+//! What writers pay as users deploy nearcache: pgbench (prepared single-row UPDATEs of
+//! `users.name`) against the database as the migrations leave it, with the release server as
+//! the consumer, beside no consumer at all and beside `pg_recvlogical` on the same publication
+//! (the least any logical-decoding consumer costs). Arms run A-B-C-D-D-C-B-A and are averaged;
+//! each reports commits per second, the Postgres CPU per commit (every backend, the WAL sender
+//! included) and the consumer's own CPU per commit.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::instance::Instance;
+
+/// One arm's averages.
+#[derive(Debug, Clone, Default)]
+pub(super) struct DeployedRow {
+    pub(super) arm: &'static str,
+    pub(super) tps: f64,
+    /// Postgres CPU (user + system, every process) per commit.
+    pub(super) postgres_us: f64,
+    /// The consumer's CPU per commit (none without one).
+    pub(super) consumer_us: Option<f64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arm {
+    /// The database's writes for the WAL (as migrated), nobody decoding.
+    None,
+    /// `pg_recvlogical` decoding the `nearcache` publication.
+    Recvlogical,
+    /// `nearcache-server --source wal`, the database as migrated.
+    Wal,
+    /// `nearcache-server --source notify`, the triggers on (`nearcache_set_source('notify')`).
+    Notify,
+}
+
+impl Arm {
+    fn name(self) -> &'static str {
+        match self {
+            Arm::None => "no consumer, no trigger",
+            Arm::Recvlogical => "pg_recvlogical (pgoutput, the nearcache publication)",
+            Arm::Wal => "nearcache-server --source wal (as migrated)",
+            Arm::Notify => "nearcache-server --source notify (triggers)",
+        }
+    }
+
+    fn writes_for(self) -> &'static str {
+        if self == Arm::Notify {
+            "notify"
+        } else {
+            "wal"
+        }
+    }
+}
+
+/// CPU (user + system) of a process from /proc, in ticks; with `children`, what its reaped
+/// children used too.
+fn ticks(pid: u32, children: bool) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    let Some((_, rest)) = stat.rsplit_once(") ") else {
+        return 0;
+    };
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // After the state: utime, stime, cutime, cstime are stat's fields 14-17 (11-14 here).
+    let own = f.get(11).unwrap_or(&0) + f.get(12).unwrap_or(&0);
+    if children {
+        own + f.get(13).unwrap_or(&0) + f.get(14).unwrap_or(&0)
+    } else {
+        own
+    }
+}
+
+/// Every Postgres process's CPU, in ticks, those that exited included (the postmaster reaps
+/// them, and its children's time keeps theirs).
+fn postgres_ticks() -> u64 {
+    let mut total = 0;
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+                continue;
+            };
+            if !stat.contains("(postgres)") {
+                continue;
+            }
+            let ppid: Option<u32> = stat
+                .rsplit_once(") ")
+                .and_then(|(_, r)| r.split_whitespace().nth(1)?.parse().ok());
+            // The postmaster (its parent is not a postgres) counts its reaped children.
+            let postmaster = ppid.is_some_and(|p| {
+                !std::fs::read_to_string(format!("/proc/{p}/stat"))
+                    .is_ok_and(|s| s.contains("(postgres)"))
+            });
+            total += ticks(pid, postmaster);
+        }
+    }
+    total
+}
+
+/// A consumer of an arm, stopped when dropped.
+enum Consumer {
+    Recvlogical(Child, String),
+    Server(Instance),
+}
+
+impl Consumer {
+    fn pid(&self) -> u32 {
+        match self {
+            Consumer::Recvlogical(c, _) => c.id(),
+            Consumer::Server(i) => i.pid(),
+        }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        match self {
+            Consumer::Recvlogical(child, _) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Consumer::Server(i) => i.stop(),
+        }
+    }
+}
+
+fn pg_tool(bin: &Path, name: &str) -> PathBuf {
+    bin.join(name)
+}
+
+/// Runs pgbench for `seconds` with `clients` against `url`; returns commits per second.
+fn pgbench(bin: &Path, url: &str, script: &Path, clients: usize, seconds: u64) -> Result<f64> {
+    let out = Command::new(pg_tool(bin, "pgbench"))
+        .args([
+            "-n",
+            "-M",
+            "prepared",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            "2",
+        ])
+        .args(["-T", &seconds.to_string(), "-f"])
+        .arg(script)
+        .arg(url)
+        .output()
+        .context("running pgbench")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "pgbench failed: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("tps = ")?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .with_context(|| format!("no tps in pgbench's output: {text}"))
+}
+
+async fn start(
+    arm: Arm,
+    bin: &Path,
+    server: &PathBuf,
+    url: &str,
+    client: &reqwest::Client,
+) -> Result<Option<Consumer>> {
+    Ok(match arm {
+        Arm::None => None,
+        Arm::Recvlogical => {
+            let slot = "nearcache_bench_recvlogical".to_string();
+            let child = Command::new(pg_tool(bin, "pg_recvlogical"))
+                .args([
+                    "-d",
+                    url,
+                    "--slot",
+                    &slot,
+                    "--create-slot",
+                    "--if-not-exists",
+                ])
+                .args(["-P", "pgoutput", "--start", "-f", "/dev/null"])
+                .args(["-o", "proto_version=1", "-o", "publication_names=nearcache"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("starting pg_recvlogical")?;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            Some(Consumer::Recvlogical(child, slot))
+        }
+        Arm::Wal | Arm::Notify => {
+            let port = crate::instance::port_near(0)?;
+            let source = if arm == Arm::Wal { "wal" } else { "notify" };
+            let mut i = Instance::start(
+                server,
+                &format!("bench-writes-{source}"),
+                url,
+                port,
+                &["--source", source],
+            )?;
+            i.ready(client, "coherent").await?;
+            Some(Consumer::Server(i))
+        }
+    })
+}
+
+/// Runs the arms; `seconds` each, `clients` pgbench clients.
+pub(super) async fn deployed(url: &str, seconds: u64, clients: usize) -> Result<Vec<DeployedRow>> {
+    let bin = xtask::find_pg_bin().context("no PostgreSQL binaries (pgbench, pg_recvlogical)")?;
+    let server = crate::instance::build_server(true)?;
+    let client = reqwest::Client::new();
+    let script = crate::workspace_root()
+        .join("target")
+        .join("bench")
+        .join("pgbench-users.sql");
+    std::fs::create_dir_all(script.parent().expect("a parent"))?;
+    std::fs::write(
+        &script,
+        format!(
+            "\\set k random(1, {})\nUPDATE users SET name = 'w' || :k WHERE id = ('00000000-0000-4000-9000-' || lpad(to_hex(:k), 12, '0'))::uuid;\n",
+            crate::seed::USERS
+        ),
+    )?;
+    let order = [
+        Arm::None,
+        Arm::Recvlogical,
+        Arm::Wal,
+        Arm::Notify,
+        Arm::Notify,
+        Arm::Wal,
+        Arm::Recvlogical,
+        Arm::None,
+    ];
+    let mut sums: Vec<(Arm, f64, f64, Option<f64>)> = Vec::new();
+    for arm in order {
+        crate::choose_source(url, arm.writes_for()).await?;
+        let consumer = start(arm, &bin, &server, url, &client).await?;
+        let (pg0, c0) = (
+            postgres_ticks(),
+            consumer.as_ref().map(|c| ticks(c.pid(), false)),
+        );
+        let tps = {
+            let (bin, url, script) = (bin.clone(), url.to_string(), script.clone());
+            tokio::task::spawn_blocking(move || pgbench(&bin, &url, &script, clients, seconds))
+                .await??
+        };
+        // The consumer catches up before its CPU is read.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let c1 = consumer.as_ref().map(|c| ticks(c.pid(), false));
+        let pg1 = postgres_ticks();
+        let slot = match &consumer {
+            Some(Consumer::Recvlogical(_, slot)) => Some(slot.clone()),
+            _ => None,
+        };
+        drop(consumer);
+        if let Some(slot) = slot {
+            drop_slot(url, &slot).await?;
+        }
+        let commits = tps * seconds as f64;
+        let us = |ticks: u64| ticks as f64 * 10_000.0 / commits.max(1.0);
+        eprintln!("    {}: {tps:.0} tx/s", arm.name());
+        sums.push((arm, tps, us(pg1 - pg0), c0.zip(c1).map(|(a, b)| us(b - a))));
+    }
+    crate::choose_source(url, "both").await?;
+    let mut rows = Vec::new();
+    for arm in [Arm::None, Arm::Recvlogical, Arm::Wal, Arm::Notify] {
+        let runs: Vec<_> = sums.iter().filter(|s| s.0 == arm).collect();
+        let n = runs.len() as f64;
+        rows.push(DeployedRow {
+            arm: arm.name(),
+            tps: runs.iter().map(|r| r.1).sum::<f64>() / n,
+            postgres_us: runs.iter().map(|r| r.2).sum::<f64>() / n,
+            consumer_us: runs.iter().map(|r| r.3).sum::<Option<f64>>().map(|s| s / n),
+        });
+    }
+    Ok(rows)
+}
+
+async fn drop_slot(url: &str, slot: &str) -> Result<()> {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(url)
+        .await?;
+    for _ in 0..50 {
+        let dropped = sqlx::query(
+            "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+              WHERE slot_name = $1 AND NOT active",
+        )
+        .bind(slot)
+        .execute(&pool)
+        .await?
+        .rows_affected();
+        let left: i64 =
+            sqlx::query_scalar("SELECT count(*) FROM pg_replication_slots WHERE slot_name = $1")
+                .bind(slot)
+                .fetch_one(&pool)
+                .await?;
+        if dropped > 0 || left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    pool.close().await;
+    Ok(())
+}
