@@ -236,7 +236,7 @@ pub(super) async fn deployed(url: &str, seconds: u64, clients: usize) -> Result<
     std::fs::write(
         &script,
         format!(
-            "\\set k random(1, {})\nUPDATE users SET name = 'w' || :k WHERE id = ('00000000-0000-4000-9000-' || lpad(to_hex(:k), 12, '0'))::uuid;\n",
+            "\\set k random(1, {})\nUPDATE users SET name = 'w' || :k WHERE id = ('00000000-0000-4000-9000-' || lpad(to_hex(:k::int), 12, '0'))::uuid;\n",
             crate::seed::USERS
         ),
     )?;
