@@ -236,7 +236,9 @@ pub(super) async fn deployed(url: &str, seconds: u64, clients: usize) -> Result<
     std::fs::write(
         &script,
         format!(
-            "\\set k random(1, {})\nUPDATE users SET name = 'w' || :k WHERE id = ('00000000-0000-4000-9000-' || lpad(to_hex(:k::int), 12, '0'))::uuid;\n",
+            // A new name every time: an UPDATE that stores what was there already fires no
+            // notification and evicts nothing, and would flatter the consumers.
+            "\\set k random(1, {})\n\\set v random(1, 1000000000)\nUPDATE users SET name = 'w' || :v WHERE id = ('00000000-0000-4000-9000-' || lpad(to_hex(:k::int), 12, '0'))::uuid;\n",
             crate::seed::USERS
         ),
     )?;
