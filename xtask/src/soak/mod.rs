@@ -515,9 +515,13 @@ async fn soak(args: &Args, admin: &str, url: &str, binary: &std::path::Path) -> 
         t.abort();
     }
     let mut exits = Vec::new();
-    for inst in instances.iter_mut().chain(relay.as_mut()) {
-        exits.push(inst.exited());
+    for (i, inst) in instances.iter_mut().enumerate() {
+        exits.push((format!("#{i}"), inst.exited()));
         inst.stop();
+    }
+    if let Some(r) = relay.as_mut() {
+        exits.push(("the relay".to_string(), r.exited()));
+        r.stop();
     }
 
     let verdict = judge(args, &plan, &rows, &hists, &outcomes, &shared, &exits);
@@ -560,7 +564,7 @@ fn judge(
     hists: &[(f64, Hist)],
     outcomes: &[Outcome],
     shared: &load::Shared,
-    exits: &[Option<String>],
+    exits: &[(String, Option<String>)],
 ) -> Vec<Criterion> {
     let mut out = Vec::new();
     let mut check = |name: &str, pass: bool, measured: String| {
@@ -581,12 +585,11 @@ fn judge(
         ),
     );
     check(
-        "the instances ran to the end",
-        exits.iter().all(Option::is_none),
+        "the instances (and the relay) ran to the end",
+        exits.iter().all(|(_, e)| e.is_none()),
         exits
             .iter()
-            .enumerate()
-            .map(|(i, e)| format!("#{i}: {}", e.as_deref().unwrap_or("running")))
+            .map(|(who, e)| format!("{who}: {}", e.as_deref().unwrap_or("running")))
             .collect::<Vec<_>>()
             .join(", "),
     );
