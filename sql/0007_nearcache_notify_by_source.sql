@@ -12,8 +12,9 @@
 --   SELECT nearcache_set_source('both');    -- triggers, and the WAL; for moving between them
 --
 -- Setting it attaches every attached table again accordingly. An explicit
--- nearcache_attach(..., notify => true|false) still wins for its table. A LISTEN source on a
--- table without triggers reports it (nearcache_check), with the fix.
+-- nearcache_attach(..., notify => true|false) decides for its table, until the next
+-- nearcache_set_source. A LISTEN source on a table without triggers reports it
+-- (nearcache_check), with the fix.
 
 -- The database's choice, one row. Created once; re-installing keeps a choice made. (A table,
 -- not an IMMUTABLE function like nearcache_channel(): a session's cached plans would keep an

@@ -20,7 +20,7 @@
 //! `SELECT nearcache_set_source('auto' | 'wal' | 'notify' | 'both')` (default `auto`: none
 //! when `wal_level = logical`, where the WAL source needs none; triggers otherwise). Setting it
 //! attaches every table again accordingly; `nearcache_attach(…, notify => true | false)`
-//! decides for one table. Where triggers fire, every INSERT, UPDATE, DELETE and TRUNCATE
+//! decides for one table, until the next `nearcache_set_source`. Where triggers fire, every INSERT, UPDATE, DELETE and TRUNCATE
 //! sends, at commit, compact JSON on the
 //! database's channel (`nearcache_channel()`, default `nearcache`, changed with
 //! `SELECT nearcache_set_channel('…')`; no session setting can redirect it):
