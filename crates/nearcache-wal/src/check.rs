@@ -126,12 +126,14 @@ pub(crate) async fn running_xids(
     let rows = control
         .query(
             // Only this database's: a transaction of another is never decoded here, and
-            // watching it would flush everything for nothing. A lock with no backend (a
-            // prepared transaction) is kept.
+            // watching it would flush everything for nothing. A prepared transaction has no
+            // backend: its database is in pg_prepared_xacts. A lock whose database is
+            // unknown is kept.
             "SELECT l.transactionid::text FROM pg_locks l
                LEFT JOIN pg_stat_activity a ON a.pid = l.pid
+               LEFT JOIN pg_prepared_xacts p ON p.transaction = l.transactionid
               WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted
-                AND (a.pid IS NULL OR a.datname = current_database())",
+                AND coalesce(a.datname, p.database, current_database()) = current_database()",
             &[],
         )
         .await
