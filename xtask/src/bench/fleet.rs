@@ -138,6 +138,8 @@ pub(super) async fn fleet(url: &str, n: usize, relay: bool, updates: usize) -> R
     let mut commits = Vec::with_capacity(updates);
     let mut missed = 0;
     let mut rng = rand::rng();
+    // A name no row has had, so that every update changes its row (see `latency.rs`).
+    let run: u64 = rng.random();
     for u in 0..updates {
         let key = seed::user_id(rng.random_range(1..=seed::USERS));
         for h in &instances {
@@ -146,7 +148,7 @@ pub(super) async fn fleet(url: &str, n: usize, relay: bool, updates: usize) -> R
         let start = Instant::now();
         sqlx::query("UPDATE users SET name = $2 WHERE id = $1::uuid")
             .bind(&key)
-            .bind(format!("fleet {u}"))
+            .bind(format!("fleet {run:016x} {u}"))
             .execute(&pool)
             .await?;
         let committed = Instant::now();

@@ -190,6 +190,10 @@ async fn latency_of(url: &str, source: Source) -> Result<Vec<Series>> {
     let mut per_instance = Vec::new();
     let mut all = Vec::new();
     let mut rng = rand::rng();
+    // Every update stores a name no row has had: an update that leaves a row as it was (the same
+    // key drawn at the same `n` by an earlier arm or run) changes nothing, and no source reports
+    // it, rightly.
+    let run: u64 = rng.random();
     for n in 0..1000 {
         let key = seed::user_id(rng.random_range(1..=seed::USERS));
         for (h, _) in &instances {
@@ -197,7 +201,7 @@ async fn latency_of(url: &str, source: Source) -> Result<Vec<Series>> {
         }
         sqlx::query("UPDATE users SET name = $2 WHERE id = $1::uuid")
             .bind(&key)
-            .bind(format!("bench {n}"))
+            .bind(format!("bench {run:016x} {n}"))
             .execute(&pool)
             .await?;
         let committed = Instant::now();
