@@ -79,8 +79,40 @@ pub(crate) async fn run<H: Handler>(
             }
             nearcache_nats::run(nats, handler, status, stopped).await;
         }
-        (SourceKind::Wal, Some(wal)) => nearcache_wal::run(wal, handler, status, stopped).await,
+        (SourceKind::Wal, Some(wal)) => {
+            on_own_thread(
+                "nearcache-wal",
+                nearcache_wal::run(wal, handler, status, stopped),
+            )
+            .await;
+        }
         _ => nearcache_listener::run(sources.notify, handler, status, stopped).await,
+    }
+}
+
+/// Runs `work` on a thread of its own with a single-threaded runtime, until it ends. The WAL
+/// source's stream, its replication client and its control connection then wake one another
+/// on one thread: a commit costs no wake-up across threads, and requests served on the main
+/// runtime do not delay it.
+async fn on_own_thread(name: &str, work: impl std::future::Future<Output = ()> + Send + 'static) {
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name(name.to_string())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(work),
+                Err(e) => tracing::error!(error = %e, "cannot start the source's runtime"),
+            }
+            let _ = done.send(());
+        });
+    match spawned {
+        Ok(_) => {
+            let _ = finished.await;
+        }
+        Err(e) => tracing::error!(error = %e, "cannot start the source's thread"),
     }
 }
 

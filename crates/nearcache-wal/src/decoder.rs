@@ -1,9 +1,8 @@
 //! Turns the stream's events into what a commit evicts: rows named by the key column each table
 //! was attached with, collected per transaction, handed on at its commit.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, RandomState};
 
 use pgwire_replication::{Lsn, ReplicationEvent};
 
@@ -125,9 +124,9 @@ impl Txn {
 pub(crate) struct Decoder {
     relations: HashMap<u32, Relation>,
     rules: Rules,
-    /// Per table and key, a hash of each watched column's value as last seen.
-    digests: HashMap<(String, String), Vec<u64>>,
-    capacity: usize,
+    digests: Digests,
+    /// The watched columns' hashes of the row being remembered (kept to spare an allocation).
+    hashes: Vec<Option<u64>>,
     txn: Txn,
 }
 
@@ -136,8 +135,8 @@ impl Decoder {
         Self {
             relations: HashMap::new(),
             rules,
-            digests: HashMap::new(),
-            capacity: capacity.max(1),
+            digests: Digests::new(capacity),
+            hashes: Vec::new(),
             txn: Txn::default(),
         }
     }
@@ -158,7 +157,7 @@ impl Decoder {
             .collect();
         changed.sort();
         for t in &changed {
-            self.digests.retain(|(table, _), _| table != t);
+            self.digests.forget_table(t);
         }
         self.rules = rules;
         changed
@@ -202,7 +201,7 @@ impl Decoder {
         Ok(Decoded::Nothing)
     }
 
-    fn change(&mut self, change: pgoutput::Change) -> Result<(), pgoutput::DecodeError> {
+    fn change(&mut self, change: pgoutput::Change<'_>) -> Result<(), pgoutput::DecodeError> {
         use pgoutput::Change;
         match change {
             Change::Relation(r) => {
@@ -235,9 +234,8 @@ impl Decoder {
                         // The row keeps its digest under its new key: an unchanged TOASTed
                         // value in the new tuple is known from it, so that a later change of
                         // ignored columns alone is still told apart.
-                        if let Some(digest) = self.forget(&row.table, &old_key) {
-                            self.digests
-                                .insert((row.table.clone(), new_key.clone()), digest);
+                        if let Some(digest) = self.digests.remove(&row.table, &old_key) {
+                            self.digests.insert(&row.table, &new_key, &digest);
                         }
                         self.remember(relation, &new_key, &new, None);
                         self.txn
@@ -255,7 +253,7 @@ impl Decoder {
                 let row = self.row(relation)?;
                 match row.old_key(&old) {
                     Some(key) => {
-                        self.forget(&row.table, &key);
+                        self.digests.remove(&row.table, &key);
                         self.txn.push(Evict::Keys(row.table, vec![key]));
                     }
                     None => self.txn.push(Evict::Table(row.table)),
@@ -264,7 +262,7 @@ impl Decoder {
             Change::Truncate { relations } => {
                 for id in relations {
                     let table = self.relation(id)?.name.clone();
-                    self.digests.retain(|(t, _), _| *t != table);
+                    self.digests.forget_table(&table);
                     self.txn.push(Evict::Table(table));
                 }
             }
@@ -305,7 +303,13 @@ impl Decoder {
     /// Records the watched columns of a row as decoded, and returns whether they changed (or
     /// may have: a row never seen counts as changed). Tables that ignore no column always
     /// count as changed, without a digest.
-    fn remember(&mut self, relation: u32, key: &str, new: &Tuple, old: Option<&Tuple>) -> bool {
+    fn remember(
+        &mut self,
+        relation: u32,
+        key: &str,
+        new: &Tuple<'_>,
+        old: Option<&Tuple<'_>>,
+    ) -> bool {
         let Some(r) = self.relations.get(&relation) else {
             return true;
         };
@@ -331,25 +335,19 @@ impl Decoder {
                 new.get(i).is_none_or(|n| *n != Value::Unchanged) && old.get(i) != new.get(i)
             });
         }
-        let hashes: Vec<Option<u64>> = watched()
-            // A tuple shorter than its relation (it should not happen) hashes as unknown.
-            .map(|i| match new.get(i) {
-                None | Some(Value::Unchanged) => None,
-                Some(v) => {
-                    let mut h = DefaultHasher::new();
-                    v.hash(&mut h);
-                    Some(h.finish())
-                }
-            })
-            .collect();
-        let slot = (r.name.clone(), key.to_string());
+        let mut hashes = std::mem::take(&mut self.hashes);
+        hashes.clear();
+        // A tuple shorter than its relation (it should not happen) hashes as unknown.
+        hashes.extend(watched().map(|i| match new.get(i) {
+            None | Some(Value::Unchanged) => None,
+            Some(v) => Some(self.digests.hash(v)),
+        }));
         // A digest of another shape (a column was added since) is as good as none.
         let before = self
             .digests
-            .get(&slot)
-            .filter(|b| b.len() == hashes.len())
-            .cloned();
-        let changed = before.as_ref().is_none_or(|b| {
+            .get(&r.name, key)
+            .filter(|b| b.len() == hashes.len());
+        let changed = before.is_none_or(|b| {
             hashes
                 .iter()
                 .zip(b)
@@ -357,29 +355,85 @@ impl Decoder {
         });
         // An unchanged TOASTed column keeps its earlier hash; without one the row stays
         // unknown rather than remembered with a guess.
-        let merged: Option<Vec<u64>> = hashes
+        let merged: Option<Box<[u64]>> = hashes
             .iter()
             .enumerate()
-            .map(|(i, h)| h.or_else(|| before.as_ref().map(|b| b[i])))
+            .map(|(i, h)| h.or_else(|| before.map(|b| b[i])))
             .collect();
         match merged {
-            Some(merged) => {
-                if self.digests.len() >= self.capacity && !self.digests.contains_key(&slot) {
-                    // Forgetting is safe: a row without a digest counts as changed.
-                    self.digests.clear();
-                }
-                self.digests.insert(slot, merged);
-            }
+            Some(merged) => self.digests.insert(&r.name, key, &merged),
             None => {
-                self.digests.remove(&slot);
+                self.digests.remove(&r.name, key);
             }
         }
+        self.hashes = hashes;
         changed
+    }
+}
+
+/// Per table and key, a hash of each watched column's value as last seen: at most `capacity`
+/// rows, all forgotten at once past it (forgetting is safe: a row without a digest counts as
+/// changed). Looked up by `&str`, so that a row that has one costs no allocation.
+struct Digests {
+    tables: HashMap<String, HashMap<Box<str>, Box<[u64]>>>,
+    rows: usize,
+    capacity: usize,
+    /// Keyed at random per decoder, so that nobody can choose a new value whose hash equals
+    /// the old one's and have its change ignored.
+    hasher: RandomState,
+}
+
+impl Digests {
+    fn new(capacity: usize) -> Self {
+        Self {
+            tables: HashMap::new(),
+            rows: 0,
+            capacity: capacity.max(1),
+            hasher: RandomState::new(),
+        }
+    }
+
+    fn hash(&self, value: &Value<'_>) -> u64 {
+        self.hasher.hash_one(value)
+    }
+
+    fn get(&self, table: &str, key: &str) -> Option<&[u64]> {
+        self.tables.get(table)?.get(key).map(|d| &**d)
+    }
+
+    fn insert(&mut self, table: &str, key: &str, digest: &[u64]) {
+        if let Some(d) = self.tables.get_mut(table).and_then(|t| t.get_mut(key)) {
+            if d.len() == digest.len() {
+                d.copy_from_slice(digest);
+            } else {
+                *d = digest.into();
+            }
+            return;
+        }
+        if self.rows >= self.capacity {
+            self.tables.clear();
+            self.rows = 0;
+        }
+        if !self.tables.contains_key(table) {
+            self.tables.insert(table.to_string(), HashMap::new());
+        }
+        if let Some(t) = self.tables.get_mut(table) {
+            t.insert(key.into(), digest.into());
+            self.rows += 1;
+        }
     }
 
     /// Forgets a row's digest, and returns it.
-    fn forget(&mut self, table: &str, key: &str) -> Option<Vec<u64>> {
-        self.digests.remove(&(table.to_string(), key.to_string()))
+    fn remove(&mut self, table: &str, key: &str) -> Option<Box<[u64]>> {
+        let d = self.tables.get_mut(table)?.remove(key)?;
+        self.rows -= 1;
+        Some(d)
+    }
+
+    fn forget_table(&mut self, table: &str) {
+        if let Some(t) = self.tables.remove(table) {
+            self.rows -= t.len();
+        }
     }
 }
 
@@ -395,7 +449,7 @@ struct RowNames {
 
 impl RowNames {
     /// The key in a new row (INSERT, UPDATE); none if absent or an unchanged TOASTed value.
-    fn key(&self, tuple: &Tuple) -> Option<String> {
+    fn key(&self, tuple: &Tuple<'_>) -> Option<String> {
         match tuple.get(self.column?) {
             Some(Value::Data(b)) => Some(String::from_utf8_lossy(b).into_owned()),
             _ => None,
@@ -404,7 +458,7 @@ impl RowNames {
 
     /// The key in an old row, which carries only the replica identity's columns (all of them
     /// under FULL).
-    fn old_key(&self, tuple: &Tuple) -> Option<String> {
+    fn old_key(&self, tuple: &Tuple<'_>) -> Option<String> {
         if self.identity_has_key {
             self.key(tuple)
         } else {

@@ -106,6 +106,8 @@ struct Heartbeat {
 /// A session's stream: the control connection, the replication connection and its slot.
 struct Stream {
     control: Arc<tokio_postgres::Client>,
+    /// `pg_current_snapshot()`, prepared once: a poll is then one round trip.
+    snapshot: tokio_postgres::Statement,
     _driver: AbortOnDrop,
     repl: Replication,
     slot: String,
@@ -143,6 +145,14 @@ impl Stream {
             }
             Err(_) => return Err(SessionError::Timeout("checking the database")),
         };
+
+        let snapshot = tokio::time::timeout(
+            timeout,
+            control.prepare("SELECT pg_current_snapshot()::text"),
+        )
+        .await
+        .map_err(|_| SessionError::Timeout("preparing the snapshot query"))?
+        .map_err(SessionError::Check)?;
 
         // A temporary slot belongs to the replication session that creates it: it goes when
         // the session ends, however it ends, and retains no WAL after that.
@@ -193,6 +203,7 @@ impl Stream {
         status.set_problem(None);
         Ok(Self {
             control,
+            snapshot,
             _driver: driver,
             repl,
             slot,
@@ -204,9 +215,10 @@ impl Stream {
     /// A snapshot's text, from the control connection.
     fn poll(&self) -> Query<Snapshot> {
         let control = self.control.clone();
+        let statement = self.snapshot.clone();
         Box::pin(async move {
             let text: String = control
-                .query_one("SELECT pg_current_snapshot()::text", &[])
+                .query_one(&statement, &[])
                 .await
                 .map_err(SessionError::Poll)?
                 .get(0);
