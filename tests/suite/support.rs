@@ -174,6 +174,7 @@ impl Deployment {
                 prefix: Some(c.prefix.clone()),
                 probe_interval: Duration::from_secs(1),
                 probe_timeout: Duration::from_secs(3),
+                max_lag: Duration::from_secs(1),
             }),
             _ => None,
         };

@@ -40,6 +40,6 @@ mod source;
 mod wire;
 
 pub use check::{CheckResult, CheckTables, TableCheck};
-pub use probe::{Probe, ProbeWrite};
+pub use probe::{probe_key, Probe, ProbeWrite};
 pub use source::{run, NatsConfig, NatsConfigError};
 pub use wire::{Change, Message, Reads, CHANGES};

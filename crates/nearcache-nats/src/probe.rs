@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// Writes probe number `n` (the instance's row of the probe table) through the instance's own
-/// database pool; `Err` says why not (it is logged and shown as the source's problem).
+/// Writes probe number `n` through the instance's own database pool: the row keyed
+/// [`probe_key`]`(instance, n)` (and deletes the instance's earlier ones); `Err` says why not
+/// (it is logged and shown as the source's problem).
 pub type ProbeWrite =
     Arc<dyn Fn(u64) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
@@ -55,6 +56,12 @@ impl fmt::Debug for Probe {
             .field("timeout", &self.timeout)
             .finish_non_exhaustive()
     }
+}
+
+/// The key of probe number `n` of `instance` in the probe table: each probe writes a row of
+/// its own, so that the number it comes back with is the one that was sent.
+pub fn probe_key(instance: &str, n: u64) -> String {
+    format!("{instance}/{n}")
 }
 
 /// The probe's state within one subscription.
@@ -129,9 +136,13 @@ impl<'a> Prober<'a> {
         });
     }
 
-    /// Keys of the probe table arrived: returns the round trip if one is this instance's.
+    /// Keys of the probe table arrived: returns the round trip if one is the probe in flight.
+    /// Only its number counts: a late answer to an earlier probe says nothing about how far
+    /// behind the stream is now.
     pub(crate) fn arrived(&mut self, keys: &[String]) -> Option<Duration> {
-        if !keys.contains(&self.probe.instance) {
+        self.sent?;
+        let want = probe_key(&self.probe.instance, self.n);
+        if !keys.contains(&want) {
             return None;
         }
         let sent = self.sent.take()?;
@@ -162,11 +173,18 @@ mod tests {
         assert!(matches!(p.deadline(), Some((_, Due::Send))));
         p.send();
         assert!(matches!(p.deadline(), Some((_, Due::Late(_)))));
-        assert!(p.arrived(&["someone else".into()]).is_none());
-        assert!(p.arrived(&["someone else".into(), "me".into()]).is_some());
+        assert!(p.arrived(&["someone else/1".into()]).is_none());
+        assert!(p
+            .arrived(&["someone else/1".into(), "me/1".into()])
+            .is_some());
         // Answered: the next is due an interval later; a repeat of the key answers nothing.
         assert!(matches!(p.deadline(), Some((_, Due::Send))));
-        assert!(p.arrived(&["me".into()]).is_none());
+        assert!(p.arrived(&["me/1".into()]).is_none());
+        // A late answer to an earlier probe does not answer the one in flight.
+        p.send();
+        assert!(p.arrived(&["me/1".into()]).is_none());
+        assert!(matches!(p.deadline(), Some((_, Due::Late(_)))));
+        assert!(p.arrived(&["me/2".into()]).is_some());
         p.pause();
         assert!(p.deadline().is_none());
     }

@@ -44,6 +44,10 @@ pub struct NatsConfig {
     pub backoff_max: Duration,
     /// How long connecting and subscribing may take. Default 5 s.
     pub connect_timeout: Duration,
+    /// How far behind the relay may be before the cache bypasses: its source's lag plus how
+    /// long its heartbeat waited behind unpublished changes, as each heartbeat says. Default
+    /// 1 s. (A backlog that holds heartbeats back entirely is caught by `heartbeat_timeout`.)
+    pub max_lag: Duration,
     /// The end-to-end probe, if any (none by default: it needs the instance's database).
     pub probe: Option<Probe>,
     /// The instance's own check of its cached tables against how the relay reads, if any
@@ -63,6 +67,7 @@ impl NatsConfig {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
+            max_lag: Duration::from_secs(1),
             probe: None,
             check: None,
         }
@@ -74,6 +79,7 @@ impl NatsConfig {
     /// [`NatsConfigError`] for a zero timeout or an empty name.
     pub fn validate(&self) -> Result<(), NatsConfigError> {
         if self.heartbeat_timeout.is_zero()
+            || self.max_lag.is_zero()
             || self
                 .probe
                 .as_ref()
@@ -140,6 +146,8 @@ struct Followed {
     coherent: bool,
     /// Whether the relay's last message said it is.
     relay_coherent: bool,
+    /// Whether the relay's last heartbeat said it is further behind than `max_lag`.
+    lagging: bool,
 }
 
 async fn session<H: Handler + ?Sized>(
@@ -204,6 +212,7 @@ async fn session<H: Handler + ?Sized>(
         seq: 0,
         coherent: false,
         relay_coherent: false,
+        lagging: false,
     };
     let mut delivered = false;
     let mut checker = Checker::new(config.check.as_ref());
@@ -250,7 +259,7 @@ async fn session<H: Handler + ?Sized>(
                     return (SessionError::Misconfigured(problem), delivered);
                 }
                 status.set_problem(None);
-                if checker.passed() && followed.relay_coherent && !followed.coherent {
+                if checker.passed() && followed.relay_coherent && !followed.lagging && !followed.coherent {
                     become_coherent(&mut followed, handler, status, &mut delivered, prober.as_mut());
                 }
                 continue;
@@ -304,14 +313,39 @@ async fn session<H: Handler + ?Sized>(
                     status.set_problem(None);
                 }
             }
-            (Change::Heartbeat { reads, .. }, _) => {
+            (
+                Change::Heartbeat {
+                    reads,
+                    lag_micros,
+                    queued_micros,
+                },
+                _,
+            ) => {
                 checker.heard(reads.as_ref());
                 apply(&message.change, handler, status);
+                let behind =
+                    Duration::from_micros(lag_micros.saturating_add(queued_micros.unwrap_or(0)));
+                let lagging = behind > config.max_lag;
+                if lagging != followed.lagging {
+                    followed.lagging = lagging;
+                    if lagging {
+                        status.lagging();
+                        let problem = format!(
+                            "the relay is {behind:.1?} behind, more than the max lag of {:?}: bypassing until it catches up",
+                            config.max_lag
+                        );
+                        tracing::warn!("nats source: {problem}");
+                        status.set_problem(Some(problem));
+                    } else {
+                        tracing::info!("nats source: the relay caught up");
+                        status.set_problem(None);
+                    }
+                }
             }
             (change, _) => apply(change, handler, status),
         }
         followed.relay_coherent = message.coherent;
-        match (followed.coherent, message.coherent) {
+        match (followed.coherent, message.coherent && !followed.lagging) {
             (false, true) if checker.passed() => {
                 become_coherent(
                     &mut followed,
@@ -325,7 +359,11 @@ async fn session<H: Handler + ?Sized>(
                 handler.bypass();
                 followed.coherent = false;
                 status.set_state(SourceState::Connecting);
-                tracing::warn!("nats source: the relay's source is in doubt: bypassing");
+                if followed.lagging {
+                    tracing::warn!("nats source: the relay is behind: bypassing");
+                } else {
+                    tracing::warn!("nats source: the relay's source is in doubt: bypassing");
+                }
             }
             _ => {}
         }

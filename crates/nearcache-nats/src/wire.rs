@@ -44,6 +44,11 @@ pub enum Change {
     Heartbeat {
         /// The relay's source's last heartbeat round trip, in microseconds.
         lag_micros: u64,
+        /// How long this heartbeat waited in the relay's queue, in microseconds: heartbeats
+        /// queue behind changes, so the oldest change not yet published when it went out was
+        /// at most this old. Absent from relays that do not say.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        queued_micros: Option<u64>,
         /// How the relay reads the database (absent from relays that do not say), so that an
         /// instance can check that its own cached tables are read that way.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -108,6 +113,7 @@ mod tests {
         let beat = Message {
             change: Change::Heartbeat {
                 lag_micros: 3,
+                queued_micros: Some(40),
                 reads: Some(Reads::Wal {
                     publication: "nearcache".into(),
                 }),
@@ -125,6 +131,7 @@ mod tests {
             Message::parse(old).unwrap().change,
             Change::Heartbeat {
                 lag_micros: 5,
+                queued_micros: None,
                 reads: None
             }
         );

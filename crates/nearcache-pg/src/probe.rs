@@ -1,6 +1,6 @@
 //! The table of the end-to-end probe that instances following a relay write
-//! (`sql/0005_nearcache_probe.sql`): each instance owns one row, keyed by an id of its own, and
-//! updates it through its own pool; the change travels database → relay → NATS → instance like
+//! (`sql/0005_nearcache_probe.sql`): each instance writes a row per probe, keyed by an id of
+//! its own and the probe's number, through its own pool; the change travels database → relay → NATS → instance like
 //! any other, and the instance's `nats` source waits for it.
 
 use sqlx::PgPool;
@@ -25,16 +25,17 @@ pub async fn install(pool: &PgPool) -> Result<(), RepoError> {
     Ok(())
 }
 
-/// Writes probe `n` of `instance` (one autocommitted statement), and deletes the rows of
-/// instances that have not probed for an hour.
+/// Writes probe `n` of `instance`: the row keyed `<instance>/<n>` (the number travels in the
+/// key, so that only this probe's return answers it), deleting the instance's earlier rows and
+/// the rows of instances that have not probed for an hour; one autocommitted statement.
 ///
 /// # Errors
 /// [`RepoError`] if the write fails (the table missing, the database down).
 pub async fn write(pool: &PgPool, instance: &str, n: i64) -> Result<(), RepoError> {
     sqlx::query(
         "WITH gone AS (DELETE FROM nearcache_probe
-                        WHERE at < now() - interval '1 hour' AND instance <> $1)
-         INSERT INTO nearcache_probe (instance, n, at) VALUES ($1, $2, now())
+                        WHERE starts_with(instance, $1 || '/') OR at < now() - interval '1 hour')
+         INSERT INTO nearcache_probe (instance, n, at) VALUES ($1 || '/' || $2, $2, now())
          ON CONFLICT (instance) DO UPDATE SET n = excluded.n, at = excluded.at",
     )
     .bind(instance)

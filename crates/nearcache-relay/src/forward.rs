@@ -1,8 +1,15 @@
-//! The relay's handler: what its source reports becomes events for the publisher, in order.
+//! The relay's handler and its queue: what the source reports becomes events for the publisher,
+//! in order, in a queue bounded by the keys it holds. Past the bound the queue refuses and says
+//! it overflowed: the relay then stops its source, says it is in doubt and starts a new epoch,
+//! rather than holding a growing backlog in memory (during a NATS outage, for instance).
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Instant;
 
 use nearcache_nats::Change;
 use nearcache_source::Handler;
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 /// What the source said, in the order it said it.
 #[derive(Debug)]
@@ -13,34 +20,95 @@ pub(crate) enum Event {
     Change(Change),
     /// The changes that follow come from the transaction that committed at this position.
     Commit(String),
+    /// Time for a heartbeat, queued at this instant behind everything queued before it.
+    Beat(Instant),
+}
+
+impl Event {
+    /// What the event weighs against the queue's bound: its keys, at least one.
+    fn weight(&self) -> usize {
+        match self {
+            Event::Change(Change::Keys { keys, .. }) => keys.len().max(1),
+            _ => 1,
+        }
+    }
+}
+
+/// The sending side of the queue, shared by the handler and the publisher's heartbeat timer.
+#[derive(Debug)]
+pub(crate) struct Queue {
+    tx: UnboundedSender<Event>,
+    held: AtomicUsize,
+    bound: usize,
+    overflowed: AtomicBool,
+}
+
+impl Queue {
+    /// A queue that holds at most `bound` keys (events count one each).
+    pub(crate) fn new(bound: usize) -> (Arc<Self>, UnboundedReceiver<Event>) {
+        let (tx, rx) = unbounded_channel();
+        let queue = Arc::new(Self {
+            tx,
+            held: AtomicUsize::new(0),
+            bound: bound.max(1),
+            overflowed: AtomicBool::new(false),
+        });
+        (queue, rx)
+    }
+
+    /// Queues `event`, unless the queue is full (or overflowed already): then the event is
+    /// dropped and the queue says so from then on.
+    pub(crate) fn push(&self, event: Event) {
+        if self.overflowed.load(Relaxed) {
+            return;
+        }
+        let weight = event.weight();
+        if self.held.fetch_add(weight, Relaxed) + weight > self.bound {
+            self.held.fetch_sub(weight, Relaxed);
+            self.overflowed.store(true, Relaxed);
+            return;
+        }
+        if self.tx.send(event).is_err() {
+            // The publisher gone means the relay is stopping; nothing to do.
+            self.held.fetch_sub(weight, Relaxed);
+        }
+    }
+
+    /// The publisher took `event` off the queue.
+    pub(crate) fn took(&self, event: &Event) {
+        self.held.fetch_sub(event.weight(), Relaxed);
+    }
+
+    /// Whether an event was dropped because the queue was full.
+    pub(crate) fn overflowed(&self) -> bool {
+        self.overflowed.load(Relaxed)
+    }
+
+    /// Keys (and other events) queued now.
+    pub(crate) fn held(&self) -> usize {
+        self.held.load(Relaxed)
+    }
 }
 
 /// Forwards every call of the source to the publisher. It caches nothing, so it forwards every
 /// table: instances ignore those they do not cache.
-pub(crate) struct Forward(pub(crate) UnboundedSender<Event>);
-
-impl Forward {
-    fn send(&self, event: Event) {
-        // The publisher gone means the relay is stopping; nothing to do.
-        let _ = self.0.send(event);
-    }
-}
+pub(crate) struct Forward(pub(crate) Arc<Queue>);
 
 impl Handler for Forward {
     fn bypass(&self) {
-        self.send(Event::State(false));
+        self.0.push(Event::State(false));
     }
 
     fn flush_all(&self) {
-        self.send(Event::Change(Change::FlushAll));
+        self.0.push(Event::Change(Change::FlushAll));
     }
 
     fn coherent(&self) {
-        self.send(Event::State(true));
+        self.0.push(Event::State(true));
     }
 
     fn invalidate(&self, table: &str, keys: &[String]) -> bool {
-        self.send(Event::Change(Change::Keys {
+        self.0.push(Event::Change(Change::Keys {
             table: table.to_string(),
             keys: keys.to_vec(),
         }));
@@ -48,13 +116,47 @@ impl Handler for Forward {
     }
 
     fn flush_table(&self, table: &str) -> bool {
-        self.send(Event::Change(Change::FlushTable {
+        self.0.push(Event::Change(Change::FlushTable {
             table: table.to_string(),
         }));
         true
     }
 
     fn at_commit(&self, lsn: &str) {
-        self.send(Event::Commit(lsn.to_string()));
+        self.0.push(Event::Commit(lsn.to_string()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn keys(n: usize) -> Event {
+        Event::Change(Change::Keys {
+            table: "users".into(),
+            keys: (0..n).map(|i| i.to_string()).collect(),
+        })
+    }
+
+    #[test]
+    fn a_full_queue_refuses_and_says_so_until_it_is_replaced() {
+        let (queue, mut rx) = Queue::new(10);
+        queue.push(keys(6));
+        queue.push(Event::State(true));
+        assert_eq!(queue.held(), 7);
+        assert!(!queue.overflowed());
+        // Four more keys would make eleven.
+        queue.push(keys(4));
+        assert!(queue.overflowed());
+        assert_eq!(queue.held(), 7);
+        // Taking events frees room, but an overflowed queue stays refused: what it dropped
+        // is lost, and only a new epoch makes up for it.
+        let first = rx.try_recv().unwrap();
+        queue.took(&first);
+        assert_eq!(queue.held(), 1);
+        queue.push(Event::State(true));
+        assert_eq!(queue.held(), 1);
+        assert!(matches!(rx.try_recv(), Ok(Event::State(true))));
+        assert!(rx.try_recv().is_err());
     }
 }

@@ -11,6 +11,7 @@
 //! lease's time to live after the active one dies.
 
 mod forward;
+mod publisher;
 mod relay;
 
 pub use relay::{run, RelayConfig, RelaySource, RelayStatus, Role};

@@ -63,6 +63,15 @@ struct Flags {
     /// `0s`: no lease (run one relay only).
     #[arg(long, env = "NEARCACHE_LEASE_TTL", default_value = "3s", value_parser = duration)]
     lease_ttl: Duration,
+    /// Most keys waiting to be published. Past it (NATS slower than the database's writes) the
+    /// relay says it is in doubt, so that instances bypass, and starts a new epoch, rather than
+    /// hold a growing backlog.
+    #[arg(
+        long,
+        env = "NEARCACHE_RELAY_MAX_QUEUED_KEYS",
+        default_value_t = 200_000
+    )]
+    max_queued_keys: usize,
     /// Address of `/healthz` and `/metrics`.
     #[arg(long, env = "NEARCACHE_RELAY_LISTEN", default_value = "127.0.0.1:9090")]
     listen: SocketAddr,
@@ -88,6 +97,10 @@ fn config(flags: &Flags) -> Result<RelayConfig, String> {
     }
     config.heartbeat_interval = flags.heartbeat_interval;
     config.lease_ttl = (!flags.lease_ttl.is_zero()).then_some(flags.lease_ttl);
+    if flags.max_queued_keys == 0 {
+        return Err("--max-queued-keys must be positive".into());
+    }
+    config.max_queued_keys = flags.max_queued_keys;
     Ok(config)
 }
 
@@ -215,6 +228,18 @@ fn answer(path: &str, status: &RelayStatus) -> Response<Full<Bytes>> {
                 "counter",
                 "Publications NATS did not acknowledge.",
                 status.publish_errors() as f64,
+            );
+            metric(
+                "nearcache_relay_queued",
+                "gauge",
+                "Keys (and other events) waiting to be published.",
+                status.queued() as f64,
+            );
+            metric(
+                "nearcache_relay_queue_overflows_total",
+                "counter",
+                "Times the queue was full (NATS slower than the writes): the relay said it was in doubt and started a new epoch.",
+                status.overflows() as f64,
             );
             metric(
                 "nearcache_relay_takeovers_total",

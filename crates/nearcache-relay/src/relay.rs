@@ -3,18 +3,18 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, stream};
 use bytes::Bytes;
 use nearcache_listener::ListenerConfig;
-use nearcache_nats::{Change, Message, Reads, CHANGES};
+use nearcache_nats::CHANGES;
 use nearcache_source::{AbortOnDrop, SourceStatus};
 use nearcache_wal::WalConfig;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::forward::{Event, Forward};
+use crate::forward::{Event, Forward, Queue};
+use crate::publisher::{heartbeat, Publisher};
 
 /// Which source the relay reads.
 #[derive(Debug, Clone)]
@@ -48,6 +48,10 @@ pub struct RelayConfig {
     pub lease_ttl: Option<Duration>,
     /// The key-value bucket of the leases. Default `nearcache_relays`.
     pub lease_bucket: String,
+    /// Most keys (other events count one each) waiting to be published. Past it the relay
+    /// stops reading, says it is in doubt (instances bypass) and starts a new epoch, rather
+    /// than grow. Default 200 000.
+    pub max_queued_keys: usize,
 }
 
 impl RelayConfig {
@@ -62,6 +66,7 @@ impl RelayConfig {
             heartbeat_interval: Duration::from_secs(1),
             lease_ttl: Some(Duration::from_secs(3)),
             lease_bucket: "nearcache_relays".into(),
+            max_queued_keys: 200_000,
         }
     }
 }
@@ -80,18 +85,20 @@ pub enum Role {
 }
 
 #[derive(Debug, Default)]
-struct Inner {
+pub(crate) struct Inner {
     role: AtomicU8,
-    published: AtomicU64,
-    publish_errors: AtomicU64,
+    pub(crate) published: AtomicU64,
+    pub(crate) publish_errors: AtomicU64,
     takeovers: AtomicU64,
+    queued: AtomicU64,
+    overflows: AtomicU64,
     epoch: Mutex<String>,
     source: SourceStatus,
 }
 
 /// The relay's counters and state, for `/healthz` and `/metrics`. Cheap to clone.
 #[derive(Debug, Clone, Default)]
-pub struct RelayStatus(Arc<Inner>);
+pub struct RelayStatus(pub(crate) Arc<Inner>);
 
 impl RelayStatus {
     /// The role now.
@@ -129,6 +136,16 @@ impl RelayStatus {
         self.0.takeovers.load(Relaxed)
     }
 
+    /// Keys (and other events) waiting to be published.
+    pub fn queued(&self) -> u64 {
+        self.0.queued.load(Relaxed)
+    }
+
+    /// Times the queue overflowed (and the relay started a new epoch).
+    pub fn overflows(&self) -> u64 {
+        self.0.overflows.load(Relaxed)
+    }
+
     /// The current epoch, empty before the first.
     pub fn epoch(&self) -> String {
         self.0
@@ -161,6 +178,8 @@ pub async fn run(config: RelayConfig, status: RelayStatus, shutdown: impl Future
             status.set_role(Role::Connecting);
             match connected(&config, &status, &stop).await {
                 Ok(Ended::Shutdown) => break,
+                // `publish` starts a new epoch itself after an overflow; never returned.
+                Ok(Ended::Overflow) => continue,
                 Ok(Ended::LeaseLost) => {
                     tracing::warn!("relay: lease lost: standing by");
                     delay = Duration::from_millis(100);
@@ -186,6 +205,7 @@ pub async fn run(config: RelayConfig, status: RelayStatus, shutdown: impl Future
 enum Ended {
     Shutdown,
     LeaseLost,
+    Overflow,
 }
 
 /// One NATS connection's life: the stream, the lease, the publishing.
@@ -343,7 +363,8 @@ fn new_epoch() -> String {
     format!("{:016x}", rand::random::<u64>())
 }
 
-/// Runs the source and publishes what it reports, until shutdown or the lease is lost.
+/// Runs the source and publishes what it reports, under a new epoch each time, until shutdown
+/// or the lease is lost; a queue that overflowed starts a new epoch.
 async fn publish(
     config: &RelayConfig,
     status: &RelayStatus,
@@ -351,7 +372,40 @@ async fn publish(
     mut lease: Option<Lease>,
     stop: &CancellationToken,
 ) -> anyhow::Result<Ended> {
-    let epoch = lease.as_ref().map_or_else(new_epoch, |l| l.epoch.clone());
+    loop {
+        let epoch = new_epoch();
+        if let Some(l) = lease.as_mut() {
+            l.epoch.clone_from(&epoch);
+        }
+        match epoch_of(config, status, js, &mut lease, stop, epoch).await {
+            Ended::Overflow => {
+                status.0.overflows.fetch_add(1, Relaxed);
+                tracing::warn!(
+                    bound = config.max_queued_keys,
+                    "relay: the queue is full (NATS slower than the database's writes): instances bypass; starting a new epoch"
+                );
+            }
+            Ended::Shutdown => {
+                if let Some(l) = lease {
+                    l.release().await;
+                }
+                return Ok(Ended::Shutdown);
+            }
+            ended => return Ok(ended),
+        }
+    }
+}
+
+/// One epoch: runs the source and publishes what it reports, in order, heartbeats queued
+/// behind the changes, until shutdown, the lease is lost or the queue overflows.
+async fn epoch_of(
+    config: &RelayConfig,
+    status: &RelayStatus,
+    js: &jetstream::Context,
+    lease: &mut Option<Lease>,
+    stop: &CancellationToken,
+    epoch: String,
+) -> Ended {
     *status
         .0
         .epoch
@@ -361,8 +415,8 @@ async fn publish(
     status.0.takeovers.fetch_add(1, Relaxed);
     tracing::info!(%epoch, prefix = %config.prefix, "relay: active: publishing");
 
-    let (tx, mut events) = mpsc::unbounded_channel();
-    let handler = Arc::new(Forward(tx));
+    let (queue, mut events) = Queue::new(config.max_queued_keys);
+    let handler = Arc::new(Forward(queue.clone()));
     let stop_source = CancellationToken::new();
     let source_status = status.source().clone();
     let stopped = stop_source.clone().cancelled_owned();
@@ -381,16 +435,8 @@ async fn publish(
     });
 
     let subject = format!("{}.{CHANGES}", config.prefix);
-    let mut out = Publisher {
-        js,
-        subject,
-        epoch,
-        seq: 0,
-        coherent: false,
-        lsn: None,
-        status,
-    };
-    out.send(heartbeat(config, status)).await;
+    let mut out = Publisher::new(js, subject, epoch, status);
+    out.send(heartbeat(config, status, Instant::now())).await;
     let mut beat = tokio::time::interval(config.heartbeat_interval);
     let renew_every = lease
         .as_ref()
@@ -400,17 +446,26 @@ async fn publish(
     let ended = loop {
         tokio::select! {
             () = stop.cancelled() => break Ended::Shutdown,
-            event = events.recv() => match event {
-                Some(Event::State(coherent)) => {
-                    out.coherent = coherent;
-                    out.lsn = None;
-                    out.send(heartbeat(config, status)).await;
+            event = events.recv() => {
+                let Some(event) = event else { break Ended::Shutdown };
+                queue.took(&event);
+                status.0.queued.store(queue.held() as u64, Relaxed);
+                if queue.overflowed() {
+                    break Ended::Overflow;
                 }
-                Some(Event::Commit(lsn)) => out.lsn = Some(lsn),
-                Some(Event::Change(change)) => out.send(change).await,
-                None => break Ended::Shutdown,
-            },
-            _ = beat.tick() => out.send(heartbeat(config, status)).await,
+                match event {
+                    Event::State(coherent) => {
+                        out.coherent = coherent;
+                        out.lsn = None;
+                        out.send(heartbeat(config, status, Instant::now())).await;
+                    }
+                    Event::Commit(lsn) => out.lsn = Some(lsn),
+                    Event::Change(change) => out.send(change).await,
+                    Event::Beat(queued) => out.send(heartbeat(config, status, queued)).await,
+                }
+            }
+            // A heartbeat waits its turn behind the changes queued before it.
+            _ = beat.tick() => queue.push(Event::Beat(Instant::now())),
             _ = renew.tick() => {
                 if let Some(l) = lease.as_mut() {
                     if !l.renew().await {
@@ -422,75 +477,9 @@ async fn publish(
     };
     // Tell the instances at once; then stop the source.
     out.coherent = false;
-    out.send(heartbeat(config, status)).await;
+    out.send(heartbeat(config, status, Instant::now())).await;
+    out.drain().await;
     stop_source.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), &mut source.0).await;
-    if let (Ended::Shutdown, Some(l)) = (&ended, lease) {
-        l.release().await;
-    }
-    Ok(ended)
-}
-
-fn heartbeat(config: &RelayConfig, status: &RelayStatus) -> Change {
-    Change::Heartbeat {
-        lag_micros: status.source().snapshot().heartbeat_rtt_micros,
-        reads: Some(match &config.source {
-            RelaySource::Wal(wal) => Reads::Wal {
-                publication: wal.publication.clone(),
-            },
-            RelaySource::Notify(listen) => Reads::Notify {
-                channel: listen.channel().to_string(),
-            },
-        }),
-    }
-}
-
-struct Publisher<'a> {
-    js: &'a jetstream::Context,
-    subject: String,
-    epoch: String,
-    seq: u64,
-    coherent: bool,
-    /// The commit position of the changes being published, where the source knows it.
-    lsn: Option<String>,
-    status: &'a RelayStatus,
-}
-
-impl Publisher<'_> {
-    /// Publishes `change` and waits for the stream's acknowledgement. A failure is logged and
-    /// counted; its sequence number is spent all the same, so that instances see the gap and
-    /// flush.
-    async fn send(&mut self, change: Change) {
-        self.seq += 1;
-        let message = Message {
-            epoch: self.epoch.clone(),
-            seq: self.seq,
-            coherent: self.coherent,
-            lsn: match change {
-                Change::Heartbeat { .. } => None,
-                _ => self.lsn.clone(),
-            },
-            change,
-        };
-        let sent = async {
-            self.js
-                .publish(self.subject.clone(), Bytes::from(message.to_bytes()))
-                .await?
-                .await?;
-            anyhow::Ok(())
-        };
-        match tokio::time::timeout(Duration::from_secs(5), sent).await {
-            Ok(Ok(())) => {
-                self.status.0.published.fetch_add(1, Relaxed);
-            }
-            Ok(Err(e)) => {
-                self.status.0.publish_errors.fetch_add(1, Relaxed);
-                tracing::warn!(error = %e, seq = self.seq, "relay: publish failed");
-            }
-            Err(_) => {
-                self.status.0.publish_errors.fetch_add(1, Relaxed);
-                tracing::warn!(seq = self.seq, "relay: publish not acknowledged in 5 s");
-            }
-        }
-    }
+    ended
 }

@@ -160,6 +160,10 @@ pub struct Config {
     /// How long a probe may take to come back before the cache bypasses and resubscribes.
     #[arg(long, env = "NEARCACHE_NATS_PROBE_TIMEOUT", default_value = "5s", value_parser = duration)]
     pub nats_probe_timeout: Duration,
+    /// With `--source nats`, how far behind the relay may be (its source's lag plus how long
+    /// its heartbeats wait behind unpublished changes) before the cache bypasses.
+    #[arg(long, env = "NEARCACHE_NATS_MAX_LAG", default_value = "1s", value_parser = duration)]
+    pub nats_max_lag: Duration,
     /// Database connections in the pool.
     #[arg(long, env = "NEARCACHE_DB_POOL_SIZE", default_value_t = 16)]
     pub db_pool_size: u32,
@@ -232,6 +236,8 @@ pub struct NatsSettings {
     pub probe_interval: Duration,
     /// How long a probe may take to come back.
     pub probe_timeout: Duration,
+    /// How far behind the relay may be before the cache bypasses.
+    pub max_lag: Duration,
 }
 
 /// What an instance runs with. Build it from flags ([`Config::into_settings`]) or in code
@@ -298,6 +304,7 @@ impl Settings {
                 prefix: None,
                 probe_interval: Duration::from_secs(5),
                 probe_timeout: Duration::from_secs(5),
+                max_lag: Duration::from_secs(1),
             },
             db_pool_size: 16,
             db_timeout: Duration::from_secs(2),
@@ -358,6 +365,7 @@ impl Config {
             prefix: self.nats_prefix,
             probe_interval: self.nats_probe_interval,
             probe_timeout: self.nats_probe_timeout,
+            max_lag: self.nats_max_lag,
         };
         settings.db_pool_size = self.db_pool_size;
         settings.db_timeout = self.db_timeout;

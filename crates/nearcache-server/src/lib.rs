@@ -125,6 +125,7 @@ impl Application {
                 prefix,
                 probe_interval,
                 probe_timeout,
+                max_lag,
             } = settings.nats.clone();
             let mut nats =
                 nearcache_nats::NatsConfig::new(url, database.get_database().unwrap_or("postgres"));
@@ -133,6 +134,7 @@ impl Application {
                 nats.prefix = prefix;
             }
             nats.heartbeat_timeout = settings.heartbeat_timeout;
+            nats.max_lag = max_lag;
             if !probe_interval.is_zero() {
                 // The write needs the pool, made when serving: `source::run` fills it in.
                 let mut probe = nearcache_nats::Probe::new(

@@ -112,6 +112,7 @@ counters! {
     new_epochs: "Relay restarts or takeovers seen (each answered with a flush).",
     probes: "End-to-end probes that came back (written through the instance's own pool, read back from the relay).",
     probe_timeouts: "End-to-end probes that did not come back in time (each answered with bypass and a new subscription).",
+    lag_bypasses: "Times a relay's heartbeat said it was further behind than the max lag (each answered with bypass until it caught up).",
     visibility_polls: "Snapshots taken to see whether decoded commits are visible yet (WAL source: a commit applies only once new snapshots see it).",
     rechecks: "Checks of the database repeated while delivering (publication, replica identity, triggers, attach rules).",
 }
@@ -245,6 +246,10 @@ impl SourceStatus {
     /// Counts an end-to-end probe that did not come back in time.
     pub fn probe_timeout(&self) {
         self.inner.probe_timeouts.fetch_add(1, Relaxed);
+    }
+    /// Counts a relay found further behind than the max lag.
+    pub fn lagging(&self) {
+        self.inner.lag_bypasses.fetch_add(1, Relaxed);
     }
     /// Counts a snapshot taken for the visibility gate.
     pub fn visibility_poll(&self) {

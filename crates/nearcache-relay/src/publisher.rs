@@ -1,0 +1,162 @@
+//! The relay's publisher: what the source reported, in order, as messages on the changes
+//! subject. A table's keys of one commit travel together (in messages of at most
+//! [`KEYS_PER_MESSAGE`] keys), publications are pipelined (at most [`WINDOW`] acknowledgements
+//! awaited at once, in order), and heartbeats take their turn in the same queue, so that a
+//! heartbeat published says everything queued before it was published too.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, context::PublishAckFuture};
+use bytes::Bytes;
+use nearcache_nats::{Change, Message, Reads};
+
+use crate::relay::{RelayConfig, RelaySource, RelayStatus};
+
+/// Most keys in one message: a 10 000-row commit is 20 messages, each well under NATS' default
+/// payload limit (1 MiB) even with long keys.
+pub(crate) const KEYS_PER_MESSAGE: usize = 500;
+
+/// Most publications whose acknowledgement is awaited at once. JetStream stores a connection's
+/// publications in the order they were sent, so a window keeps the order and spares a round
+/// trip per message.
+pub(crate) const WINDOW: usize = 64;
+
+/// How long a publication may wait for its acknowledgement before it counts as failed.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+pub(crate) struct Publisher<'a> {
+    js: &'a jetstream::Context,
+    subject: String,
+    epoch: String,
+    seq: u64,
+    pub(crate) coherent: bool,
+    /// The commit position of the changes being published, where the source knows it.
+    pub(crate) lsn: Option<String>,
+    status: &'a RelayStatus,
+    /// Publications sent whose acknowledgement has not been read: sequence, future.
+    acks: VecDeque<(u64, PublishAckFuture)>,
+}
+
+impl<'a> Publisher<'a> {
+    pub(crate) fn new(
+        js: &'a jetstream::Context,
+        subject: String,
+        epoch: String,
+        status: &'a RelayStatus,
+    ) -> Self {
+        Self {
+            js,
+            subject,
+            epoch,
+            seq: 0,
+            coherent: false,
+            lsn: None,
+            status,
+            acks: VecDeque::new(),
+        }
+    }
+
+    /// Publishes `change`; a table's keys in as many messages as [`KEYS_PER_MESSAGE`] needs.
+    pub(crate) async fn send(&mut self, change: Change) {
+        match change {
+            Change::Keys { table, keys } if keys.len() > KEYS_PER_MESSAGE => {
+                for chunk in keys.chunks(KEYS_PER_MESSAGE) {
+                    self.send_one(Change::Keys {
+                        table: table.clone(),
+                        keys: chunk.to_vec(),
+                    })
+                    .await;
+                }
+            }
+            change => self.send_one(change).await,
+        }
+    }
+
+    /// Sends one message and, when the window is full, waits for the oldest acknowledgement.
+    /// A failure is logged and counted; its sequence number is spent all the same, so that
+    /// instances see the gap and flush.
+    async fn send_one(&mut self, change: Change) {
+        self.seq += 1;
+        let message = Message {
+            epoch: self.epoch.clone(),
+            seq: self.seq,
+            coherent: self.coherent,
+            lsn: match change {
+                Change::Heartbeat { .. } => None,
+                _ => self.lsn.clone(),
+            },
+            change,
+        };
+        let sent = self
+            .js
+            .publish(self.subject.clone(), Bytes::from(message.to_bytes()));
+        match tokio::time::timeout(ACK_TIMEOUT, sent).await {
+            Ok(Ok(ack)) => self.acks.push_back((self.seq, ack)),
+            Ok(Err(e)) => self.failed(self.seq, &e.to_string()),
+            Err(_) => self.failed(self.seq, "not sent in 5 s"),
+        }
+        while self.acks.len() >= WINDOW {
+            self.settle_oldest().await;
+        }
+    }
+
+    /// Waits for every acknowledgement in flight.
+    pub(crate) async fn drain(&mut self) {
+        while !self.acks.is_empty() {
+            self.settle_oldest().await;
+        }
+    }
+
+    async fn settle_oldest(&mut self) {
+        let Some((seq, ack)) = self.acks.pop_front() else {
+            return;
+        };
+        match tokio::time::timeout(ACK_TIMEOUT, ack).await {
+            Ok(Ok(_)) => {
+                self.status.published_one();
+            }
+            Ok(Err(e)) => self.failed(seq, &e.to_string()),
+            Err(_) => self.failed(seq, "not acknowledged in 5 s"),
+        }
+    }
+
+    fn failed(&self, seq: u64, error: &str) {
+        self.status.publish_failed();
+        tracing::warn!(%error, seq, "relay: publish failed");
+    }
+}
+
+/// The relay's heartbeat: how far behind its source reads, how long the heartbeat waited in
+/// the queue (`queued`: at most that old is the oldest change not yet published when it goes
+/// out), and how the relay reads the database.
+pub(crate) fn heartbeat(
+    config: &RelayConfig,
+    status: &RelayStatus,
+    queued_since: Instant,
+) -> Change {
+    Change::Heartbeat {
+        lag_micros: status.source().snapshot().heartbeat_rtt_micros,
+        queued_micros: Some(u64::try_from(queued_since.elapsed().as_micros()).unwrap_or(u64::MAX)),
+        reads: Some(match &config.source {
+            RelaySource::Wal(wal) => Reads::Wal {
+                publication: wal.publication.clone(),
+            },
+            RelaySource::Notify(listen) => Reads::Notify {
+                channel: listen.channel().to_string(),
+            },
+        }),
+    }
+}
+
+/// Counters the publisher keeps.
+impl RelayStatus {
+    fn published_one(&self) {
+        self.0.published.fetch_add(1, Relaxed);
+    }
+
+    fn publish_failed(&self) {
+        self.0.publish_errors.fetch_add(1, Relaxed);
+    }
+}
