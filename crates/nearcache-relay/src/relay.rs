@@ -465,7 +465,13 @@ async fn epoch_of(
                 }
             }
             // A heartbeat waits its turn behind the changes queued before it.
-            _ = beat.tick() => queue.push(Event::Beat(Instant::now())),
+            // An overflow is acted on here too: the event it dropped may have been the last.
+            _ = beat.tick() => {
+                if queue.overflowed() {
+                    break Ended::Overflow;
+                }
+                queue.push(Event::Beat(Instant::now()));
+            }
             _ = renew.tick() => {
                 if let Some(l) = lease.as_mut() {
                     if !l.renew().await {
