@@ -37,6 +37,9 @@ pub(crate) struct Publisher<'a> {
     status: &'a RelayStatus,
     /// Publications sent whose acknowledgement has not been read: sequence, future.
     acks: VecDeque<(u64, PublishAckFuture)>,
+    /// With a lease, until when this relay surely holds it: nothing is published past it.
+    pub(crate) until: Option<Instant>,
+    deposed: bool,
 }
 
 impl<'a> Publisher<'a> {
@@ -55,6 +58,8 @@ impl<'a> Publisher<'a> {
             lsn: None,
             status,
             acks: VecDeque::new(),
+            until: None,
+            deposed: false,
         }
     }
 
@@ -78,6 +83,15 @@ impl<'a> Publisher<'a> {
     /// A failure is logged and counted; its sequence number is spent all the same, so that
     /// instances see the gap and flush.
     async fn send_one(&mut self, change: Change) {
+        // A relay stalled past its lease (SIGSTOP, a starved runtime) may have been replaced:
+        // it stops at its first publication rather than interleave with the new relay.
+        if self.deposed || self.until.is_some_and(|u| Instant::now() >= u) {
+            if !self.deposed {
+                tracing::warn!("relay: the lease may have expired: publishing nothing more");
+            }
+            self.deposed = true;
+            return;
+        }
         self.seq += 1;
         let message = Message {
             epoch: self.epoch.clone(),
@@ -100,6 +114,11 @@ impl<'a> Publisher<'a> {
         while self.acks.len() >= WINDOW {
             self.settle_oldest().await;
         }
+    }
+
+    /// Whether a publication was refused because the lease may have expired.
+    pub(crate) fn deposed(&self) -> bool {
+        self.deposed
     }
 
     /// Waits for every acknowledgement in flight.

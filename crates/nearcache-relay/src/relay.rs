@@ -257,6 +257,10 @@ struct Lease {
     sequence: u64,
     epoch: String,
     every: Duration,
+    ttl: Duration,
+    /// When the last publication that the stream took was sent: the lease lasts at least
+    /// its time to live from then.
+    since: Instant,
 }
 
 impl Lease {
@@ -289,6 +293,8 @@ impl Lease {
             sequence: 0,
             epoch: new_epoch(),
             every: ttl / 3,
+            ttl,
+            since: Instant::now(),
         };
         let mut said = false;
         loop {
@@ -310,6 +316,7 @@ impl Lease {
     /// Publishes our epoch on the lease's subject if its last message has the sequence
     /// `expected` (0: none); whether the stream took it.
     async fn publish(&mut self, expected: u64) -> bool {
+        let start = Instant::now();
         let mut headers = async_nats::HeaderMap::new();
         headers.insert(
             async_nats::header::NATS_EXPECTED_LAST_SUBJECT_SEQUENCE,
@@ -330,6 +337,7 @@ impl Lease {
         match tokio::time::timeout(Duration::from_secs(5), sent).await {
             Ok(Ok(sequence)) => {
                 self.sequence = sequence;
+                self.since = start;
                 true
             }
             Ok(Err(e)) => {
@@ -338,6 +346,12 @@ impl Lease {
             }
             Err(_) => false,
         }
+    }
+
+    /// Until when this relay surely holds the lease (a tenth of the TTL spare, for clocks
+    /// that run at different rates): past it, another relay may have taken it.
+    fn held_until(&self) -> Instant {
+        self.since + self.ttl - self.ttl / 10
     }
 
     /// Renews the lease; `false` if another relay holds it now (or NATS does not answer).
@@ -436,6 +450,7 @@ async fn epoch_of(
 
     let subject = format!("{}.{CHANGES}", config.prefix);
     let mut out = Publisher::new(js, subject, epoch, status);
+    out.until = lease.as_ref().map(Lease::held_until);
     out.send(heartbeat(config, status, Instant::now())).await;
     let mut beat = tokio::time::interval(config.heartbeat_interval);
     let renew_every = lease
@@ -463,6 +478,9 @@ async fn epoch_of(
                     Event::Change(change) => out.send(change).await,
                     Event::Beat(queued) => out.send(heartbeat(config, status, queued)).await,
                 }
+                if out.deposed() {
+                    break Ended::LeaseLost;
+                }
             }
             // A heartbeat waits its turn behind the changes queued before it.
             // An overflow is acted on here too: the event it dropped may have been the last.
@@ -477,13 +495,17 @@ async fn epoch_of(
                     if !l.renew().await {
                         break Ended::LeaseLost;
                     }
+                    out.until = Some(l.held_until());
                 }
             }
         }
     };
-    // Tell the instances at once; then stop the source.
-    out.coherent = false;
-    out.send(heartbeat(config, status, Instant::now())).await;
+    // Tell the instances at once (unless the lease is lost: another relay may publish by now,
+    // and a word from this one would make its instances flush); then stop the source.
+    if !matches!(ended, Ended::LeaseLost) {
+        out.coherent = false;
+        out.send(heartbeat(config, status, Instant::now())).await;
+    }
     out.drain().await;
     stop_source.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), &mut source.0).await;

@@ -148,7 +148,11 @@ async fn the_cache_follows_a_relay_through_stall_kill_and_a_lost_backend() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("nearcache_relay_active 1"), "{metrics}");
+    // The sample, not the HELP line (which reads "nearcache_relay_active 1 while …").
+    assert!(
+        metrics.lines().any(|l| l == "nearcache_relay_active 1"),
+        "{metrics}"
+    );
 
     // Stalled: heartbeats stop; bypass within the timeout (3 s) plus a heartbeat interval.
     signal(&relay.0, "-STOP");
@@ -219,6 +223,93 @@ async fn the_cache_follows_a_relay_through_stall_kill_and_a_lost_backend() {
     let _ = async_nats::jetstream::new(client)
         .delete_stream(&stream)
         .await;
+}
+
+async fn active(port: u16) -> bool {
+    let Ok(response) = reqwest::get(format!("http://127.0.0.1:{port}/metrics")).await else {
+        return false;
+    };
+    response
+        .text()
+        .await
+        .is_ok_and(|m| m.lines().any(|l| l == "nearcache_relay_active 1"))
+}
+
+async fn until_active(port: u16, limit: Duration) {
+    let start = Instant::now();
+    while !active(port).await {
+        assert!(
+            start.elapsed() < limit,
+            "relay on {port} not active within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Two relays whose leases overlap: the active one stalled (SIGSTOP) past its lease while the
+/// standby took over, then resumed (SIGCONT). The stalled one knows its lease may have expired
+/// and publishes nothing more: after the first message of the new epoch the stream holds none
+/// of the old, so instances switch epochs once instead of flushing at every alternation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_stalled_past_its_lease_publishes_nothing_once_resumed() {
+    use futures_util::StreamExt;
+    let (url, _pool) = fresh_database().await;
+    let id = std::process::id();
+    let (stream, prefix) = (format!("NC_FENCE_{id}"), format!("ncfence.{id}"));
+    let (port_a, port_b) = (free_port(), free_port());
+    let a = start_relay(&url, &stream, &prefix, port_a);
+    until_active(port_a, Duration::from_secs(30)).await;
+    let _b = start_relay(&url, &stream, &prefix, port_b);
+
+    let client = async_nats::connect(nats_url()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    let mut messages = js
+        .get_stream(&stream)
+        .await
+        .unwrap()
+        .create_consumer(async_nats::jetstream::consumer::push::OrderedConfig {
+            deliver_subject: client.new_inbox(),
+            filter_subject: format!("{prefix}.changes"),
+            deliver_policy: async_nats::jetstream::consumer::DeliverPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .messages()
+        .await
+        .unwrap();
+
+    signal(&a.0, "-STOP");
+    until_active(port_b, Duration::from_secs(15)).await;
+    signal(&a.0, "-CONT");
+    // Long enough for the resumed relay's overdue timers, its renewal and its heartbeats.
+    let mut epochs = Vec::new();
+    let end = Instant::now() + Duration::from_secs(4);
+    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(end.into(), messages.next()).await {
+        let m = nearcache_nats::Message::parse(&m.payload).unwrap();
+        if epochs.last() != Some(&m.epoch) {
+            epochs.push(m.epoch);
+        }
+    }
+    assert!(
+        active(port_b).await,
+        "the relay that took over is still active"
+    );
+    assert!(!active(port_a).await, "the resumed relay stands by");
+    let health: serde_json::Value = reqwest::get(format!("http://127.0.0.1:{port_b}/healthz"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let new = health["epoch"].as_str().unwrap().to_string();
+    // Whatever came before, the new epoch comes last and alone.
+    assert_eq!(
+        epochs.iter().position(|e| *e == new),
+        Some(epochs.len() - 1),
+        "epochs on the stream, in order of arrival (the new one is {new}): {epochs:?}"
+    );
+    let _ = js.delete_stream(&stream).await;
 }
 
 /// A network namespace of the test's own holding a NATS server, reached over a veth pair;
