@@ -3,10 +3,13 @@
 //! that can cut an instance's NATS connection.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nearcache_relay::{RelayConfig, RelaySource, RelayStatus};
 use nearcache_wal::WalConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -121,6 +124,8 @@ pub struct Proxy {
     /// Where clients connect.
     pub addr: SocketAddr,
     cuts: watch::Sender<u64>,
+    /// Milliseconds each chunk from the server waits before it is passed on.
+    delay: Arc<AtomicU64>,
     task: JoinHandle<()>,
 }
 
@@ -135,23 +140,56 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (cuts, watching) = watch::channel(0u64);
+        let delay = Arc::new(AtomicU64::new(0));
+        let delays = delay.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 let mut cut = watching.clone();
                 cut.mark_unchanged();
+                let delay = delays.clone();
                 tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(target).await else {
                         return;
                     };
-                    // Both sides closed as soon as the test cuts.
+                    let (mut client_read, mut client_write) = client.split();
+                    let (mut server_read, mut server_write) = server.split();
+                    let up = tokio::io::copy(&mut client_read, &mut server_write);
+                    let down = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = server_read.read(&mut buf).await?;
+                            if n == 0 {
+                                return std::io::Result::Ok(());
+                            }
+                            let ms = delay.load(Relaxed);
+                            if ms > 0 {
+                                tokio::time::sleep(Duration::from_millis(ms)).await;
+                            }
+                            client_write.write_all(&buf[..n]).await?;
+                        }
+                    };
+                    // Both sides closed as soon as one ends or the test cuts.
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = up => {}
+                        _ = down => {}
                         _ = cut.changed() => {}
                     }
                 });
             }
         });
-        Self { addr, cuts, task }
+        Self {
+            addr,
+            cuts,
+            delay,
+            task,
+        }
+    }
+
+    /// Holds back everything the server sends (acknowledgements, deliveries) by `delay` per
+    /// chunk read, from now on; zero passes it on at once again.
+    pub fn delay_answers(&self, delay: Duration) {
+        let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        self.delay.store(ms, Relaxed);
     }
 
     /// Closes every connection open through the proxy; new ones are accepted.

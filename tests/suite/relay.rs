@@ -219,6 +219,7 @@ async fn a_gap_in_the_relays_sequence_flushes() {
         change: nearcache_nats::Change::Heartbeat {
             lag_micros: 0,
             queued_micros: None,
+            every_micros: None,
             reads: None,
         },
     };
@@ -457,5 +458,75 @@ async fn a_relay_whose_queue_overflows_starts_a_new_epoch_and_serves_nothing_sta
     // And the new epoch carries changes as before.
     update(&pool, "users", users[0].id, "name = 'After the overflow'").await;
     all_see(&apps, &t, "After the overflow").await;
+    relay.stop().await;
+}
+
+/// A relay whose publishing is slowed (a proxy holds NATS' answers back) falls behind a stream
+/// of commits. Its heartbeats wait behind the backlog and say so, so the instances bypass
+/// rather than serve, coherent, what the backlog holds; once it drains, they are coherent again
+/// and serve the last write. (Before heartbeats queued behind changes, they overtook the
+/// backlog and the instances stayed coherent through it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_bypass_while_their_relay_is_behind_a_backlog() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let (_, users) = seed(&pool, 1).await;
+    let channel = Channel::new();
+    let proxy =
+        nearcache_tests::fleet::Proxy::start(nats_url().trim_start_matches("nats://")).await;
+    let relay = Relay::start_with(db.url(), &channel, |c| c.nats_url = proxy.nats_url());
+    // No probe: its write would wait behind the backlog too and time out; this is about what
+    // the heartbeats say.
+    let app = spawn_app_with(db.url(), |s| {
+        following(s, &channel);
+        s.nats.probe_interval = Duration::ZERO;
+    })
+    .await;
+    app.ready("coherent").await;
+    let apps = [app];
+    let app = &apps[0];
+    let t = token(users[0].id, json!({}));
+    all_see(&apps, &t, "User 0").await;
+
+    proxy.delay_answers(Duration::from_millis(200));
+    // Commits, one row each, faster than the slowed relay publishes them.
+    let writing = {
+        let (pool, id) = (pool.clone(), users[0].id);
+        tokio::spawn(async move {
+            let until = Instant::now() + Duration::from_secs(3);
+            let mut n = 0u64;
+            while Instant::now() < until {
+                n += 1;
+                update(&pool, "users", id, &format!("name = 'Write {n}'")).await;
+            }
+            n
+        })
+    };
+    let started = Instant::now();
+    wait_until(BOUND, "bypass while the relay is behind", || async {
+        app.get("/healthz", None).await.1["cache"] == "bypass"
+    })
+    .await;
+    let took = started.elapsed();
+    let writes = writing.await.unwrap();
+    let text = app.metrics().await;
+    assert!(
+        metric(&text, "nearcache_source_lag_bypasses_total")
+            + metric(&text, "nearcache_source_heartbeat_timeouts_total")
+            >= 1.0,
+        "bypassed for the relay's lag: {text}"
+    );
+    eprintln!("{writes} writes; bypass {took:?} after they began");
+    proxy.delay_answers(Duration::ZERO);
+    update(&pool, "users", users[0].id, "name = 'Last'").await;
+    wait_until(
+        Duration::from_secs(60),
+        "coherent, serving the last write",
+        || async {
+            app.get("/healthz", None).await.1["cache"] == "coherent"
+                && app.get("/me", Some(&t)).await.1["user"]["name"] == "Last"
+        },
+    )
+    .await;
     relay.stop().await;
 }

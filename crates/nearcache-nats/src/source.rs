@@ -219,11 +219,15 @@ async fn session<H: Handler + ?Sized>(
     let mut consumer: Option<String> = None;
     let (probe_errors, mut probe_failed) = mpsc::unbounded_channel::<String>();
     let mut prober = config.probe.as_ref().map(|p| Prober::new(p, probe_errors));
-    // Silence is counted from the last message, not from the last wake-up: the probe's own
-    // wake-ups must not push the relay's deadline back.
+    // Silence is counted from the last heartbeat, not from the last wake-up (the probe's own
+    // wake-ups must not push the relay's deadline back) nor from the last change: heartbeats
+    // queue behind changes, so a relay whose backlog holds them back is silent, however many
+    // changes still trickle in. A relay that says how often it beats is allowed that interval
+    // plus the max lag.
     let mut heard = Instant::now();
+    let mut silence = config.heartbeat_timeout;
     loop {
-        let deadline = Some(heard + config.heartbeat_timeout);
+        let deadline = Some(heard + silence);
         let (probe_at, due) = match prober.as_ref().and_then(Prober::deadline) {
             Some((at, due)) => (Some(at), Some(due)),
             None => (None, None),
@@ -271,7 +275,6 @@ async fn session<H: Handler + ?Sized>(
             }
             next = messages.next() => next,
         };
-        heard = Instant::now();
         let message = match next {
             Some(Ok(m)) => {
                 // The ordered consumer fills a delivery gap by recreating itself (a new name)
@@ -318,9 +321,14 @@ async fn session<H: Handler + ?Sized>(
                     reads,
                     lag_micros,
                     queued_micros,
+                    every_micros,
                 },
                 _,
             ) => {
+                heard = Instant::now();
+                silence = every_micros.map_or(config.heartbeat_timeout, |every| {
+                    (Duration::from_micros(every) + config.max_lag).min(config.heartbeat_timeout)
+                });
                 checker.heard(reads.as_ref());
                 apply(&message.change, handler, status);
                 let behind =

@@ -49,6 +49,11 @@ pub enum Change {
         /// at most this old. Absent from relays that do not say.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         queued_micros: Option<u64>,
+        /// How often the relay sends heartbeats, in microseconds: an instance that hears none
+        /// for this plus its max lag (at most its heartbeat timeout) bypasses. Absent from
+        /// relays that do not say.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        every_micros: Option<u64>,
         /// How the relay reads the database (absent from relays that do not say), so that an
         /// instance can check that its own cached tables are read that way.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -114,6 +119,7 @@ mod tests {
             change: Change::Heartbeat {
                 lag_micros: 3,
                 queued_micros: Some(40),
+                every_micros: Some(1_000_000),
                 reads: Some(Reads::Wal {
                     publication: "nearcache".into(),
                 }),
@@ -132,6 +138,7 @@ mod tests {
             Change::Heartbeat {
                 lag_micros: 5,
                 queued_micros: None,
+                every_micros: None,
                 reads: None
             }
         );

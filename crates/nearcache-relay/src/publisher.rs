@@ -158,6 +158,9 @@ pub(crate) fn heartbeat(
     Change::Heartbeat {
         lag_micros: status.source().snapshot().heartbeat_rtt_micros,
         queued_micros: Some(u64::try_from(queued_since.elapsed().as_micros()).unwrap_or(u64::MAX)),
+        every_micros: Some(
+            u64::try_from(config.heartbeat_interval.as_micros()).unwrap_or(u64::MAX),
+        ),
         reads: Some(match &config.source {
             RelaySource::Wal(wal) => Reads::Wal {
                 publication: wal.publication.clone(),
