@@ -29,6 +29,9 @@ pub(super) struct Point {
     /// Updates some instance did not show as an eviction within 10 s (its source reconnected
     /// and flushed instead).
     pub(super) missed: usize,
+    /// After an UPDATE of every seeded user in one statement, one user renamed: from that
+    /// commit to its eviction on every instance (`None`: not within 10 s).
+    pub(super) after_bulk: Option<Duration>,
 }
 
 /// CPU time (user + system) of every process named `postgres`, from /proc.
@@ -172,6 +175,7 @@ pub(super) async fn fleet(url: &str, n: usize, relay: bool, updates: usize) -> R
         }
     }
     let postgres_cpu = postgres_cpu().saturating_sub(cpu_before);
+    let after_bulk = after_bulk(&pool, &instances, run).await?;
     let _ = stop_tx.send(true);
     tokio::time::sleep(Duration::from_millis(500)).await;
     if relay {
@@ -194,5 +198,44 @@ pub(super) async fn fleet(url: &str, n: usize, relay: bool, updates: usize) -> R
         postgres_cpu,
         updates,
         missed,
+        after_bulk,
     })
+}
+
+/// One statement renames every seeded user but one (9 999 rows: keys for the WAL, a table
+/// flush for the triggers), then that one is renamed on its own: from the second commit to the
+/// eviction of that row itself (not a flush) on every instance. Behind a relay, the bulk must
+/// not hold the single row back.
+async fn after_bulk(
+    pool: &sqlx::PgPool,
+    instances: &[Arc<Timed>],
+    run: u64,
+) -> Result<Option<Duration>> {
+    let key = seed::user_id(rand::rng().random_range(1..=seed::USERS));
+    sqlx::query(
+        "UPDATE users SET name = 'bulk ' || $1 || ' ' || id
+          WHERE email LIKE '%@demo.example' AND id <> $2::uuid",
+    )
+    .bind(format!("{run:016x}"))
+    .bind(&key)
+    .execute(pool)
+    .await?;
+    for h in instances {
+        h.seen.lock().unwrap().remove(&key);
+    }
+    sqlx::query("UPDATE users SET name = $2 WHERE id = $1::uuid")
+        .bind(&key)
+        .bind(format!("after the bulk {run:016x}"))
+        .execute(pool)
+        .await?;
+    let committed = Instant::now();
+    let deadline = committed + Duration::from_secs(10);
+    let mut worst = Duration::ZERO;
+    for h in instances {
+        match h.evicted_after_by(&key, committed, deadline, false).await {
+            Some(d) => worst = worst.max(d),
+            None => return Ok(None),
+        }
+    }
+    Ok(Some(worst))
 }

@@ -26,19 +26,30 @@ pub(super) struct Timed {
 
 impl Timed {
     /// How long after `committed` this instance evicted `key`, waiting until `deadline`;
-    /// `None` if it did not by then.
+    /// `None` if it did not by then. A flush counts as the key's eviction.
     pub(super) async fn evicted_after(
         &self,
         key: &str,
         committed: Instant,
         deadline: Instant,
     ) -> Option<Duration> {
+        self.evicted_after_by(key, committed, deadline, true).await
+    }
+
+    /// The same; with `flushes == false`, only an eviction of the key itself counts.
+    pub(super) async fn evicted_after_by(
+        &self,
+        key: &str,
+        committed: Instant,
+        deadline: Instant,
+        flushes: bool,
+    ) -> Option<Duration> {
         loop {
             // Register for the wake-up before looking, so that none is missed.
             let changed = self.changed.notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            let flushed = (*self.flushed.lock().unwrap()).filter(|f| *f >= committed);
+            let flushed = (*self.flushed.lock().unwrap()).filter(|f| flushes && *f >= committed);
             let at = self.seen.lock().unwrap().get(key).copied().or(flushed);
             if let Some(at) = at {
                 return Some(at.saturating_duration_since(committed));
