@@ -14,9 +14,14 @@ use nearcache_nats::{Change, Message, Reads};
 
 use crate::relay::{RelayConfig, RelaySource, RelayStatus};
 
-/// Most keys in one message: a 10 000-row commit is 20 messages, each well under NATS' default
-/// payload limit (1 MiB) even with long keys.
+/// Most keys in one message: each well under NATS' default payload limit (1 MiB) even with
+/// long keys.
 pub(crate) const KEYS_PER_MESSAGE: usize = 500;
+
+/// Past this many keys of one table in one commit, the relay publishes a flush of the table
+/// instead, as the triggers do past 40 000 bytes of keys: every instance would otherwise
+/// evict each key in turn before it gets to the next commit.
+pub(crate) const FLUSH_PAST_KEYS: usize = 1_000;
 
 /// Most publications whose acknowledgement is awaited at once. JetStream stores a connection's
 /// publications in the order they were sent, so a window keeps the order and spares a round
@@ -63,9 +68,13 @@ impl<'a> Publisher<'a> {
         }
     }
 
-    /// Publishes `change`; a table's keys in as many messages as [`KEYS_PER_MESSAGE`] needs.
+    /// Publishes `change`; a table's keys in as many messages as [`KEYS_PER_MESSAGE`] needs,
+    /// or past [`FLUSH_PAST_KEYS`] a flush of the table.
     pub(crate) async fn send(&mut self, change: Change) {
         match change {
+            Change::Keys { table, keys } if keys.len() > FLUSH_PAST_KEYS => {
+                self.send_one(Change::FlushTable { table }).await;
+            }
             Change::Keys { table, keys } if keys.len() > KEYS_PER_MESSAGE => {
                 for chunk in keys.chunks(KEYS_PER_MESSAGE) {
                     self.send_one(Change::Keys {
