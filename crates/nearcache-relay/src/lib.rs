@@ -11,6 +11,7 @@
 //! lease's time to live after the active one dies.
 
 mod forward;
+mod lease;
 mod publisher;
 mod relay;
 
