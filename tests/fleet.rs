@@ -3,7 +3,7 @@
 //! that can cut an instance's NATS connection.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -126,6 +126,8 @@ pub struct Proxy {
     cuts: watch::Sender<u64>,
     /// Milliseconds each chunk from the server waits before it is passed on.
     delay: Arc<AtomicU64>,
+    /// While set, new connections are closed at once (the server looks down).
+    refusing: Arc<AtomicBool>,
     task: JoinHandle<()>,
 }
 
@@ -142,8 +144,14 @@ impl Proxy {
         let (cuts, watching) = watch::channel(0u64);
         let delay = Arc::new(AtomicU64::new(0));
         let delays = delay.clone();
+        let refusing = Arc::new(AtomicBool::new(false));
+        let refuse = refusing.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
+                if refuse.load(Relaxed) {
+                    drop(client);
+                    continue;
+                }
                 let mut cut = watching.clone();
                 cut.mark_unchanged();
                 let delay = delays.clone();
@@ -181,8 +189,21 @@ impl Proxy {
             addr,
             cuts,
             delay,
+            refusing,
             task,
         }
+    }
+
+    /// The server looks down: open connections are cut and new ones closed at once, until
+    /// [`up`](Self::up).
+    pub fn down(&self) {
+        self.refusing.store(true, Relaxed);
+        self.cut();
+    }
+
+    /// The server is reachable again.
+    pub fn up(&self) {
+        self.refusing.store(false, Relaxed);
     }
 
     /// Holds back everything the server sends (acknowledgements, deliveries) by `delay` per

@@ -537,3 +537,59 @@ async fn instances_bypass_while_their_relay_is_behind_a_backlog() {
     .await;
     relay.stop().await;
 }
+
+/// A relay cut off from NATS holds no more than its bound: past it, it drops what it holds,
+/// says it is in doubt and starts a new epoch (again while the outage lasts), so its memory
+/// does not grow with the writes. Once NATS is back, instances are coherent again and serve
+/// what changed meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_cut_off_from_nats_holds_no_more_than_its_bound() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let (_, users) = seed(&pool, 1).await;
+    let channel = Channel::new();
+    let proxy =
+        nearcache_tests::fleet::Proxy::start(nats_url().trim_start_matches("nats://")).await;
+    let relay = Relay::start_with(db.url(), &channel, |c| {
+        c.nats_url = proxy.nats_url();
+        c.max_queued_keys = 300;
+    });
+    let apps = instances(db.url(), &channel, 1).await;
+    let t = token(users[0].id, json!({}));
+    all_see(&apps, &t, "User 0").await;
+
+    proxy.down();
+    let bound = 300;
+    let mut most = 0;
+    for n in 0..1_000 {
+        update(&pool, "users", users[0].id, &format!("name = 'Write {n}'")).await;
+        most = most.max(relay.status.queued());
+    }
+    let start = Instant::now();
+    while relay.status.overflows() == 0 {
+        most = most.max(relay.status.queued());
+        assert!(
+            start.elapsed() < BOUND,
+            "no overflow while NATS is away: queued {}, published {}, errors {}",
+            relay.status.queued(),
+            relay.status.published(),
+            relay.status.publish_errors()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(most <= bound, "{most} keys queued, the bound is {bound}");
+    all_bypass(&apps, BOUND).await;
+
+    proxy.up();
+    update(&pool, "users", users[0].id, "name = 'Back'").await;
+    wait_until(
+        Duration::from_secs(60),
+        "coherent, serving the last write",
+        || async {
+            apps[0].get("/healthz", None).await.1["cache"] == "coherent"
+                && apps[0].get("/me", Some(&t)).await.1["user"]["name"] == "Back"
+        },
+    )
+    .await;
+    relay.stop().await;
+}

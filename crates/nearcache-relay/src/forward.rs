@@ -3,12 +3,14 @@
 //! it overflowed: the relay then stops its source, says it is in doubt and starts a new epoch,
 //! rather than holding a growing backlog in memory (during a NATS outage, for instance).
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
 use nearcache_nats::Change;
 use nearcache_source::Handler;
+
+use crate::relay::RelayStatus;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
 
 /// What the source said, in the order it said it.
@@ -38,20 +40,26 @@ impl Event {
 #[derive(Debug)]
 pub(crate) struct Queue {
     tx: UnboundedSender<Event>,
-    held: AtomicUsize,
+    /// What it holds, kept in the relay's status (`nearcache_relay_queued`).
+    status: RelayStatus,
     bound: usize,
     overflowed: AtomicBool,
+    /// Wakes the publisher when the queue overflows.
+    overflow: tokio::sync::Notify,
 }
 
 impl Queue {
-    /// A queue that holds at most `bound` keys (events count one each).
-    pub(crate) fn new(bound: usize) -> (Arc<Self>, UnboundedReceiver<Event>) {
+    /// A queue that holds at most `bound` keys (events count one each), empty: its count in
+    /// `status` starts again from zero.
+    pub(crate) fn new(bound: usize, status: RelayStatus) -> (Arc<Self>, UnboundedReceiver<Event>) {
         let (tx, rx) = unbounded_channel();
+        status.0.queued.store(0, Relaxed);
         let queue = Arc::new(Self {
             tx,
-            held: AtomicUsize::new(0),
+            status,
             bound: bound.max(1),
             overflowed: AtomicBool::new(false),
+            overflow: tokio::sync::Notify::new(),
         });
         (queue, rx)
     }
@@ -63,30 +71,33 @@ impl Queue {
             return;
         }
         let weight = event.weight();
-        if self.held.fetch_add(weight, Relaxed) + weight > self.bound {
-            self.held.fetch_sub(weight, Relaxed);
+        if self.status.0.queued.fetch_add(weight, Relaxed) + weight > self.bound {
+            self.status.0.queued.fetch_sub(weight, Relaxed);
             self.overflowed.store(true, Relaxed);
+            self.overflow.notify_one();
             return;
         }
         if self.tx.send(event).is_err() {
             // The publisher gone means the relay is stopping; nothing to do.
-            self.held.fetch_sub(weight, Relaxed);
+            self.status.0.queued.fetch_sub(weight, Relaxed);
         }
     }
 
     /// The publisher took `event` off the queue.
     pub(crate) fn took(&self, event: &Event) {
-        self.held.fetch_sub(event.weight(), Relaxed);
+        self.status.0.queued.fetch_sub(event.weight(), Relaxed);
+    }
+
+    /// Completes once the queue has overflowed (at once if it has).
+    pub(crate) async fn overflow(&self) {
+        if !self.overflowed() {
+            self.overflow.notified().await;
+        }
     }
 
     /// Whether an event was dropped because the queue was full.
     pub(crate) fn overflowed(&self) -> bool {
         self.overflowed.load(Relaxed)
-    }
-
-    /// Keys (and other events) queued now.
-    pub(crate) fn held(&self) -> usize {
-        self.held.load(Relaxed)
     }
 }
 
@@ -140,22 +151,22 @@ mod tests {
 
     #[test]
     fn a_full_queue_refuses_and_says_so_until_it_is_replaced() {
-        let (queue, mut rx) = Queue::new(10);
+        let (queue, mut rx) = Queue::new(10, RelayStatus::default());
         queue.push(keys(6));
         queue.push(Event::State(true));
-        assert_eq!(queue.held(), 7);
+        assert_eq!(queue.status.queued(), 7);
         assert!(!queue.overflowed());
         // Four more keys would make eleven.
         queue.push(keys(4));
         assert!(queue.overflowed());
-        assert_eq!(queue.held(), 7);
+        assert_eq!(queue.status.queued(), 7);
         // Taking events frees room, but an overflowed queue stays refused: what it dropped
         // is lost, and only a new epoch makes up for it.
         let first = rx.try_recv().unwrap();
         queue.took(&first);
-        assert_eq!(queue.held(), 1);
+        assert_eq!(queue.status.queued(), 1);
         queue.push(Event::State(true));
-        assert_eq!(queue.held(), 1);
+        assert_eq!(queue.status.queued(), 1);
         assert!(matches!(rx.try_recv(), Ok(Event::State(true))));
         assert!(rx.try_recv().is_err());
     }

@@ -5,6 +5,7 @@
 //! heartbeat published says everything queued before it was published too.
 
 use std::collections::VecDeque;
+use std::future::IntoFuture;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
@@ -40,8 +41,9 @@ pub(crate) struct Publisher<'a> {
     /// The commit position of the changes being published, where the source knows it.
     pub(crate) lsn: Option<String>,
     status: &'a RelayStatus,
-    /// Publications sent whose acknowledgement has not been read: sequence, future.
-    acks: VecDeque<(u64, PublishAckFuture)>,
+    /// Publications sent whose acknowledgement has not been read: sequence, when it was sent,
+    /// future.
+    acks: VecDeque<(u64, Instant, PublishAckFuture)>,
     /// With a lease, until when this relay surely holds it: nothing is published past it.
     pub(crate) until: Option<Instant>,
     deposed: bool,
@@ -116,7 +118,7 @@ impl<'a> Publisher<'a> {
             .js
             .publish(self.subject.clone(), Bytes::from(message.to_bytes()));
         match tokio::time::timeout(ACK_TIMEOUT, sent).await {
-            Ok(Ok(ack)) => self.acks.push_back((self.seq, ack)),
+            Ok(Ok(ack)) => self.acks.push_back((self.seq, Instant::now(), ack)),
             Ok(Err(e)) => self.failed(self.seq, &e.to_string()),
             Err(_) => self.failed(self.seq, "not sent in 5 s"),
         }
@@ -137,11 +139,15 @@ impl<'a> Publisher<'a> {
         }
     }
 
+    /// Reads the oldest acknowledgement, waiting at most until its publication is
+    /// [`ACK_TIMEOUT`] old: during a NATS outage a full window times out in about that long, not
+    /// in that long per publication.
     async fn settle_oldest(&mut self) {
-        let Some((seq, ack)) = self.acks.pop_front() else {
+        let Some((seq, sent, ack)) = self.acks.pop_front() else {
             return;
         };
-        match tokio::time::timeout(ACK_TIMEOUT, ack).await {
+        let deadline = tokio::time::Instant::from_std(sent + ACK_TIMEOUT);
+        match tokio::time::timeout_at(deadline, ack.into_future()).await {
             Ok(Ok(_)) => {
                 self.status.published_one();
             }

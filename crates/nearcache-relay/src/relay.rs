@@ -1,7 +1,7 @@
 //! Connecting to NATS, holding the lease, running the source and publishing what it reports.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -90,7 +90,7 @@ pub(crate) struct Inner {
     pub(crate) published: AtomicU64,
     pub(crate) publish_errors: AtomicU64,
     takeovers: AtomicU64,
-    queued: AtomicU64,
+    pub(crate) queued: AtomicUsize,
     overflows: AtomicU64,
     epoch: Mutex<String>,
     source: SourceStatus,
@@ -138,7 +138,7 @@ impl RelayStatus {
 
     /// Keys (and other events) waiting to be published.
     pub fn queued(&self) -> u64 {
-        self.0.queued.load(Relaxed)
+        self.0.queued.load(Relaxed) as u64
     }
 
     /// Times the queue overflowed (and the relay started a new epoch).
@@ -301,7 +301,7 @@ async fn epoch_of(
     status.0.takeovers.fetch_add(1, Relaxed);
     tracing::info!(%epoch, prefix = %config.prefix, "relay: active: publishing");
 
-    let (queue, mut events) = Queue::new(config.max_queued_keys);
+    let (queue, mut events) = Queue::new(config.max_queued_keys, status.clone());
     let handler = Arc::new(Forward(queue.clone()));
     let stop_source = CancellationToken::new();
     let source_status = status.source().clone();
@@ -336,19 +336,26 @@ async fn epoch_of(
             event = events.recv() => {
                 let Some(event) = event else { break Ended::Shutdown };
                 queue.took(&event);
-                status.0.queued.store(queue.held() as u64, Relaxed);
                 if queue.overflowed() {
                     break Ended::Overflow;
                 }
-                match event {
-                    Event::State(coherent) => {
-                        out.coherent = coherent;
-                        out.lsn = None;
-                        out.send(heartbeat(config, status, Instant::now())).await;
+                let publish = async {
+                    match event {
+                        Event::State(coherent) => {
+                            out.coherent = coherent;
+                            out.lsn = None;
+                            out.send(heartbeat(config, status, Instant::now())).await;
+                        }
+                        Event::Commit(lsn) => out.lsn = Some(lsn),
+                        Event::Change(change) => out.send(change).await,
+                        Event::Beat(queued) => out.send(heartbeat(config, status, queued)).await,
                     }
-                    Event::Commit(lsn) => out.lsn = Some(lsn),
-                    Event::Change(change) => out.send(change).await,
-                    Event::Beat(queued) => out.send(heartbeat(config, status, queued)).await,
+                };
+                // A publication that hangs (NATS away) must not hide an overflow meanwhile.
+                tokio::select! {
+                    biased;
+                    () = queue.overflow() => break Ended::Overflow,
+                    () = publish => {}
                 }
                 if out.deposed() {
                     break Ended::LeaseLost;
