@@ -77,9 +77,24 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Test { args } => test(&args),
         Cmd::Ci => ci(),
         Cmd::Demo(args) => demo::run(args),
+        // Benchmarks measure optimised code: the in-process sources, relay and instances of
+        // some of them are this build's.
+        Cmd::Bench(_) if cfg!(debug_assertions) => in_release(),
         Cmd::Bench(args) => bench::run(args),
         Cmd::Soak(args) => soak::run(args),
     }
+}
+
+/// Runs this same command from a release build of xtask (what `cargo xtask` runs is a debug
+/// build), and exits with its status.
+fn in_release() -> Result<()> {
+    eprintln!("==> cargo build --release (xtask): benchmarks measure optimised code");
+    let status = cargo()
+        .args(["run", "--quiet", "--release", "--package", "xtask", "--"])
+        .args(std::env::args_os().skip(1))
+        .status()
+        .context("running the release build of xtask")?;
+    std::process::exit(status.code().unwrap_or(1));
 }
 
 /// The project's cluster, kept in target/nearcache-pg.
