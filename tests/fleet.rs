@@ -63,7 +63,7 @@ pub struct Relay {
     /// Its status (role, epoch).
     pub status: RelayStatus,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
-    task: JoinHandle<()>,
+    task: JoinHandle<anyhow::Result<()>>,
 }
 
 impl Relay {
@@ -104,7 +104,16 @@ impl Relay {
         tokio::time::timeout(Duration::from_secs(10), &mut self.task)
             .await
             .expect("the relay stops")
-            .unwrap();
+            .unwrap()
+            .expect("a relay asked to stop ends well");
+    }
+
+    /// Waits for the relay to end by itself (within `within`), and returns how it ended.
+    pub async fn ended(mut self, within: Duration) -> anyhow::Result<()> {
+        tokio::time::timeout(within, &mut self.task)
+            .await
+            .expect("the relay ends by itself")
+            .unwrap()
     }
 
     /// Gone at once, as with SIGKILL: no goodbye, the lease left to expire.

@@ -593,3 +593,28 @@ async fn a_relay_cut_off_from_nats_holds_no_more_than_its_bound() {
     .await;
     relay.stop().await;
 }
+
+/// A relay whose source stops by itself (here it panics on a configuration that does not
+/// validate) fails and says why, having said it is in doubt and let its lease go, so that a
+/// supervisor restarts it; it does not stay active with nothing to publish, nor exit as if asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_whose_source_dies_fails_and_says_why() {
+    let db = TestDb::new().await;
+    let channel = Channel::new();
+    let relay = Relay::start_with(db.url(), &channel, |c| {
+        if let nearcache_relay::RelaySource::Wal(wal) = &mut c.source {
+            wal.heartbeat_timeout = Duration::ZERO;
+        }
+    });
+    let status = relay.status.clone();
+    let error = relay
+        .ended(BOUND)
+        .await
+        .expect_err("a relay whose source died fails");
+    let text = format!("{error:#}");
+    assert!(
+        text.contains("source stopped") && text.contains("panicked"),
+        "{text}"
+    );
+    assert_eq!(status.role(), Role::Stopped);
+}

@@ -144,9 +144,9 @@ fn main() -> ExitCode {
         let status = RelayStatus::default();
         tracing::info!(prefix = %config.prefix, stream = %config.stream, addr = %flags.listen, "relay: starting");
         let http = tokio::spawn(serve(listener, status.clone()));
-        nearcache_relay::run(config, status, shutdown_signal()).await;
+        let ended = nearcache_relay::run(config, status, shutdown_signal()).await;
         http.abort();
-        Ok::<_, String>(())
+        ended.map_err(|e| format!("{e:#}"))
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

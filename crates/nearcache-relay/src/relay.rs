@@ -165,7 +165,16 @@ impl RelayStatus {
 /// backoff), waits for the lease if there is one, and while it holds it runs the source and
 /// publishes. On shutdown it says "in doubt" to the instances first, so that they bypass at
 /// once rather than after the heartbeat timeout.
-pub async fn run(config: RelayConfig, status: RelayStatus, shutdown: impl Future<Output = ()>) {
+///
+/// # Errors
+/// When the relay's source stops by itself (it panicked, or its configuration does not
+/// validate): there is nothing left to publish, and a supervisor should know. The relay says
+/// "in doubt" and lets its lease go first.
+pub async fn run(
+    config: RelayConfig,
+    status: RelayStatus,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let watch = async {
         shutdown.await;
@@ -177,7 +186,10 @@ pub async fn run(config: RelayConfig, status: RelayStatus, shutdown: impl Future
         loop {
             status.set_role(Role::Connecting);
             match connected(&config, &status, &stop).await {
-                Ok(Ended::Shutdown) => break,
+                Ok(Ended::Shutdown) => break Ok(()),
+                Ok(Ended::SourceDied(why)) => {
+                    break Err(anyhow::anyhow!("the relay's source stopped: {why}"));
+                }
                 // `publish` starts a new epoch itself after an overflow; never returned.
                 Ok(Ended::Overflow) => continue,
                 Ok(Ended::LeaseLost) => {
@@ -188,24 +200,30 @@ pub async fn run(config: RelayConfig, status: RelayStatus, shutdown: impl Future
                 Err(e) => tracing::warn!(error = %e, "relay: NATS: retrying in {delay:?}"),
             }
             tokio::select! {
-                () = stop.cancelled() => break,
+                () = stop.cancelled() => break Ok(()),
                 () = tokio::time::sleep(delay) => {}
             }
             delay = (delay * 2).min(Duration::from_secs(10));
         }
     };
-    tokio::select! {
-        () = watch => {}
-        () = relay => {}
-    }
+    let result = tokio::select! {
+        () = watch => Ok(()),
+        result = relay => result,
+    };
     status.set_role(Role::Stopped);
-    tracing::info!("relay: stopped");
+    match &result {
+        Ok(()) => tracing::info!("relay: stopped"),
+        Err(e) => tracing::error!(error = %e, "relay: stopped"),
+    }
+    result
 }
 
 enum Ended {
     Shutdown,
     LeaseLost,
     Overflow,
+    /// The source's task ended without being asked to: why.
+    SourceDied(String),
 }
 
 /// One NATS connection's life: the stream, the lease, the publishing.
@@ -271,11 +289,11 @@ async fn publish(
                     "relay: the queue is full (NATS slower than the database's writes): instances bypass; starting a new epoch"
                 );
             }
-            Ended::Shutdown => {
+            ended @ (Ended::Shutdown | Ended::SourceDied(_)) => {
                 if let Some(l) = lease {
                     l.release().await;
                 }
-                return Ok(Ended::Shutdown);
+                return Ok(ended);
             }
             ended => return Ok(ended),
         }
@@ -369,6 +387,23 @@ async fn epoch_of(
                 }
                 queue.push(Event::Beat(Instant::now()));
             }
+            // Only shutdown stops the source: its end is a failure.
+            ended = &mut source.0 => {
+                let why = match ended {
+                    Ok(()) => "it returned".to_string(),
+                    Err(e) if e.is_panic() => {
+                        let payload = e.into_panic();
+                        let message = payload
+                            .downcast_ref::<String>()
+                            .map(String::as_str)
+                            .or_else(|| payload.downcast_ref::<&str>().copied())
+                            .unwrap_or("no message");
+                        format!("it panicked: {message}")
+                    }
+                    Err(e) => e.to_string(),
+                };
+                break Ended::SourceDied(why);
+            }
             _ = renew.tick() => {
                 if let Some(l) = lease.as_mut() {
                     if !l.renew().await {
@@ -387,6 +422,8 @@ async fn epoch_of(
     }
     out.drain().await;
     stop_source.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(5), &mut source.0).await;
+    if !matches!(ended, Ended::SourceDied(_)) {
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut source.0).await;
+    }
     ended
 }
