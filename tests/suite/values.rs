@@ -196,7 +196,41 @@ async fn a_row_whose_key_changed_still_tells_ignored_changes_apart(source: Sourc
     l.stop().await;
 }
 
+/// An UPDATE of a row whose key is stored out of line (TOASTed) carries the old key (pgoutput's
+/// `K`) though the key did not change, every other column null there rather than its old value:
+/// a watched column set to NULL must still count as a change (#29).
+async fn a_watched_column_set_to_null_beside_a_toasted_key_is_a_change(source: Source) {
+    let (_db, pool, l, s, at) = setup(
+        source,
+        "CREATE TABLE docs (k text PRIMARY KEY, body text, seen int);
+         ALTER TABLE docs ALTER COLUMN k SET STORAGE EXTERNAL;
+         SELECT nearcache_attach('docs', 'k', '{seen}');",
+    )
+    .await;
+    let key = format!("docs:{}", "k".repeat(2100));
+    let (events, at) = l
+        .between(
+            &pool,
+            at,
+            "INSERT INTO docs VALUES (repeat('k', 2100), 'text', 0)",
+            &s,
+        )
+        .await;
+    assert_eq!(events, std::slice::from_ref(&key), "{source:?}");
+    let (events, _) = l
+        .between(
+            &pool,
+            at,
+            "UPDATE docs SET body = NULL WHERE k = repeat('k', 2100)",
+            &s,
+        )
+        .await;
+    assert_eq!(events, [key], "{source:?}");
+    l.stop().await;
+}
+
 for_each_source!(direct:
+    a_watched_column_set_to_null_beside_a_toasted_key_is_a_change,
     a_row_whose_key_changed_still_tells_ignored_changes_apart,
     rows_are_named_by_the_attached_key,
     a_change_is_a_change_of_the_stored_value,

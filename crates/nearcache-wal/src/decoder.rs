@@ -7,7 +7,7 @@ use std::hash::{BuildHasher, RandomState};
 use pgwire_replication::{Lsn, ReplicationEvent};
 
 use crate::gate::Commit;
-use crate::pgoutput::{self, Relation, Tuple, Value};
+use crate::pgoutput::{self, Old, Relation, Tuple, Value};
 
 /// The prefix of the source's heartbeat messages (`pg_logical_emit_message`).
 pub(crate) const HEARTBEAT_PREFIX: &str = "nearcache_hb";
@@ -231,9 +231,9 @@ impl Decoder {
                 let row = self.row(relation)?;
                 let new_key = row
                     .key(&new)
-                    .or_else(|| old.as_ref().and_then(|o| row.old_key(o)));
+                    .or_else(|| old.as_ref().and_then(|o| row.old_key(o.tuple())));
                 let old_key = match &old {
-                    Some(old) => row.old_key(old),
+                    Some(old) => row.old_key(old.tuple()),
                     // No old tuple: the replica identity did not change. That says the key
                     // did not either only if the identity carries the key.
                     None if row.identity_has_key => new_key.clone(),
@@ -252,7 +252,8 @@ impl Decoder {
                             .push(Evict::Keys(row.table, vec![old_key, new_key]));
                     }
                     (Some(_), Some(key)) => {
-                        if self.remember(relation, &key, &new, old.as_ref()) {
+                        // Only a whole old row says what the other columns were.
+                        if self.remember(relation, &key, &new, old.as_ref().and_then(Old::row)) {
                             self.txn.push(Evict::Keys(row.table, vec![key]));
                         }
                     }

@@ -11,11 +11,10 @@ pub(crate) enum Change<'a> {
     Relation(Relation),
     /// A row inserted.
     Insert { relation: u32, new: Tuple<'a> },
-    /// A row updated: the old key (or old row) when the key changed or the replica identity is
-    /// full, and the new row.
+    /// A row updated: the old key or the old row, when sent, and the new row.
     Update {
         relation: u32,
-        old: Option<Tuple<'a>>,
+        old: Option<Old<'a>>,
         new: Tuple<'a>,
     },
     /// A row deleted: its old key (or old row).
@@ -56,6 +55,34 @@ pub(crate) enum Value<'a> {
 
 /// A row's values, in the relation's column order.
 pub(crate) type Tuple<'a> = Vec<Value<'a>>;
+
+/// What an UPDATE says of the row before it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Old<'a> {
+    /// `K`: the replica identity's columns only, every other one null. Sent when the identity
+    /// changed, and also when it did not but a value of it is stored out of line (TOASTed):
+    /// its nulls are not the old values.
+    Key(Tuple<'a>),
+    /// `O`: the whole old row (`REPLICA IDENTITY FULL`).
+    Row(Tuple<'a>),
+}
+
+impl<'a> Old<'a> {
+    /// The tuple, whichever kind.
+    pub(crate) fn tuple(&self) -> &Tuple<'a> {
+        match self {
+            Old::Key(t) | Old::Row(t) => t,
+        }
+    }
+
+    /// The whole old row, if that is what was sent.
+    pub(crate) fn row(&self) -> Option<&Tuple<'a>> {
+        match self {
+            Old::Row(t) => Some(t),
+            Old::Key(_) => None,
+        }
+    }
+}
 
 /// A message that does not decode.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -167,9 +194,14 @@ pub(crate) fn decode(data: &[u8]) -> Result<Change<'_>, DecodeError> {
         b'U' => {
             let relation = r.u32()?;
             let (old, new) = match r.u8()? {
-                b'K' | b'O' => {
+                kind @ (b'K' | b'O') => {
                     let old = r.tuple()?;
                     expect(&mut r, b'N')?;
+                    let old = if kind == b'K' {
+                        Old::Key(old)
+                    } else {
+                        Old::Row(old)
+                    };
                     (Some(old), r.tuple()?)
                 }
                 b'N' => (None, r.tuple()?),
@@ -261,7 +293,7 @@ mod tests {
             decode(&upd).unwrap(),
             Change::Update {
                 relation: 16384,
-                old: Some(vec![Value::Data(b"a"), Value::Null]),
+                old: Some(Old::Key(vec![Value::Data(b"a"), Value::Null])),
                 new: vec![Value::Data(b"b"), Value::Unchanged],
             }
         );
