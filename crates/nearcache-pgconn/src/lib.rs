@@ -114,6 +114,9 @@ pub enum UrlError {
     /// rustls refuses the configuration.
     #[error("tls: {0}")]
     Tls(String),
+    /// A `key=value` connection string that does not parse as libpq reads them.
+    #[error("invalid connection string: {0}")]
+    KeyValue(String),
 }
 
 /// How connections to the database use TLS: the mode, the root certificates, and a connector
@@ -260,15 +263,65 @@ fn take_tls_params(url: &str) -> Result<(String, Option<String>, Option<String>)
             }
         }
     } else {
-        url.split_whitespace()
-            .filter(|token| {
-                let (k, v) = token.split_once('=').unwrap_or((token, ""));
-                !take(k.trim(), v.trim().trim_matches('\'').to_string())
-            })
+        key_values(url)?
+            .into_iter()
+            .filter_map(|(k, v)| (!take(&k, v.clone())).then(|| format!("{k}={}", quoted(&v))))
             .collect::<Vec<_>>()
             .join(" ")
     };
     Ok((rest, mode, root))
+}
+
+/// The pairs of a `key=value` connection string, read as libpq reads them: whitespace around
+/// `=` allowed, a value in single quotes may hold spaces, and a backslash escapes the next
+/// character (`\'`, `\\`).
+fn key_values(text: &str) -> Result<Vec<(String, String)>, UrlError> {
+    let mut chars = text.chars().peekable();
+    let mut pairs = Vec::new();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.peek().is_none() {
+            return Ok(pairs);
+        }
+        let mut key = String::new();
+        while let Some(c) = chars.next_if(|c| !c.is_whitespace() && *c != '=') {
+            key.push(c);
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        if chars.next() != Some('=') {
+            return Err(UrlError::KeyValue(format!("{key:?} has no \"=\"")));
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut value = String::new();
+        if chars.next_if_eq(&'\'').is_some() {
+            loop {
+                match chars.next() {
+                    Some('\'') => break,
+                    Some('\\') => value.extend(chars.next()),
+                    Some(c) => value.push(c),
+                    None => {
+                        return Err(UrlError::KeyValue(format!(
+                            "the value of {key:?} has no closing quote"
+                        )))
+                    }
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                if c == '\\' {
+                    value.extend(chars.next());
+                } else {
+                    value.push(c);
+                }
+            }
+        }
+        pairs.push((key, value));
+    }
+}
+
+/// A value written so that libpq (and tokio-postgres) read it back unchanged.
+fn quoted(value: &str) -> String {
+    format!("'{}'", value.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -437,6 +490,26 @@ mod tests {
         let url = PgUrl::parse("host=h dbname=db sslmode=verify-full user=u").unwrap();
         assert_eq!(url.tls().mode(), SslMode::VerifyFull);
         assert_eq!(url.config().get_dbname(), Some("db"));
+
+        // The forms libpq accepts: spaces around "=", quoted values with spaces and escapes.
+        let url = PgUrl::parse(
+            "host = h  dbname= 'my db' sslmode =verify-full user=u password='it\\'s \\\\ here' application_name=a\\ b",
+        )
+        .unwrap();
+        assert_eq!(url.tls().mode(), SslMode::VerifyFull);
+        assert_eq!(url.config().get_dbname(), Some("my db"));
+        assert_eq!(url.config().get_user(), Some("u"));
+        assert_eq!(url.config().get_password(), Some(&b"it's \\ here"[..]));
+        assert_eq!(url.config().get_application_name(), Some("a b"));
+        let url = PgUrl::parse("sslmode = 'require' host=h").unwrap();
+        assert_eq!(url.tls().mode(), SslMode::Require);
+        for bad in ["host", "host=h dbname='open"] {
+            let err = PgUrl::parse(bad).unwrap_err().to_string();
+            assert!(
+                err.starts_with("invalid connection string: "),
+                "{bad}: {err}"
+            );
+        }
 
         let url = PgUrl::parse("postgres://u@h/db").unwrap();
         assert_eq!(url.tls().mode(), SslMode::Prefer, "libpq's default");

@@ -68,8 +68,7 @@ impl Application {
     /// does not parse, zero timings, a bad channel.
     pub fn build(settings: Settings) -> Result<Self, ConfigError> {
         let authenticator = Authenticator::new(&settings.auth)?;
-        let mut database = PgConnectOptions::from_str(&settings.database_url)
-            .map_err(|e| ConfigError::DatabaseUrl(e.to_string()))?;
+        let mut database = pool_options(&settings.database_url)?;
         if !settings.db_statement_timeout.is_zero() {
             // Set at connection start: a query blocked by a lock ends within it, and its
             // request answers 503 (the repository maps the cancellation to unavailable).
@@ -291,6 +290,18 @@ pub struct Stopped {
     pub drained: bool,
 }
 
+/// The pool's settings from the database URL. The pool (sqlx) reads URLs only; the sources read
+/// libpq's `key=value` strings too, so one is refused here, at once, with what to give instead,
+/// rather than with sqlx's "relative URL without a base".
+fn pool_options(database_url: &str) -> Result<PgConnectOptions, ConfigError> {
+    if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+        return Err(ConfigError::DatabaseUrl(
+            "not a postgres:// URL (a key=value connection string?): give the database as postgres://user:password@host:port/database?sslmode=…".into(),
+        ));
+    }
+    PgConnectOptions::from_str(database_url).map_err(|e| ConfigError::DatabaseUrl(e.to_string()))
+}
+
 /// Applies the migrations of `sql/` (the reference schema, nearcache's functions, the
 /// reference tables attached) to the database at `database_url`; returns how many were new.
 ///
@@ -298,8 +309,7 @@ pub struct Stopped {
 /// When the database cannot be reached or a migration fails.
 pub async fn migrate(database_url: &str, timeout: Duration) -> anyhow::Result<usize> {
     use anyhow::Context;
-    let options = PgConnectOptions::from_str(database_url)
-        .map_err(|e| ConfigError::DatabaseUrl(e.to_string()))?;
+    let options = pool_options(database_url)?;
     let pool = PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(timeout)
@@ -355,5 +365,23 @@ async fn stop_tasks(tasks: Vec<(&'static str, JoinHandle<()>)>) {
             Ok(Err(e)) => tracing::error!(task = name, error = %e, "ended abnormally"),
             Err(_) => tracing::warn!(task = name, "did not stop within {TASK_STOP_TIMEOUT:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_pool_refuses_a_key_value_string_saying_what_to_give() {
+        let err = pool_options("host=db dbname=app sslmode=verify-full")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not a postgres:// URL") && err.contains("postgres://user:password@"),
+            "{err}"
+        );
+        assert!(pool_options("postgres://u@h/db").is_ok());
+        assert!(pool_options("postgresql://u@h/db").is_ok());
     }
 }
