@@ -35,11 +35,13 @@
 //!    source's problem, and the instance subscribes again.
 
 mod check;
+mod config;
 mod probe;
 mod source;
 mod wire;
 
 pub use check::{CheckResult, CheckTables, TableCheck};
+pub use config::{NatsConfig, NatsConfigError};
 pub use probe::{probe_key, Probe, ProbeWrite};
-pub use source::{run, NatsConfig, NatsConfigError};
+pub use source::run;
 pub use wire::{Change, Message, Reads, CHANGES};

@@ -50,6 +50,7 @@
 mod check;
 mod config;
 mod decoder;
+mod digests;
 mod gate;
 mod pgoutput;
 mod source;
