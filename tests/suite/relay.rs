@@ -618,3 +618,22 @@ async fn a_relay_whose_source_dies_fails_and_says_why() {
     );
     assert_eq!(status.role(), Role::Stopped);
 }
+
+/// An instance whose relay's stream does not exist (no relay ever ran) bypasses and says so:
+/// what it was doing, and NATS' own reason after it, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_instance_without_its_relays_stream_says_why_in_natss_words() {
+    let db = TestDb::new().await;
+    let channel = Channel::new();
+    let app = spawn_app_with(db.url(), |s| following(s, &channel)).await;
+    wait_until(BOUND, "the reason in /healthz", || async {
+        let health = app.get("/healthz", None).await.1;
+        health["cache"] == "bypass"
+            && health["source_error"].as_str().is_some_and(|e| {
+                e.contains("subscribing to the relay's stream")
+                    && e.contains("is a relay running?): ")
+                    && e.to_lowercase().contains("stream not found")
+            })
+    })
+    .await;
+}

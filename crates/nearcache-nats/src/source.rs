@@ -7,7 +7,9 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::push::OrderedConfig;
 use async_nats::jetstream::consumer::DeliverPolicy;
 use futures_util::StreamExt;
-use nearcache_source::{in_flight, sleep_until_opt, supervise, Handler, SourceState, SourceStatus};
+use nearcache_source::{
+    explain, in_flight, sleep_until_opt, supervise, Handler, SourceState, SourceStatus,
+};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -16,18 +18,27 @@ use crate::config::NatsConfig;
 use crate::probe::{Due, Prober};
 use crate::wire::{Change, Message, CHANGES};
 
+/// What NATS' client reported.
+type Cause = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a session ended: the message says what was being done, the cause is the source (shown
+/// once, by [`explain`]).
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
-    #[error("connecting to NATS: {0}")]
-    Connect(String),
+    #[error("connecting to NATS")]
+    Connect(#[source] Cause),
     #[error("timed out while {0}")]
     Timeout(&'static str),
-    #[error("subscribing to the relay's stream {stream}: {detail} (is a relay running?)")]
-    Subscribe { stream: String, detail: String },
+    #[error("subscribing to the relay's stream {stream} (is a relay running?)")]
+    Subscribe {
+        stream: String,
+        #[source]
+        cause: Cause,
+    },
     #[error("NATS connection lost")]
     Lost,
-    #[error("the stream's delivery ended: {0}")]
-    Ended(String),
+    #[error("the stream's delivery ended")]
+    Ended(#[source] Cause),
     #[error("the relay was silent for {0:?}")]
     Silent(Duration),
     #[error("the end-to-end probe did not come back within {0:?} (is the relay reading this instance's database?)")]
@@ -90,15 +101,12 @@ async fn session<H: Handler + ?Sized>(
         .connect(&config.url);
     let client = match tokio::time::timeout(config.connect_timeout, connecting).await {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => return (SessionError::Connect(e.to_string()), false),
+        Ok(Err(e)) => return (SessionError::Connect(e.into()), false),
         Err(_) => return (SessionError::Timeout("connecting to NATS"), false),
     };
     let js = async_nats::jetstream::new(client.clone());
     let subscribing = async {
-        let stream = js
-            .get_stream(&config.stream)
-            .await
-            .map_err(|e| e.to_string())?;
+        let stream = js.get_stream(&config.stream).await.map_err(Cause::from)?;
         let consumer = stream
             .create_consumer(OrderedConfig {
                 deliver_subject: client.new_inbox(),
@@ -107,17 +115,17 @@ async fn session<H: Handler + ?Sized>(
                 ..OrderedConfig::default()
             })
             .await
-            .map_err(|e| e.to_string())?;
-        consumer.messages().await.map_err(|e| e.to_string())
+            .map_err(Cause::from)?;
+        consumer.messages().await.map_err(Cause::from)
     };
     let mut messages = match tokio::time::timeout(config.connect_timeout, subscribing).await {
         Ok(Ok(m)) => m,
-        Ok(Err(detail)) => {
+        Ok(Err(cause)) => {
             let error = SessionError::Subscribe {
                 stream: config.stream.clone(),
-                detail,
+                cause,
             };
-            status.set_problem(Some(error.to_string()));
+            status.set_problem(Some(explain(&error)));
             return (error, false);
         }
         Err(_) => return (SessionError::Timeout("subscribing"), false),
@@ -211,7 +219,7 @@ async fn session<H: Handler + ?Sized>(
                 }
                 m
             }
-            Some(Err(e)) => return (SessionError::Ended(e.to_string()), delivered),
+            Some(Err(e)) => return (SessionError::Ended(e.into()), delivered),
             None => return (SessionError::Ended("no more messages".into()), delivered),
         };
         let Ok(message) = Message::parse(&message.payload) else {
