@@ -191,7 +191,11 @@ impl PgUrl {
     /// [`UrlError`] when tokio-postgres refuses the URL, the `sslmode` is unknown, or the
     /// `sslrootcert` file cannot be used.
     pub fn parse(url: &str) -> Result<Self, UrlError> {
-        let (rest, mode, root_cert) = take_tls_params(url)?;
+        let TlsParams {
+            rest,
+            mode,
+            root_cert,
+        } = take_tls_params(url)?;
         let mut config = tokio_postgres::Config::from_str(&rest).map_err(UrlError::Url)?;
         let mode = mode.map(|m| m.parse()).transpose()?.unwrap_or_default();
         config.ssl_mode(match mode {
@@ -229,8 +233,18 @@ impl PgUrl {
     }
 }
 
+/// A URL's TLS parameters, taken out, and what is left of it for tokio-postgres.
+struct TlsParams {
+    /// The URL or key-value string without them.
+    rest: String,
+    /// `sslmode`, as given.
+    mode: Option<String>,
+    /// `sslrootcert`, as given.
+    root_cert: Option<String>,
+}
+
 /// Takes `sslmode` and `sslrootcert` out of a URL or a key-value string.
-fn take_tls_params(url: &str) -> Result<(String, Option<String>, Option<String>), UrlError> {
+fn take_tls_params(url: &str) -> Result<TlsParams, UrlError> {
     let mut mode = None;
     let mut root = None;
     let mut take = |key: &str, value: String| match key {
@@ -272,7 +286,11 @@ fn take_tls_params(url: &str) -> Result<(String, Option<String>, Option<String>)
             .collect::<Vec<_>>()
             .join(" ")
     };
-    Ok((rest, mode, root))
+    Ok(TlsParams {
+        rest,
+        mode,
+        root_cert: root,
+    })
 }
 
 /// The pairs of a `key=value` connection string, read as libpq reads them: whitespace around

@@ -343,11 +343,10 @@ async fn epoch_of(
     out.until = lease.as_ref().map(Lease::held_until);
     out.send(heartbeat(config, status, Instant::now())).await;
     let mut beat = tokio::time::interval(config.heartbeat_interval);
-    let renew_every = lease
+    // Renewals, with a lease only.
+    let mut renew = lease
         .as_ref()
-        .map_or(Duration::from_secs(3600), |l| l.every);
-    let mut renew = tokio::time::interval(renew_every);
-    renew.tick().await;
+        .map(|l| tokio::time::interval_at(tokio::time::Instant::now() + l.every, l.every));
     let ended = loop {
         tokio::select! {
             () = stop.cancelled() => break Ended::Shutdown,
@@ -404,7 +403,7 @@ async fn epoch_of(
                 };
                 break Ended::SourceDied(why);
             }
-            _ = renew.tick() => {
+            () = tick(&mut renew) => {
                 if let Some(l) = lease.as_mut() {
                     if !l.renew().await {
                         break Ended::LeaseLost;
@@ -426,4 +425,14 @@ async fn epoch_of(
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut source.0).await;
     }
     ended
+}
+
+/// The next tick of `interval`; never without one.
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }

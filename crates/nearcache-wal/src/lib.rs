@@ -47,6 +47,7 @@
 //! Writes under `session_replication_role = replica` and prepared transactions (at COMMIT
 //! PREPARED) are in the WAL like any other, and so are columns added later.
 
+mod apply;
 mod check;
 mod config;
 mod decoder;

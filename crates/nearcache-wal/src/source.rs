@@ -12,9 +12,10 @@ use nearcache_source::{
 };
 use pgwire_replication::{ReplicationClient, ReplicationConfig};
 
+use crate::apply::apply;
 use crate::check::{check, running_xids};
-use crate::decoder::{Decoded, Decoder, Evict, Rules, HEARTBEAT_PREFIX};
-use crate::gate::{Commit, Gate, Snapshot, SnapshotError};
+use crate::decoder::{Decoded, Decoder, Rules, HEARTBEAT_PREFIX};
+use crate::gate::{Gate, Snapshot, SnapshotError};
 use crate::pgoutput;
 use crate::WalConfig;
 
@@ -420,24 +421,6 @@ impl Stream {
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-/// Applies a visible commit's evictions.
-fn apply<H: Handler + ?Sized>(commit: Commit, handler: &H, status: &SourceStatus) {
-    if commit.changes.is_empty() {
-        return;
-    }
-    handler.at_commit(&commit.end_lsn.to_pg_string());
-    for change in commit.changes {
-        status.notification();
-        let cached = match change {
-            Evict::Keys(table, keys) => handler.invalidate(&table, &keys),
-            Evict::Table(table) => handler.flush_table(&table),
-        };
-        if !cached {
-            status.ignored();
-        }
-    }
 }
 
 /// Stops the replication client when the session ends, so that its walsender (and with it the
