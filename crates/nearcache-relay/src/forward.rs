@@ -71,8 +71,16 @@ impl Queue {
             return;
         }
         let weight = event.weight();
-        if self.status.0.queued.fetch_add(weight, Relaxed) + weight > self.bound {
-            self.status.0.queued.fetch_sub(weight, Relaxed);
+        // Counted only if it fits, so that the count never reads above the bound.
+        let fits = self
+            .status
+            .0
+            .queued
+            .fetch_update(Relaxed, Relaxed, |held| {
+                (held + weight <= self.bound).then_some(held + weight)
+            })
+            .is_ok();
+        if !fits {
             self.overflowed.store(true, Relaxed);
             self.overflow.notify_one();
             return;

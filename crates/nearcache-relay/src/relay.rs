@@ -351,7 +351,10 @@ async fn epoch_of(
         tokio::select! {
             () = stop.cancelled() => break Ended::Shutdown,
             event = events.recv() => {
-                let Some(event) = event else { break Ended::Shutdown };
+                // The queue holds a sender, so the channel stays open while this epoch runs.
+                let Some(event) = event else {
+                    break Ended::SourceDied("its queue closed".into());
+                };
                 queue.took(&event);
                 if queue.overflowed() {
                     break Ended::Overflow;
