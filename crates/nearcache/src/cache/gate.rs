@@ -6,9 +6,8 @@ use std::hash::Hash;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::{lock, Cache};
+use super::Cache;
 use crate::entry::{Cause, Entry};
-use crate::fence::{Fence, Forgotten};
 use crate::stats::bump;
 use crate::{Mode, Tag};
 
@@ -48,9 +47,8 @@ where
     fn remove_key(&self, key: &K, cause: Cause) {
         let inner = &*self.inner;
         let removed = {
-            let mut fence = lock(&inner.fence);
+            let mut fence = self.fenced();
             fence.invalidate_key(key);
-            self.publish_epoch(&fence);
             inner.entries.remove(key)
         };
         self.process_removals();
@@ -80,10 +78,9 @@ where
         let inner = &*self.inner;
         bump(&inner.counters.invalidations);
         let removed: Vec<(K, Arc<Entry<V>>)> = {
-            let mut fence = lock(&inner.fence);
-            let carriers = fence.invalidate_tag(tag);
-            self.publish_epoch(&fence);
-            carriers
+            let mut fence = self.fenced();
+            fence
+                .invalidate_tag(tag)
                 .into_keys()
                 .filter_map(|k| inner.entries.remove(&k).map(|e| (k, e)))
                 .collect()
@@ -106,24 +103,10 @@ where
     /// assert!(cache.is_empty());
     /// ```
     pub fn flush(&self) {
-        let forgotten = {
-            let mut fence = lock(&self.inner.fence);
-            self.flush_locked(&mut fence)
-        };
+        let forgotten = self.fenced().flush();
         drop(forgotten);
         self.process_removals();
         self.notify(Cause::Flush, None, None);
-    }
-
-    fn flush_locked(&self, fence: &mut Fence<K>) -> Forgotten<K> {
-        let inner = &*self.inner;
-        let forgotten = fence.flush();
-        self.publish_epoch(fence);
-        // Entries of older generations are never served again; moka drops them lazily.
-        inner.generation.fetch_add(1, Ordering::AcqRel);
-        inner.entries.invalidate_all();
-        bump(&inner.counters.flushes);
-        forgotten
     }
 
     /// Switches the coherence gate. Entering [`Mode::Bypass`] flushes; leaving it does not
@@ -140,17 +123,11 @@ where
     /// ```
     pub fn set_mode(&self, mode: Mode) {
         let (flushed, forgotten) = {
-            let mut fence = lock(&self.inner.fence);
-            let was = self.inner.coherent.load(Ordering::Acquire);
+            let mut fence = self.fenced();
+            let was = fence.set_coherent(mode == Mode::Coherent);
             match mode {
-                Mode::Coherent => {
-                    self.inner.coherent.store(true, Ordering::Release);
-                    (false, None)
-                }
-                Mode::Bypass => {
-                    self.inner.coherent.store(false, Ordering::Release);
-                    (was, Some(self.flush_locked(&mut fence)))
-                }
+                Mode::Coherent => (false, None),
+                Mode::Bypass => (was, Some(fence.flush())),
             }
         };
         drop(forgotten);

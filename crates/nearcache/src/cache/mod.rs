@@ -1,16 +1,18 @@
-//! The cache: moka underneath, the fence, coalesced fenced loads and callbacks on top. Writes
-//! are in `write.rs`, invalidations and the gate in `gate.rs`.
+//! The cache: moka underneath, the fence, coalesced fenced loads and callbacks on top.
+//!
+//! Which file to open:
+//! - `read.rs`: `get`, `touch`, and `get_or_store`'s miss path (one load per key, its waiters
+//!   checking the leader's value against the fence themselves);
+//! - `fill.rs`: fenced loads: the ticket, the fence's verdict, storing the value;
+//! - `write.rs`: `put`, `insert`, `update` (writes that need no load);
+//! - `gate.rs`: invalidations, flushes and the coherence gate (what a source calls);
+//! - `introspect.rs`: sizes, counters, configuration;
+//! - this file: the shared state, the fence's lock (`Fenced`) and removals with callbacks.
 
-mod gate;
-mod write;
-
-pub use write::Write;
-
-use std::future::Future;
 use std::hash::Hash;
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
 
 use async_trait::async_trait;
 use moka::notification::RemovalCause;
@@ -19,11 +21,11 @@ use crate::entry::{Callback, Cause, Change, Entry};
 use crate::expiry::EntryExpiry;
 #[cfg(test)]
 use crate::explore::Step;
-use crate::fence::Fence;
-use crate::flight::{Flights, Role};
+use crate::fence::{Fence, Forgotten};
+use crate::flight::Flights;
 use crate::removal::{RemovalQueue, Removed};
 use crate::stats::{bump, Counters};
-use crate::{CacheConfig, Fill, LoadError, Loader, Mode, Stats, Store, Tag};
+use crate::{CacheConfig, LoadError, Loader, Mode, Store, Tag};
 
 /// A step boundary of the protocol, where the explorer of the tests may switch to another
 /// operation. Compiled into test builds only; elsewhere it expands to nothing.
@@ -34,34 +36,15 @@ macro_rules! step {
     };
 }
 
-/// What a load produced, as its waiters see it: the result, the ticket it was loaded under and
-/// the tags it depends on, so that a waiter can check the value against the fence itself.
-#[derive(Clone)]
-struct Outcome<V> {
-    result: Result<Option<V>, LoadError>,
-    ticket: u64,
-    tags: Arc<[Tag]>,
-}
+mod fill;
+mod gate;
+mod introspect;
+mod read;
+mod write;
 
-/// The sizes of a cache's own structures (see [`Cache::internals`]), and what bounds each.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Internals {
-    /// Distinct tags that cached entries carry (at most `index_rows`).
-    pub indexed_tags: usize,
-    /// Rows of the tag index, one per tag of each cached entry: bounded by the entries' tags
-    /// in all (an evicted entry's rows leave when its removal is processed).
-    pub index_rows: usize,
-    /// Keys and tags whose latest invalidation the fence remembers: those of the last one to two
-    /// [`CacheConfig::fence_window`]s, and at most [`CacheConfig::fence_memory`] (past it the
-    /// fence forgets them all and fences every load under way instead).
-    pub fence_remembered: usize,
-    /// Loads under way, one per key however many callers wait on it.
-    pub loads_in_flight: usize,
-    /// Removals reported by moka and not yet processed (index rows, callbacks): emptied by the
-    /// next use of the cache.
-    pub removals_queued: usize,
-}
+use fill::Outcome;
+pub use introspect::Internals;
+pub use write::Write;
 
 /// A per-process cache with fenced fills, tags and a coherence gate. See the crate docs.
 ///
@@ -208,255 +191,6 @@ where
             eprintln!("nearcache: cannot start the expiry thread: {e}");
         }
     }
-
-    /// The value of `key`, if it is cached and the cache is coherent. A negative entry reads as
-    /// `None`, like a miss.
-    ///
-    /// ```
-    /// use nearcache::{Cache, CacheConfig};
-    /// let cache: Cache<u32, &str> = Cache::new(CacheConfig::default());
-    /// assert_eq!(cache.get(&1), None);
-    /// cache.put(1, "a");
-    /// assert_eq!(cache.get(&1), Some("a"));
-    /// ```
-    pub fn get(&self, key: &K) -> Option<V> {
-        match self.lookup(key) {
-            Some(entry) => {
-                bump(&self.inner.counters.hits);
-                entry.value.clone()
-            }
-            None => None,
-        }
-    }
-
-    /// The entry of `key`, counting a miss or a bypassed lookup when there is none.
-    fn lookup(&self, key: &K) -> Option<Arc<Entry<V>>> {
-        let inner = &*self.inner;
-        if inner.removals.pending() {
-            self.process_removals();
-        }
-        if !inner.coherent.load(Ordering::Acquire) {
-            bump(&inner.counters.bypassed);
-            return None;
-        }
-        let found = self.live(key);
-        if found.is_none() {
-            bump(&inner.counters.misses);
-        }
-        found
-    }
-
-    /// The cached value of `key`, or else the result of `loader`, which is stored unless an
-    /// invalidation of the key or of one of the value's tags, or a flush, happened since the
-    /// load began. `Ok(None)` means the loader said "no such row" (a negative entry).
-    ///
-    /// Concurrent callers that miss the same key share one load and all get its result, errors
-    /// included. One that has waited [`CacheConfig::fill_wait`] for another's load loads for
-    /// itself. In [`Mode::Bypass`] the loader is called every time and nothing is stored.
-    ///
-    /// # Errors
-    /// The loader's error, which is not cached.
-    ///
-    /// ```
-    /// use nearcache::{Cache, CacheConfig, Fill, LoadError, Tag};
-    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-    /// let cache: Cache<u64, String> = Cache::new(CacheConfig::default());
-    /// // Your query; `?` converts any error into LoadError. Tag the value with its rows.
-    /// let load = |id: u64| async move {
-    ///     let name: String = format!("user {id}");
-    ///     let _parsed: u64 = "42".parse()?;
-    ///     Ok::<_, LoadError>(Fill::found(name).with_tag(Tag::row("users", id)))
-    /// };
-    /// assert_eq!(cache.get_or_store(42, || load(42)).await.unwrap().as_deref(), Some("user 42"));
-    /// // The second call is a hit: the loader is not called.
-    /// let never = || async { unreachable!("cached") };
-    /// assert_eq!(cache.get_or_store(42, never).await.unwrap().as_deref(), Some("user 42"));
-    /// // "No such row" is remembered briefly as a negative entry.
-    /// assert_eq!(cache.get_or_store(7, || async { Ok(Fill::absent()) }).await.unwrap(), None);
-    /// # });
-    /// ```
-    pub async fn get_or_store<F, Fut>(&self, key: K, loader: F) -> Result<Option<V>, LoadError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Fill<V>, LoadError>>,
-    {
-        if let Some(entry) = self.lookup(&key) {
-            bump(&self.inner.counters.hits);
-            return Ok(entry.value.clone());
-        }
-        if !self.inner.coherent.load(Ordering::Acquire) {
-            return self.load(loader).await.map(Fill::into_value);
-        }
-        match self.inner.flights.join_or_lead(&key) {
-            Role::Leader(lead) => {
-                step!(self, Step::Led);
-                // Someone may have stored the key between our miss and our taking the lead.
-                if let Some(entry) = self.current(&key) {
-                    return Ok(entry.value.clone());
-                }
-                let outcome = self.load_and_fill(key.clone(), loader).await;
-                let result = outcome.result.clone();
-                lead.hand_over(outcome);
-                step!(self, Step::HandedOver);
-                // Returning is the step after this one: nothing happens between the two.
-                drop(lead);
-                result
-            }
-            Role::Follower(waiter) => {
-                step!(self, Step::Joined);
-                let shared = waiter.outcome(self.inner.config.fill_wait).await;
-                if let Some(outcome) = shared {
-                    // The leader's value is ours only if it is as fresh as a load of our own
-                    // would be: nothing it depends on was invalidated after its ticket. The
-                    // leader having stored it proves nothing, since an invalidation may have
-                    // evicted it again before we joined. Errors are never stale.
-                    if outcome.result.is_err() || self.admits(&key, &outcome.tags, outcome.ticket) {
-                        bump(&self.inner.counters.coalesced);
-                        step!(self, Step::TookOver);
-                        return outcome.result;
-                    }
-                }
-                // The leader hung, vanished, or loaded before an invalidation we must honour.
-                // A write may have stored a newer value meanwhile.
-                step!(self, Step::Refused);
-                if let Some(entry) = self.current(&key) {
-                    bump(&self.inner.counters.hits);
-                    return Ok(entry.value.clone());
-                }
-                self.load_and_fill(key, loader).await.result
-            }
-        }
-    }
-
-    /// The live entry of `key` in coherent mode, counting nothing.
-    fn current(&self, key: &K) -> Option<Arc<Entry<V>>> {
-        if !self.inner.coherent.load(Ordering::Acquire) {
-            return None;
-        }
-        self.live(key)
-    }
-
-    /// The entry of `key` if it belongs to the current generation (was not flushed), whatever
-    /// the mode; counting nothing.
-    fn live(&self, key: &K) -> Option<Arc<Entry<V>>> {
-        self.inner.entries.get(key).filter(|e| self.is_current(e))
-    }
-
-    /// Whether a value of `key` depending on `tags`, loaded under `ticket`, is still as fresh as
-    /// a load started now: no invalidation of the key or the tags, and no flush, since.
-    fn admits(&self, key: &K, tags: &[Tag], ticket: u64) -> bool {
-        lock(&self.inner.fence).admits(key, tags, ticket)
-    }
-
-    async fn load<F, Fut>(&self, loader: F) -> Result<Fill<V>, LoadError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Fill<V>, LoadError>>,
-    {
-        bump(&self.inner.counters.loads);
-        let result = loader().await;
-        if result.is_err() {
-            bump(&self.inner.counters.load_errors);
-        }
-        result
-    }
-
-    async fn load_and_fill<F, Fut>(&self, key: K, loader: F) -> Outcome<V>
-    where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<Fill<V>, LoadError>>,
-    {
-        // The ticket is taken before the loader reads anything.
-        let ticket = self.inner.epoch.load(Ordering::Acquire);
-        step!(self, Step::TicketTaken);
-        let loaded = self.load(loader).await;
-        step!(self, Step::LoaderReturned);
-        match loaded {
-            Ok(fill) => {
-                let (value, tags, ttl) = fill.into_parts();
-                let ttl = ttl.unwrap_or(if value.is_some() {
-                    self.inner.config.ttl
-                } else {
-                    self.inner.config.negative_ttl
-                });
-                let tags: Arc<[Tag]> = tags.into();
-                self.store_fill(&key, value.clone(), tags.clone(), ttl, ticket);
-                step!(self, Step::Filled);
-                Outcome {
-                    result: Ok(value),
-                    ticket,
-                    tags,
-                }
-            }
-            Err(e) => Outcome {
-                result: Err(e),
-                ticket,
-                tags: Arc::from([]),
-            },
-        }
-    }
-
-    fn store_fill(
-        &self,
-        key: &K,
-        value: Option<V>,
-        tags: Arc<[Tag]>,
-        ttl: Duration,
-        ticket: u64,
-    ) -> bool {
-        let inner = &*self.inner;
-        let replaced = {
-            let mut fence = lock(&inner.fence);
-            // Checking the fence and inserting happen under one lock, so that no invalidation
-            // falls between them: this is the fence's whole point.
-            if !inner.coherent.load(Ordering::Acquire) || !fence.admits(key, &tags, ticket) {
-                drop(fence);
-                bump(&inner.counters.discarded_fills);
-                return false;
-            }
-            self.insert_locked(&mut fence, key, value.clone(), tags, ttl)
-        };
-        self.after_write(key, value.as_ref(), replaced);
-        true
-    }
-
-    /// Stores an entry; the fence must be locked. Returns whether a live entry was replaced.
-    fn insert_locked(
-        &self,
-        fence: &mut Fence<K>,
-        key: &K,
-        value: Option<V>,
-        tags: Arc<[Tag]>,
-        ttl: Duration,
-    ) -> bool {
-        let inner = &*self.inner;
-        let generation = inner.generation.load(Ordering::Acquire);
-        let replaced = self.live(key).is_some();
-        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-        fence.index(key, id, &tags);
-        inner.entries.insert(
-            key.clone(),
-            Arc::new(Entry {
-                value,
-                id,
-                tags,
-                ttl,
-                generation,
-            }),
-        );
-        replaced
-    }
-
-    fn after_write(&self, key: &K, value: Option<&V>, replaced: bool) {
-        self.process_removals();
-        let cause = if replaced {
-            Cause::Update
-        } else {
-            Cause::Insert
-        };
-        self.notify(cause, Some(key), value);
-    }
-
     /// Test builds only: the explorer's hook, installed once.
     #[cfg(test)]
     pub(crate) fn explore_with(&self, hook: crate::explore::Hook) {
@@ -473,130 +207,13 @@ where
         }
     }
 
-    fn publish_epoch(&self, fence: &Fence<K>) {
-        self.inner.epoch.store(fence.epoch(), Ordering::Release);
-    }
-
-    /// Marks `key` as read, which extends its time to idle (never past its TTL). Returns whether
-    /// the key has an entry.
-    ///
-    /// ```
-    /// use nearcache::{Cache, CacheConfig};
-    /// let cache: Cache<u32, &str> = Cache::new(CacheConfig::default());
-    /// cache.put(1, "a");
-    /// assert!(cache.touch(&1));
-    /// assert!(!cache.touch(&2));
-    /// ```
-    pub fn touch(&self, key: &K) -> bool {
-        self.lookup(key).is_some()
-    }
-
-    /// The number of entries, after moka has caught up with pending work.
-    ///
-    /// ```
-    /// use nearcache::{Cache, CacheConfig};
-    /// let cache: Cache<u32, &str> = Cache::new(CacheConfig::default());
-    /// cache.put(1, "a");
-    /// assert_eq!(cache.len(), 1);
-    /// ```
-    pub fn len(&self) -> u64 {
-        self.inner.entries.run_pending_tasks();
-        self.process_removals();
-        self.inner.entries.entry_count()
-    }
-
-    /// Whether [`Cache::len`] is 0.
-    ///
-    /// ```
-    /// use nearcache::{Cache, CacheConfig};
-    /// let cache: Cache<u32, &str> = Cache::new(CacheConfig::default());
-    /// assert!(cache.is_empty());
-    /// ```
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// Lets moka run its pending maintenance now (expiry, eviction), and the callbacks it
-    /// causes. moka otherwise does it as the cache is used.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// use nearcache::{Cache, CacheConfig};
-    /// let cache: Cache<u32, &str> =
-    ///     Cache::new(CacheConfig { ttl: Duration::from_millis(10), ..CacheConfig::default() });
-    /// cache.put(1, "a");
-    /// std::thread::sleep(Duration::from_millis(30));
-    /// cache.run_pending_tasks(); // expiry and its callbacks, now
-    /// assert_eq!(cache.get(&1), None);
-    /// ```
-    pub fn run_pending_tasks(&self) {
-        self.inner.entries.run_pending_tasks();
-        self.process_removals();
-    }
-
-    /// The counters so far.
-    ///
-    /// ```
-    /// use nearcache::{Cache, CacheConfig};
-    /// let cache: Cache<u32, &str> = Cache::new(CacheConfig::default());
-    /// cache.put(1, "a");
-    /// cache.get(&1);
-    /// cache.get(&2);
-    /// let stats = cache.stats();
-    /// assert_eq!((stats.hits, stats.misses), (1, 1));
-    /// ```
-    pub fn stats(&self) -> Stats {
-        self.inner.counters.snapshot()
-    }
-
-    /// The configuration the cache was made with.
-    ///
-    /// ```
-    /// use nearcache::{Cache, CacheConfig};
-    /// let cache: Cache<u32, &str> = Cache::new(CacheConfig { capacity: 5, ..CacheConfig::default() });
-    /// assert_eq!(cache.config().capacity, 5);
-    /// ```
-    pub fn config(&self) -> &CacheConfig {
-        &self.inner.config
-    }
-
-    /// The sizes of the cache's own structures beside moka's entries, each bounded (see
-    /// [`Internals`]): for metrics, and for a soak test that they stay flat.
-    ///
-    /// ```
-    /// use nearcache::{Cache, CacheConfig, Fill, Tag};
-    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
-    /// let cache: Cache<u32, &str> = Cache::new(CacheConfig::default());
-    /// let (user, org) = (Tag::row("users", 1), Tag::row("organizations", 7));
-    /// let fill = Fill::found("Ada").with_tag(user).with_tag(org.clone());
-    /// cache.get_or_store(1, || async { Ok(fill) }).await.unwrap();
-    /// cache.invalidate(&2);
-    /// let sizes = cache.internals();
-    /// assert_eq!((sizes.indexed_tags, sizes.index_rows, sizes.fence_remembered), (2, 2, 1));
-    /// cache.invalidate_tag(&org); // the entry goes, and with it both its index rows
-    /// let sizes = cache.internals();
-    /// assert_eq!((sizes.indexed_tags, sizes.index_rows, sizes.fence_remembered), (0, 0, 2));
-    /// # });
-    /// ```
-    pub fn internals(&self) -> Internals {
-        let inner = &*self.inner;
-        let (indexed_tags, index_rows, fence_remembered) = lock(&inner.fence).sizes();
-        Internals {
-            indexed_tags,
-            index_rows,
-            fence_remembered,
-            loads_in_flight: inner.flights.len(),
-            removals_queued: inner.removals.len(),
+    /// The fence, locked, for a change: see [`Fenced`]. Reads of the fence that change nothing
+    /// may take `lock(&inner.fence)` instead.
+    fn fenced(&self) -> Fenced<'_, K, V> {
+        Fenced {
+            inner: &self.inner,
+            fence: lock(&self.inner.fence),
         }
-    }
-
-    #[cfg(test)]
-    pub(crate) fn indexed_tags(&self) -> usize {
-        lock(&self.inner.fence).indexed_tags()
-    }
-
-    fn is_current(&self, entry: &Entry<V>) -> bool {
-        entry.generation == self.inner.generation.load(Ordering::Acquire)
     }
 
     fn process_removals(&self) {
@@ -606,7 +223,7 @@ where
             return;
         }
         {
-            let mut fence = lock(&inner.fence);
+            let mut fence = self.fenced();
             for r in &batch {
                 fence.unindex(&r.key, r.entry.id, &r.entry.tags);
             }
@@ -632,6 +249,79 @@ where
         if let Some(callback) = &self.inner.callback {
             callback(&Change { cause, key, value });
         }
+    }
+}
+
+/// The fence, locked. Every change of the fence goes through one, and so do the lock-free copies
+/// of its state in [`Inner`]: dropping it republishes the fence's epoch (which tickets read
+/// without the lock), and the generation and the mode change only through its methods. While
+/// the guard is held none of the three can be seen to disagree with the fence by a caller that
+/// locks it; a caller that does not (a ticket, a hit) sees at worst an older epoch, which makes
+/// its load's value refused, never wrongly admitted.
+struct Fenced<'a, K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    inner: &'a Inner<K, V>,
+    fence: MutexGuard<'a, Fence<K>>,
+}
+
+impl<K, V> Fenced<'_, K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// Empties the cache in O(1): the fence forgets everything (and fences every load under
+    /// way), and a new generation begins, so that entries of older ones are never served again
+    /// (moka drops them lazily). What the fence forgot is returned, to be dropped without the
+    /// lock.
+    fn flush(&mut self) -> Forgotten<K> {
+        let forgotten = self.fence.flush();
+        self.inner.generation.fetch_add(1, Ordering::AcqRel);
+        self.inner.entries.invalidate_all();
+        bump(&self.inner.counters.flushes);
+        forgotten
+    }
+
+    /// Opens or closes the gate; returns whether it was open.
+    fn set_coherent(&mut self, coherent: bool) -> bool {
+        self.inner.coherent.swap(coherent, Ordering::AcqRel)
+    }
+}
+
+impl<K, V> Deref for Fenced<'_, K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    type Target = Fence<K>;
+
+    fn deref(&self) -> &Fence<K> {
+        &self.fence
+    }
+}
+
+impl<K, V> DerefMut for Fenced<'_, K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    fn deref_mut(&mut self) -> &mut Fence<K> {
+        &mut self.fence
+    }
+}
+
+impl<K, V> Drop for Fenced<'_, K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    fn drop(&mut self) {
+        // Runs before the guard's lock is released.
+        self.inner
+            .epoch
+            .store(self.fence.epoch(), Ordering::Release);
     }
 }
 

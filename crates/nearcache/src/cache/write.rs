@@ -96,18 +96,17 @@ where
     ) -> Write {
         let inner = &*self.inner;
         let replaced = {
-            let mut fence = lock(&inner.fence);
+            let mut fence = self.fenced();
             if !inner.coherent.load(Ordering::Acquire) {
                 return Write::Bypass;
             }
-            let existing = self.live(&key);
+            let existing = self.unflushed(&key);
             let verdict = allowed(existing.as_deref());
             if verdict != Write::Stored {
                 return verdict;
             }
             let tags = existing.map_or_else(|| Arc::from([]), |e| e.tags.clone());
             fence.invalidate_key(&key);
-            self.publish_epoch(&fence);
             self.insert_locked(&mut fence, &key, Some(value.clone()), tags, ttl)
         };
         self.after_write(&key, Some(&value), replaced);
@@ -171,14 +170,14 @@ where
             if !inner.coherent.load(Ordering::Acquire) {
                 return Ok(Write::Bypass);
             }
-            let old = self.live(&key);
+            let old = self.unflushed(&key);
             let old_value = old.as_ref().and_then(|e| e.value.as_ref());
             if existing_only && old_value.is_none() {
                 return Ok(Write::Missing);
             }
             let new = f(old_value)?;
-            let mut fence = lock(&inner.fence);
-            let now = self.live(&key);
+            let mut fence = self.fenced();
+            let now = self.unflushed(&key);
             let unchanged = match (&old, &now) {
                 (Some(a), Some(b)) => a.id == b.id,
                 (None, None) => true,
@@ -191,7 +190,6 @@ where
                 .as_ref()
                 .map_or_else(|| Arc::from([]), |e| e.tags.clone());
             fence.invalidate_key(&key);
-            self.publish_epoch(&fence);
             let replaced =
                 self.insert_locked(&mut fence, &key, Some(new.clone()), tags, inner.config.ttl);
             break (new, replaced);

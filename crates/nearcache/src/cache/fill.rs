@@ -1,0 +1,144 @@
+//! Fenced loads: a load's ticket, the fence's verdict on its value, and storing it.
+
+use std::future::Future;
+use std::hash::Hash;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{lock, Cache, Fenced};
+use crate::entry::{Cause, Entry};
+#[cfg(test)]
+use crate::explore::Step;
+use crate::stats::bump;
+use crate::{Fill, LoadError, Tag};
+
+/// What a load produced, as its waiters see it: the result, the ticket it was loaded under and
+/// the tags it depends on, so that a waiter can check the value against the fence itself.
+#[derive(Clone)]
+pub(super) struct Outcome<V> {
+    pub(super) result: Result<Option<V>, LoadError>,
+    pub(super) ticket: u64,
+    pub(super) tags: Arc<[Tag]>,
+}
+
+impl<K, V> Cache<K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// Whether a value of `key` depending on `tags`, loaded under `ticket`, is still as fresh as
+    /// a load started now: no invalidation of the key or the tags, and no flush, since.
+    pub(super) fn admits(&self, key: &K, tags: &[Tag], ticket: u64) -> bool {
+        lock(&self.inner.fence).admits(key, tags, ticket)
+    }
+
+    pub(super) async fn load<F, Fut>(&self, loader: F) -> Result<Fill<V>, LoadError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Fill<V>, LoadError>>,
+    {
+        bump(&self.inner.counters.loads);
+        let result = loader().await;
+        if result.is_err() {
+            bump(&self.inner.counters.load_errors);
+        }
+        result
+    }
+
+    pub(super) async fn load_and_fill<F, Fut>(&self, key: K, loader: F) -> Outcome<V>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Fill<V>, LoadError>>,
+    {
+        // The ticket is taken before the loader reads anything.
+        let ticket = self.inner.epoch.load(Ordering::Acquire);
+        step!(self, Step::TicketTaken);
+        let loaded = self.load(loader).await;
+        step!(self, Step::LoaderReturned);
+        match loaded {
+            Ok(fill) => {
+                let (value, tags, ttl) = fill.into_parts();
+                let ttl = ttl.unwrap_or(if value.is_some() {
+                    self.inner.config.ttl
+                } else {
+                    self.inner.config.negative_ttl
+                });
+                let tags: Arc<[Tag]> = tags.into();
+                self.store_fill(&key, value.clone(), tags.clone(), ttl, ticket);
+                step!(self, Step::Filled);
+                Outcome {
+                    result: Ok(value),
+                    ticket,
+                    tags,
+                }
+            }
+            Err(e) => Outcome {
+                result: Err(e),
+                ticket,
+                tags: Arc::from([]),
+            },
+        }
+    }
+
+    pub(super) fn store_fill(
+        &self,
+        key: &K,
+        value: Option<V>,
+        tags: Arc<[Tag]>,
+        ttl: Duration,
+        ticket: u64,
+    ) -> bool {
+        let inner = &*self.inner;
+        let replaced = {
+            let mut fence = self.fenced();
+            // Checking the fence and inserting happen under one lock, so that no invalidation
+            // falls between them: this is the fence's whole point.
+            if !inner.coherent.load(Ordering::Acquire) || !fence.admits(key, &tags, ticket) {
+                drop(fence);
+                bump(&inner.counters.discarded_fills);
+                return false;
+            }
+            self.insert_locked(&mut fence, key, value.clone(), tags, ttl)
+        };
+        self.after_write(key, value.as_ref(), replaced);
+        true
+    }
+
+    /// Stores an entry; the fence must be locked. Returns whether a live entry was replaced.
+    pub(super) fn insert_locked(
+        &self,
+        fence: &mut Fenced<'_, K, V>,
+        key: &K,
+        value: Option<V>,
+        tags: Arc<[Tag]>,
+        ttl: Duration,
+    ) -> bool {
+        let inner = &*self.inner;
+        let generation = inner.generation.load(Ordering::Acquire);
+        let replaced = self.unflushed(key).is_some();
+        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        fence.index(key, id, &tags);
+        inner.entries.insert(
+            key.clone(),
+            Arc::new(Entry {
+                value,
+                id,
+                tags,
+                ttl,
+                generation,
+            }),
+        );
+        replaced
+    }
+
+    pub(super) fn after_write(&self, key: &K, value: Option<&V>, replaced: bool) {
+        self.process_removals();
+        let cause = if replaced {
+            Cause::Update
+        } else {
+            Cause::Insert
+        };
+        self.notify(cause, Some(key), value);
+    }
+}
