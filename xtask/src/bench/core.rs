@@ -1,6 +1,8 @@
 //! The cache core's criterion benchmark against raw moka.
 
+use super::Ctx;
 use anyhow::{Context, Result};
+use std::fmt::Write as _;
 
 /// One operation of the cache core against its raw moka counterpart, in ns.
 pub(super) struct CoreRow {
@@ -67,4 +69,27 @@ pub(super) fn criterion() -> Result<Vec<CoreRow>> {
             moka: mean("invalidate", "moka_invalidate")?,
         },
     ])
+}
+
+/// Runs the criterion benchmark of the cache core against raw moka (unless `--no-criterion`),
+/// and writes its table.
+pub(super) fn section(ctx: &Ctx, report: &mut String) -> Result<()> {
+    let Ctx { args, .. } = ctx;
+    if args.no_criterion {
+        return Ok(());
+    }
+    eprintln!("==> cache core: criterion against raw moka");
+    let core = criterion()?;
+    writeln!(report, "\n## Cache core (criterion, ns per operation)\n\n| operation | nearcache | raw moka | ratio |\n|---|---|---|---|")?;
+    for row in core {
+        writeln!(
+            report,
+            "| {} | {:.0} | {:.0} | {:.2} |",
+            row.operation,
+            row.nearcache,
+            row.moka,
+            row.nearcache / row.moka
+        )?;
+    }
+    Ok(())
 }

@@ -5,13 +5,16 @@
 //! each reports commits per second, the Postgres CPU per commit (every backend, the WAL sender
 //! included) and the consumer's own CPU per commit.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+use super::Ctx;
 use crate::instance::Instance;
+use crate::seed;
 
 /// One arm's averages.
 #[derive(Debug, Clone, Default)]
@@ -322,5 +325,32 @@ async fn drop_slot(url: &str, slot: &str) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     pool.close().await;
+    Ok(())
+}
+
+/// Measures what writers pay with the release server and `pg_recvlogical` as consumers, and
+/// writes its table.
+pub(super) fn section(ctx: &Ctx, report: &mut String) -> Result<()> {
+    let Ctx { url, rt, args, .. } = ctx;
+    eprintln!("==> what writers pay as deployed: pgbench, the release server, pg_recvlogical");
+    let rows = rt.block_on(deployed(url, args.write_seconds, 8))?;
+    writeln!(report, "\n## What writers pay, as deployed\n\npgbench, 8 clients, prepared single-row UPDATEs of `users.name` (random users of {}), {} s per arm, arms run A-B-C-D-D-C-B-A and averaged, on the database as the migrations leave it (`wal_level = logical`: no trigger) and, for LISTEN, after `nearcache_set_source('notify')`. The consumer is the release `nearcache-server` (no HTTP load) or `pg_recvlogical` on the same publication, the least a logical-decoding consumer costs. CPU from /proc: every Postgres process (the WAL sender included), and the consumer's own.\n", seed::USERS, args.write_seconds)?;
+    writeln!(report, "| arm | tx/s | x no consumer | Postgres CPU per commit | consumer CPU per commit |\n|---|---|---|---|---|")?;
+    let base = rows.first().map_or(1.0, |r| r.tps);
+    for r in &rows {
+        writeln!(
+            report,
+            "| {} | {:.0} | {:.2} | {:.0} µs | {} |",
+            r.arm,
+            r.tps,
+            r.tps / base,
+            r.postgres_us,
+            r.consumer_us
+                .map_or("—".to_string(), |u| format!("{u:.1} µs"))
+        )?;
+    }
+    if rows.iter().any(|r| r.tps <= 0.0) {
+        bail!("a write arm measured no commits");
+    }
     Ok(())
 }

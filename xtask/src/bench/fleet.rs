@@ -3,6 +3,7 @@
 //! direct LISTEN connection. Commit → eviction on all N, the writer's commit latency, the
 //! connections Postgres serves for invalidation, and the CPU time its processes spend.
 
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,8 @@ use nearcache_wal::WalConfig;
 use rand::RngExt;
 
 use super::latency::Timed;
+use super::report::{ms, pct};
+use super::{plot, Ctx};
 use crate::seed;
 
 /// One fleet's measure.
@@ -238,4 +241,78 @@ async fn after_bulk(
         }
     }
     Ok(Some(worst))
+}
+
+/// Measures fleets behind the relay and on direct LISTEN, and writes their table and chart.
+pub(super) fn section(ctx: &Ctx, report: &mut String) -> Result<()> {
+    let Ctx {
+        url,
+        rt,
+        args,
+        charts,
+        ..
+    } = ctx;
+    let mut points = Vec::new();
+    let (sizes, updates): (&[usize], usize) = if args.quick {
+        (&[10], 100)
+    } else {
+        (&[10, 50, 200], 1000)
+    };
+    for &n in sizes {
+        for relay in [true, false] {
+            eprintln!(
+                "==> fleet: {n} instances, {}, {updates} updates",
+                if relay {
+                    "behind one relay"
+                } else {
+                    "direct LISTEN"
+                }
+            );
+            points.push(rt.block_on(fleet(url, n, relay, updates))?);
+        }
+    }
+    let sweep = |arm: &str| -> Vec<(f64, f64)> {
+        points
+            .iter()
+            .filter(|p| p.arm == arm)
+            .map(|p| (p.instances as f64, pct(&p.all, 99.0).as_secs_f64() * 1000.0))
+            .collect()
+    };
+    let arms: Vec<&str> = points.iter().map(|p| p.arm).fold(Vec::new(), |mut v, a| {
+        if !v.contains(&a) {
+            v.push(a);
+        }
+        v
+    });
+    plot::lines(
+        &charts.join("fleet-p99.svg"),
+        "Commit → eviction on every instance, p99",
+        ("instances", "milliseconds"),
+        &arms
+            .iter()
+            .map(|a| (a.to_string(), sweep(a)))
+            .collect::<Vec<_>>(),
+    )?;
+    writeln!(report, "\n## Fleets\n\nLightweight in-process instances in the bench process: each a nearcache cache with its own source (behind the relay: its own NATS connection and ordered consumer; direct: its own LISTEN connection). The relay runs in-process too, on the WAL. {updates} updates of random users, one at a time; for each, from the UPDATE's return to the eviction on every instance. Postgres CPU: user + system time of all its processes during the updates. After the bulk: one statement renames all {} seeded users but one, then that one is renamed; from that commit to the eviction of its own key (not a flush) on every instance.\n", seed::USERS)?;
+    writeln!(report, "| fleet | instances | Postgres connections for invalidation | commit → eviction on all: p50 | p99 | max | writer's commit p50 | p99 | Postgres CPU per update | updates missed (a source reconnected) | one row after a bulk UPDATE: on all |\n|---|---|---|---|---|---|---|---|---|---|---|")?;
+    for p in &points {
+        writeln!(
+            report,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.0} µs | {} | {} |",
+            p.arm,
+            p.instances,
+            p.connections,
+            ms(pct(&p.all, 50.0)),
+            ms(pct(&p.all, 99.0)),
+            ms(pct(&p.all, 100.0)),
+            ms(pct(&p.commits, 50.0)),
+            ms(pct(&p.commits, 99.0)),
+            p.postgres_cpu.as_secs_f64() * 1e6 / p.updates as f64,
+            p.missed,
+            p.after_bulk
+                .map_or_else(|| "not within 10 s".to_string(), ms)
+        )?;
+    }
+    writeln!(report, "\n![fleet p99 by instances](bench/fleet-p99.svg)")?;
+    Ok(())
 }

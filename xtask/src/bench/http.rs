@@ -1,10 +1,12 @@
 //! HTTP throughput: wrk against one release instance at a time, in every cache mode.
 
+use std::fmt::Write as _;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
 use super::Args;
+use super::{plot, Ctx};
 use crate::instance::Instance;
 use crate::seed;
 
@@ -148,4 +150,59 @@ pub(super) fn rotate_script(
         ),
     )?;
     Ok(file.display().to_string())
+}
+
+/// Measures `GET /healthz` and `GET /me` per cache mode with wrk, and writes their table and
+/// chart.
+pub(super) fn section(ctx: &Ctx, report: &mut String) -> Result<()> {
+    let Ctx {
+        url,
+        binary,
+        rt,
+        args,
+        charts,
+        ..
+    } = ctx;
+    eprintln!(
+        "==> HTTP: wrk -c{} -d{}s, tokens rotating over {} users",
+        args.connections,
+        args.seconds,
+        seed::USERS
+    );
+    let http = rt.block_on(http(url, binary, args))?;
+    writeln!(report, "## HTTP\n\nwrk, {} connections, 2 threads, {} s per run, tokens rotating over {} users; one instance at a time, on the same machine as wrk and Postgres. The second ceiling sends the same requests as the /me runs (a token header, built by the same wrk script, which costs wrk CPU on this shared machine).\n", args.connections, args.seconds, seed::USERS)?;
+    writeln!(
+            report,
+            "| run | requests/s | p50 | p99 | x ceiling | x ceiling, same requests | x cache off |\n|---|---|---|---|---|---|---|"
+        )?;
+    plot::bars(
+        &charts.join("http.svg"),
+        "HTTP throughput per cache mode",
+        "requests/s",
+        &http
+            .iter()
+            .map(|r| (r.name.clone(), r.rps))
+            .collect::<Vec<_>>(),
+    )?;
+    let ceiling = http[0].rps;
+    let same = http[1].rps;
+    let off = http
+        .iter()
+        .find(|r| r.name.contains("off"))
+        .map_or(1.0, |r| r.rps);
+    for r in &http {
+        writeln!(
+            report,
+            "| {} | {:.0} | {} | {} | {:.2} | {:.2} | {:.2} |",
+            r.name,
+            r.rps,
+            r.p50,
+            r.p99,
+            r.rps / ceiling,
+            r.rps / same,
+            r.rps / off
+        )?;
+    }
+    writeln!(report, "\n![HTTP throughput](bench/http.svg)")?;
+    Ok(())
 }

@@ -3,9 +3,11 @@
 //! with 0 and with `n` repetitions (`crates/nearcache/examples/instructions.rs`); the
 //! difference over `n` is one operation.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::{plot, Ctx};
 use anyhow::{bail, Context, Result};
 
 /// One operation: nearcache's instructions against raw moka's counterpart, if it has one.
@@ -101,4 +103,41 @@ pub(super) fn counts(flush_entries: u64) -> Result<Vec<CountRow>> {
         moka: None,
     });
     Ok(rows)
+}
+
+/// Counts instructions per operation under callgrind and writes their table and chart.
+pub(super) fn section(ctx: &Ctx, report: &mut String) -> Result<()> {
+    let Ctx { args, charts, .. } = ctx;
+    eprintln!("==> cache core: instruction counts under callgrind");
+    let flush = if args.quick { 10_000 } else { 1_000_000 };
+    let rows = counts(flush)?;
+    writeln!(report, "\n## Cache core: instructions per operation (callgrind)\n\nvalgrind's callgrind counts instructions, not time: the same on a busy or an idle machine. Each operation runs after the same setup with 0 and with n repetitions (n = 10 000; 10 for the 1000-dependent tag); the difference over n is one operation, moka's periodic housekeeping included. Release build, 10 000 entries.\n")?;
+    writeln!(
+        report,
+        "| operation | nearcache | raw moka | ratio |\n|---|---|---|---|"
+    )?;
+    let mut bars = Vec::new();
+    for r in &rows {
+        let (moka, ratio) = match r.moka {
+            Some(m) => (format!("{m:.0}"), format!("{:.2}", r.nearcache / m)),
+            None => ("".into(), "".into()),
+        };
+        writeln!(
+            report,
+            "| {} | {:.0} | {moka} | {ratio} |",
+            r.operation, r.nearcache
+        )?;
+        if let Some(m) = r.moka {
+            bars.push((format!("{}: nearcache", r.operation), r.nearcache));
+            bars.push((format!("{}: moka", r.operation), m));
+        }
+    }
+    plot::bars(
+        &charts.join("instructions.svg"),
+        "Instructions per operation (callgrind)",
+        "instructions",
+        &bars,
+    )?;
+    writeln!(report, "\n![instructions](bench/instructions.svg)")?;
+    Ok(())
 }

@@ -2,6 +2,7 @@
 //! each a cache with its own source, for each source.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,6 +12,8 @@ use nearcache_listener::{Handler, ListenerConfig, ListenerStatus};
 use nearcache_wal::WalConfig;
 use rand::RngExt;
 
+use super::report::{ms, pct};
+use super::{plot, Ctx};
 use crate::seed;
 
 /// The core's handler on a cache, recording when each key was evicted.
@@ -248,4 +251,39 @@ async fn latency_of(url: &str, source: Source) -> Result<Vec<Series>> {
             samples: all,
         },
     ])
+}
+
+/// Measures commit → eviction for each source and writes its table and CDF.
+pub(super) fn section(ctx: &Ctx, report: &mut String) -> Result<()> {
+    let Ctx {
+        url, rt, charts, ..
+    } = ctx;
+    eprintln!("==> invalidation latency: 1000 updates, two instances");
+    let lat = rt.block_on(invalidation_latency(url))?;
+    writeln!(report, "\n## Invalidation latency\n\nFrom the UPDATE's return (commit acknowledged) to the eviction, over 1000 updates, two in-process instances each with its own cache and source, for each source.\n")?;
+    writeln!(report, "| measure | p50 | p99 | max |\n|---|---|---|---|")?;
+    plot::lines(
+        &charts.join("latency-cdf.svg"),
+        "Commit → eviction (CDF)",
+        ("milliseconds", "fraction of updates"),
+        &lat.iter()
+            .map(|s| (s.name.clone(), plot::cdf(&s.samples)))
+            .collect::<Vec<_>>(),
+    )?;
+    for series in &lat {
+        let v = &series.samples;
+        writeln!(
+            report,
+            "| {} | {} | {} | {} |",
+            series.name,
+            ms(pct(v, 50.0)),
+            ms(pct(v, 99.0)),
+            ms(pct(v, 100.0))
+        )?;
+    }
+    writeln!(
+        report,
+        "\n![commit to eviction, CDF](bench/latency-cdf.svg)"
+    )?;
+    Ok(())
 }

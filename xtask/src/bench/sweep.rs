@@ -2,6 +2,7 @@
 //! uniformly or with a Zipf skew (s = 1), and a cache larger or smaller than the key space;
 //! each point beside its ceiling (`GET /healthz` with the very same requests).
 
+use std::fmt::Write as _;
 use std::path::Path;
 
 use anyhow::Result;
@@ -9,6 +10,7 @@ use rand::SeedableRng;
 
 use super::http::{parse_wrk, rotate_script, wrk};
 use super::Args;
+use super::{plot, Ctx};
 use crate::instance::Instance;
 use crate::seed;
 
@@ -134,4 +136,64 @@ async fn measure(
         parse_wrk(path, &out)?,
         (after.0 - before.0, after.1 - before.1),
     ))
+}
+
+/// Runs the key-space sweep and writes its table and chart.
+pub(super) fn section(ctx: &Ctx, report: &mut String) -> Result<()> {
+    let Ctx {
+        url,
+        binary,
+        rt,
+        args,
+        charts,
+        ..
+    } = ctx;
+    let sizes: &[u32] = if args.quick {
+        &[1_000]
+    } else {
+        &[1_000, 10_000, 100_000, 1_000_000]
+    };
+    eprintln!("==> key-space sweep: {sizes:?} users, uniform and Zipf, capacity above and below");
+    let points = rt.block_on(sweep(url, binary, args, sizes))?;
+    writeln!(report, "\n## Key-space sweep\n\nCached GET /me (coherent) against GET /healthz with the very same requests (the ceiling), wrk {} connections, {} s per run after 3 s of warm-up. Tokens rotate over every user in a shuffled order (uniform) or over 200 000 draws of a Zipf distribution with s = 1 (hot users first); the cache holds twice the key space or a tenth of it (at least 100). Hit ratio: the cache's own counters during the measured run.\n", args.connections, args.seconds)?;
+    writeln!(report, "| users | tokens | capacity | /me req/s | ceiling req/s | ratio | hit ratio | p99 |\n|---|---|---|---|---|---|---|---|")?;
+    for p in &points {
+        writeln!(
+            report,
+            "| {} | {} | {} | {:.0} | {:.0} | {:.2} | {:.1} % | {} |",
+            p.users,
+            p.skew,
+            p.capacity,
+            p.rps,
+            p.ceiling,
+            p.rps / p.ceiling,
+            p.hit_ratio * 100.0,
+            p.p99
+        )?;
+    }
+    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    for p in &points {
+        let name = format!(
+            "{}, capacity {}",
+            p.skew,
+            if p.capacity > u64::from(p.users) {
+                "2x"
+            } else {
+                "1/10"
+            }
+        );
+        let point = (f64::from(p.users).log10(), p.rps);
+        match series.iter_mut().find(|s| s.0 == name) {
+            Some(s) => s.1.push(point),
+            None => series.push((name, vec![point])),
+        }
+    }
+    plot::lines(
+        &charts.join("sweep.svg"),
+        "Cached GET /me by key space",
+        ("log10(users)", "requests/s"),
+        &series,
+    )?;
+    writeln!(report, "\n![key-space sweep](bench/sweep.svg)")?;
+    Ok(())
 }

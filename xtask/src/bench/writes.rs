@@ -1,6 +1,7 @@
 //! Write throughput on `users` with no nearcache, with the WAL source and with LISTEN.
 
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -9,6 +10,7 @@ use anyhow::{Context, Result};
 use nearcache_listener::Handler;
 
 use super::latency::{spawn_source, Source};
+use super::{plot, Ctx};
 use crate::seed;
 
 /// One statement at one concurrency: commits per second with no nearcache, with the WAL
@@ -308,4 +310,78 @@ pub(super) fn wal_level_cost(
     });
     let _ = replica.destroy();
     result
+}
+
+/// Measures writer throughput with the in-process consumers (a stand-in) and writes its table
+/// and chart.
+pub(super) fn section(ctx: &Ctx, report: &mut String) -> Result<()> {
+    let Ctx {
+        url,
+        rt,
+        args,
+        charts,
+        ..
+    } = ctx;
+    eprintln!("==> write throughput: no nearcache, WAL source, LISTEN");
+    let writes = rt.block_on(write_throughput(
+        url,
+        Duration::from_secs(args.write_seconds),
+    ))?;
+    writeln!(report, "\n## Write throughput on users, in-process consumers (a stand-in)\n\n{} s per run, random users, arms run A-B-C-C-B-A and averaged. Both consumers (a WAL source and a LISTEN source, in the bench process) run during every arm. Unpinned, everything shares both cores; pinned, every Postgres process runs on CPU 1 and the bench process (writers' clients and consumers) on CPU 0, as instances would run off the database's CPUs.\n", args.write_seconds)?;
+    let mut bars = Vec::new();
+    for w in &writes {
+        let name = format!(
+            "{}{}, {} writer(s)",
+            w.statement,
+            if w.pinned { ", pinned" } else { "" },
+            w.writers
+        );
+        for (arm, v) in [("none", w.none), ("WAL", w.wal), ("LISTEN", w.notify)] {
+            bars.push((format!("{name}: {arm}"), v));
+        }
+    }
+    plot::bars(
+        &charts.join("writes.svg"),
+        "Writer throughput per source",
+        "transactions/s",
+        &bars,
+    )?;
+    writeln!(report, "![writer throughput](bench/writes.svg)\n")?;
+    writeln!(report, "| statement | writers | no nearcache (tx/s) | WAL source (tx/s) | LISTEN (tx/s) | WAL x none | LISTEN x none | WAL held back (max) |\n|---|---|---|---|---|---|---|---|")?;
+    for w in &writes {
+        writeln!(
+            report,
+            "| {}{} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.1} MB |",
+            w.statement,
+            if w.pinned { ", pinned" } else { "" },
+            w.writers,
+            w.none,
+            w.wal,
+            w.notify,
+            w.wal / w.none,
+            w.notify / w.none,
+            w.retained_max as f64 / 1e6
+        )?;
+    }
+    Ok(())
+}
+
+/// Measures what `wal_level = logical` costs a writer against `replica`, and writes its table.
+pub(super) fn wal_level_section(ctx: &Ctx, report: &mut String) -> Result<()> {
+    let Ctx { url, rt, args, .. } = ctx;
+    eprintln!("==> what wal_level = logical costs a writer, against replica (two clusters)");
+    let rows = wal_level_cost(rt, url, Duration::from_secs(args.write_seconds))?;
+    writeln!(report, "\n## The cost of wal_level = logical\n\nProfile updates with no nearcache, {} s per run, on this cluster (wal_level = logical) and on a second one made alike but with wal_level = replica, arms A-B-B-A.\n", args.write_seconds)?;
+    writeln!(
+        report,
+        "| writers | logical (tx/s) | replica (tx/s) | logical x replica |\n|---|---|---|---|"
+    )?;
+    for (writers, logical, replica) in rows {
+        writeln!(
+            report,
+            "| {writers} | {logical:.0} | {replica:.0} | {:.2} |",
+            logical / replica
+        )?;
+    }
+    Ok(())
 }

@@ -6,7 +6,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use tokio::task::JoinHandle;
+
+use super::fleet::Fleet;
 use super::metrics::Scrape;
+use super::DATABASE;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Fault {
@@ -107,6 +111,68 @@ macro_rules! source_backends {
               WHERE application_name IN ('nearcache-wal', 'nearcache-listener') AND datname = $1"
         )
     };
+}
+
+/// Applies the faults of [`schedule`] at `times` (seconds after `start`) on a task of their
+/// own, saying each one's outcome as it comes. A fault that cannot be applied is recorded as
+/// not recovered (the verdict fails on it), said at once, and the schedule goes on.
+pub(super) fn spawn(
+    url: &str,
+    fleet: &Fleet,
+    client: &reqwest::Client,
+    times: Vec<f64>,
+    heartbeat_timeout: Duration,
+    start: Instant,
+) -> JoinHandle<Result<Vec<Outcome>>> {
+    let (url, bases, evidence, client) = (
+        url.to_string(),
+        fleet.bases.clone(),
+        fleet.evidence.clone(),
+        client.clone(),
+    );
+    tokio::spawn(async move {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&url)
+            .await?;
+        let target = Target {
+            pool: &pool,
+            database: DATABASE,
+            bases: &bases,
+            evidence: &evidence,
+            client: &client,
+            heartbeat_timeout,
+        };
+        let mut outcomes: Vec<Outcome> = Vec::new();
+        for (fault, due) in schedule(times.len()).into_iter().zip(times) {
+            let wait = due - start.elapsed().as_secs_f64();
+            if wait > 0.0 {
+                tokio::time::sleep(Duration::from_secs_f64(wait)).await;
+            }
+            let outcome = match apply(fault, &target, start).await {
+                Ok(outcome) => outcome,
+                Err(e) => Outcome {
+                    fault,
+                    at: start.elapsed().as_secs_f64(),
+                    took: Duration::ZERO,
+                    recovered_after: None,
+                    detail: format!("FAILED to apply: {e:#}"),
+                },
+            };
+            eprintln!(
+                "    {:>6.1} s  fault: {} ({}); {}",
+                outcome.at,
+                fault.name(),
+                outcome.detail,
+                match outcome.recovered_after {
+                    Some(d) => format!("every instance coherent {:.2} s after", d.as_secs_f64()),
+                    None => "NOT recovered within 60 s".into(),
+                }
+            );
+            outcomes.push(outcome);
+        }
+        anyhow::Ok(outcomes)
+    })
 }
 
 pub(super) async fn apply(fault: Fault, t: &Target<'_>, started: Instant) -> Result<Outcome> {

@@ -1,0 +1,87 @@
+//! Memory per cached principal: the memory example (`crates/nearcache-http/examples/memory.rs`)
+//! in a process of its own, its resident set before and after filling.
+
+use std::fmt::Write as _;
+use std::process::Command;
+
+use anyhow::{bail, Result};
+
+use super::Ctx;
+
+/// Fills a cache with principals in a process of its own and writes the bytes per principal.
+pub(super) fn section(ctx: &Ctx, report: &mut String) -> Result<()> {
+    let Ctx { args, .. } = ctx;
+    let n: u64 = if args.quick { 100_000 } else { 1_000_000 };
+    eprintln!("==> memory: {n} cached principals in a process of their own");
+    let m = measure(n)?;
+    writeln!(report, "\n## Memory per cached principal\n\n{n} principals (user + organization, their two rendered JSON bodies, two tags each, the tag index) in a nearcache `Cache` as the service fills it, in a process of its own (`crates/nearcache-http/examples/memory.rs`), with jemalloc as the server runs; resident set before and after.\n")?;
+    writeln!(
+            report,
+            "| RSS empty | RSS with {n} | per principal | of which the value | of which its JSON | the rest (moka entry, tags, index, allocator) |\n|---|---|---|---|---|---|"
+        )?;
+    let per = m.per_entry();
+    writeln!(
+        report,
+        "| {:.1} MB | {:.1} MB | {per:.0} B | {} B | {} B | {:.0} B |",
+        m.rss_before as f64 / 1e6,
+        m.rss_after as f64 / 1e6,
+        m.value_bytes,
+        m.json_bytes,
+        per - (m.value_bytes + m.json_bytes) as f64
+    )?;
+    Ok(())
+}
+
+/// What the memory example printed.
+struct Memory {
+    entries: u64,
+    rss_before: u64,
+    rss_after: u64,
+    value_bytes: u64,
+    json_bytes: u64,
+}
+
+impl Memory {
+    fn per_entry(&self) -> f64 {
+        self.rss_after.saturating_sub(self.rss_before) as f64 / self.entries.max(1) as f64
+    }
+}
+
+fn measure(n: u64) -> Result<Memory> {
+    crate::check(
+        crate::cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "nearcache-http",
+            "--example",
+            "memory",
+        ]),
+        "cargo build --release -p nearcache-http --example memory",
+    )?;
+    let binary = xtask::target_dir()
+        .join("release")
+        .join("examples")
+        .join("memory");
+    let out = Command::new(&binary).arg(n.to_string()).output()?;
+    if !out.status.success() {
+        bail!(
+            "{} failed: {}",
+            binary.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    let field = |name: &str| {
+        v[name]
+            .as_u64()
+            .ok_or_else(|| anyhow::anyhow!("no {name} in the memory example's output: {v}"))
+    };
+    Ok(Memory {
+        entries: field("entries")?,
+        rss_before: field("rss_before")?,
+        rss_after: field("rss_after")?,
+        value_bytes: field("value_bytes")?,
+        json_bytes: field("json_bytes")?,
+    })
+}
