@@ -15,9 +15,24 @@ use tokio::time::Instant;
 
 use crate::wire::Reads;
 
-/// The check's outcome: `Err` names what is wrong (the source bypasses, with the message as
-/// its problem) or why the check could not be made.
-pub type CheckResult = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+/// What a check or a probe's write says went wrong in the caller's own database layer, with
+/// its causes (a `sqlx::Error`, a `tokio_postgres::Error`, …).
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why the cached tables did not pass their check. The source bypasses, and shows the message
+/// with its causes as its problem.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// They are not read as the relay says: one line per problem, each with its fix.
+    #[error("{}", .0.join("; "))]
+    Problems(Vec<String>),
+    /// The check could not be made: the database layer's error.
+    #[error(transparent)]
+    Failed(BoxError),
+}
+
+/// The check's outcome.
+pub type CheckResult = Pin<Box<dyn Future<Output = Result<(), CheckError>> + Send>>;
 
 /// Checks, through the instance's own database pool, that every table the instance caches is
 /// read the way the relay reads (`None`: a relay that does not say; check what does not depend
@@ -107,7 +122,7 @@ impl<'a> Checker<'a> {
     }
 
     /// The check in flight finished with `result`: returns it, and schedules the next.
-    pub(crate) fn finished(&mut self, result: Result<(), String>) -> Result<(), String> {
+    pub(crate) fn finished(&mut self, result: Result<(), CheckError>) -> Result<(), CheckError> {
         self.running = None;
         let made_for = Some(self.running_for.take());
         let interval = self.config.map_or(Duration::from_secs(10), |c| c.interval);
@@ -135,12 +150,18 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
-    fn recording(answer: Result<(), String>) -> (TableCheck, Arc<Mutex<Vec<Option<Reads>>>>) {
+    /// A check that records what it was asked about and finds `problems` (none: a pass).
+    fn recording(problems: &[&str]) -> (TableCheck, Arc<Mutex<Vec<Option<Reads>>>>) {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let log = seen.clone();
+        let problems: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
         let check = TableCheck::new(Arc::new(move |reads| {
             log.lock().unwrap().push(reads);
-            let answer = answer.clone();
+            let answer = if problems.is_empty() {
+                Ok(())
+            } else {
+                Err(CheckError::Problems(problems.clone()))
+            };
             Box::pin(async move { answer })
         }));
         (check, seen)
@@ -154,7 +175,7 @@ mod tests {
 
     #[tokio::test]
     async fn coherence_waits_for_a_check_against_what_the_relay_says_now() {
-        let (config, seen) = recording(Ok(()));
+        let (config, seen) = recording(&[]);
         let mut c = Checker::new(Some(&config));
         assert!(!c.passed(), "nothing checked yet");
         assert_eq!(
@@ -188,15 +209,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_problem_is_returned_and_withdraws_the_pass() {
-        let (config, _) = recording(Err("users is not in publication nearcache".into()));
+        let (config, _) = recording(&["users is not in publication nearcache"]);
         let mut c = Checker::new(Some(&config));
         c.heard(None);
         c.start();
         let result = c.running.as_mut().unwrap().await;
-        assert_eq!(
-            c.finished(result),
-            Err("users is not in publication nearcache".into())
-        );
+        let problem = c.finished(result).unwrap_err();
+        assert_eq!(problem.to_string(), "users is not in publication nearcache");
         assert!(!c.passed());
     }
 

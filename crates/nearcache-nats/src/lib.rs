@@ -40,7 +40,7 @@ mod probe;
 mod source;
 mod wire;
 
-pub use check::{CheckResult, CheckTables, TableCheck};
+pub use check::{BoxError, CheckError, CheckResult, CheckTables, TableCheck};
 pub use config::{NatsConfig, NatsConfigError};
 pub use probe::{probe_key, Probe, ProbeWrite};
 pub use source::run;

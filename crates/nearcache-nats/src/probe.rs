@@ -12,11 +12,13 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::check::BoxError;
+
 /// Writes probe number `n` through the instance's own database pool: the row keyed
-/// [`probe_key`]`(instance, n)` (and deletes the instance's earlier ones); `Err` says why not
-/// (it is logged and shown as the source's problem).
+/// [`probe_key`]`(instance, n)` (and deletes the instance's earlier ones); `Err` is the database
+/// layer's error, logged and shown with its causes as the source's problem.
 pub type ProbeWrite =
-    Arc<dyn Fn(u64) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+    Arc<dyn Fn(u64) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send>> + Send + Sync>;
 
 /// What an instance writes, where it expects it back, and how often.
 #[derive(Clone)]
@@ -73,7 +75,7 @@ pub(crate) struct Prober<'a> {
     /// When the next is due (while coherent).
     next: Option<Instant>,
     /// Where a failed write reports itself.
-    errors: tokio::sync::mpsc::UnboundedSender<String>,
+    errors: tokio::sync::mpsc::UnboundedSender<BoxError>,
 }
 
 /// What the probe's deadline means when it passes.
@@ -87,7 +89,7 @@ pub(crate) enum Due {
 impl<'a> Prober<'a> {
     pub(crate) fn new(
         probe: &'a Probe,
-        errors: tokio::sync::mpsc::UnboundedSender<String>,
+        errors: tokio::sync::mpsc::UnboundedSender<BoxError>,
     ) -> Self {
         Self {
             probe,

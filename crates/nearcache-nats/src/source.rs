@@ -13,13 +13,13 @@ use nearcache_source::{
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::check::Checker;
+use crate::check::{BoxError, CheckError, Checker};
 use crate::config::NatsConfig;
 use crate::probe::{Due, Prober};
 use crate::wire::{Change, Message, CHANGES};
 
 /// What NATS' client reported.
-type Cause = Box<dyn std::error::Error + Send + Sync>;
+type Cause = BoxError;
 
 /// Why a session ended: the message says what was being done, the cause is the source (shown
 /// once, by [`explain`]).
@@ -43,8 +43,8 @@ enum SessionError {
     Silent(Duration),
     #[error("the end-to-end probe did not come back within {0:?} (is the relay reading this instance's database?)")]
     ProbeLost(Duration),
-    #[error("a cached table is not read as the relay says: {0}")]
-    Misconfigured(String),
+    #[error("checking the cached tables against how the relay reads")]
+    Check(#[source] CheckError),
 }
 
 /// Follows the relay of `config` until `shutdown` completes, driving `handler`: see the
@@ -146,7 +146,7 @@ async fn session<H: Handler + ?Sized>(
     let mut delivered = false;
     let mut checker = Checker::new(config.check.as_ref());
     let mut consumer: Option<String> = None;
-    let (probe_errors, mut probe_failed) = mpsc::unbounded_channel::<String>();
+    let (probe_errors, mut probe_failed) = mpsc::unbounded_channel::<BoxError>();
     let mut prober = config.probe.as_ref().map(|p| Prober::new(p, probe_errors));
     // Silence is counted from the last heartbeat, not from the last wake-up (the probe's own
     // wake-ups must not push the relay's deadline back) nor from the last change: heartbeats
@@ -186,10 +186,10 @@ async fn session<H: Handler + ?Sized>(
             }
             result = in_flight(&mut checker.running) => {
                 status.recheck();
-                if let Err(problem) = checker.finished(result) {
-                    tracing::warn!(%problem, "nats source: a cached table is not read as the relay says");
-                    status.set_problem(Some(problem.clone()));
-                    return (SessionError::Misconfigured(problem), delivered);
+                if let Err(e) = checker.finished(result) {
+                    let error = SessionError::Check(e);
+                    status.set_problem(Some(explain(&error)));
+                    return (error, delivered);
                 }
                 status.set_problem(None);
                 if checker.passed() && followed.relay_coherent && !followed.lagging && !followed.coherent {
@@ -198,8 +198,9 @@ async fn session<H: Handler + ?Sized>(
                 continue;
             }
             Some(error) = probe_failed.recv() => {
-                tracing::warn!(%error, "nats source: the end-to-end probe cannot write");
-                status.set_problem(Some(format!("the end-to-end probe cannot write: {error}")));
+                let problem = format!("the end-to-end probe cannot write: {}", explain(&*error));
+                tracing::warn!(%problem, "nats source: the end-to-end probe cannot write");
+                status.set_problem(Some(problem));
                 continue;
             }
             next = messages.next() => next,

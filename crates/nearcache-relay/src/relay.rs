@@ -176,11 +176,6 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
-    let watch = async {
-        shutdown.await;
-        stop.cancel();
-        std::future::pending::<()>().await;
-    };
     let relay = async {
         let mut delay = Duration::from_millis(100);
         loop {
@@ -206,9 +201,14 @@ pub async fn run(
             delay = (delay * 2).min(Duration::from_secs(10));
         }
     };
+    tokio::pin!(relay);
     let result = tokio::select! {
-        () = watch => Ok(()),
-        result = relay => result,
+        result = &mut relay => result,
+        () = shutdown => {
+            // The drain: the relay sees the token, says "in doubt" and lets its lease go.
+            stop.cancel();
+            relay.await
+        }
     };
     status.set_role(Role::Stopped);
     match &result {

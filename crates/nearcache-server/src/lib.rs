@@ -139,7 +139,7 @@ impl Application {
                 let mut probe = nearcache_nats::Probe::new(
                     nearcache_pg::probe::TABLE,
                     uuid::Uuid::new_v4().simple().to_string(),
-                    Arc::new(|_| Box::pin(async { Err("no pool yet".to_string()) })),
+                    Arc::new(|_| Box::pin(async { Err("no pool yet".into()) })),
                 );
                 probe.interval = probe_interval;
                 probe.timeout = probe_timeout;
@@ -147,7 +147,7 @@ impl Application {
             }
             // Likewise the check of the cached tables, which needs the pool.
             let mut check = nearcache_nats::TableCheck::new(Arc::new(|_| {
-                Box::pin(async { Err("no pool yet".to_string()) })
+                Box::pin(async { Err(nearcache_nats::CheckError::Failed("no pool yet".into())) })
             }));
             check.interval = settings.check_interval;
             nats.check = Some(check);

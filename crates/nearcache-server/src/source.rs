@@ -150,11 +150,11 @@ fn table_check(pool: PgPool) -> nearcache_nats::CheckTables {
                 }
                 None => nearcache_pg::check::attached(&pool, tables).await,
             }
-            .map_err(|e| format!("checking the cached tables: {e}"))?;
+            .map_err(|e| nearcache_nats::CheckError::Failed(e.into()))?;
             if problems.is_empty() {
                 Ok(())
             } else {
-                Err(problems.join("; "))
+                Err(nearcache_nats::CheckError::Problems(problems))
             }
         })
     })
@@ -168,7 +168,7 @@ fn probe_write(pool: PgPool, instance: String) -> nearcache_nats::ProbeWrite {
             let n = i64::try_from(n).unwrap_or(i64::MAX);
             nearcache_pg::probe::write(&pool, &instance, n)
                 .await
-                .map_err(|e| e.to_string())
+                .map_err(Into::into)
         })
     })
 }
