@@ -1,4 +1,9 @@
 //! Connecting to NATS, holding the lease, running the source and publishing what it reports.
+//!
+//! Which file to open: this one for the relay's life (connect, lease, source, publish, drain on
+//! shutdown) and its status; `lease.rs` for the lease; `forward.rs` for the source's handler
+//! and the bounded queue; `publisher.rs` for the publish queue (batches, the window of acks,
+//! heartbeats behind the backlog); `main.rs` for the binary's flags, `/healthz` and `/metrics`.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering::Relaxed};

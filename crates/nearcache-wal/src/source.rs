@@ -1,6 +1,12 @@
 //! The WAL source's sessions: open a stream (connect, check, a temporary slot), then a loop
 //! that routes the stream's events through the decoder and the visibility gate, heartbeats
 //! through the WAL, and checks the database again on a timer.
+//!
+//! Which file to open: this one for the session and the heartbeat; `check.rs` for what the
+//! database must offer; `pgoutput.rs` for the wire format; `decoder.rs` for decoding (the
+//! relation cache, the transaction buffer, rows named by their key); `digests.rs` for the
+//! stored values a change is compared by; `gate.rs` for the visibility gate; `apply.rs` for
+//! applying a commit once it is visible; `config.rs` for the settings.
 
 use std::future::Future;
 use std::pin::Pin;
