@@ -17,7 +17,7 @@ use crate::support::{exec, seed, update};
 const BOUND: Duration = Duration::from_secs(5);
 
 /// Settings of an instance following the relay of `channel`, probing every second.
-fn following(s: &mut nearcache_server::Settings, channel: &Channel) {
+pub(crate) fn following(s: &mut nearcache_server::Settings, channel: &Channel) {
     s.source = SourceKind::Nats;
     s.nats = nearcache_server::NatsSettings {
         url: nats_url(),

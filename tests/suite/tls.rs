@@ -37,7 +37,18 @@ async fn all_tls(pool: &sqlx::PgPool, application_name: &str) -> bool {
 /// An instance on `url` and `source` that must become coherent, serve, and see an update.
 async fn serves_coherently(url: &str, source: Source, pool: &sqlx::PgPool) {
     let app = spawn_app_with(url, |s| s.source = source.kind()).await;
-    app.ready("coherent").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let health = app.get("/healthz", None).await.1;
+        if health["cache"] == "coherent" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{source:?} on {url}: not coherent within 20 s: {health}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let (_, users) = seed(pool, 1).await;
     let t = token(users[0].id, json!({}));
     assert_eq!(app.get("/me", Some(&t)).await.0, 200);
@@ -145,4 +156,74 @@ async fn uuid_of(pool: &sqlx::PgPool) -> nearcache_pg::UserId {
         .fetch_one(pool)
         .await
         .unwrap()
+}
+
+/// libpq takes `sslmode=verify-full` with an IP address for the host when the certificate
+/// names that address (an iPAddress subjectAltName), and refuses a host name the certificate
+/// does not carry. So does every connection an instance opens: the pool, LISTEN, the WAL
+/// source's two, the relay's. A refusal names the certificate, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verify_full_takes_an_ip_address_its_certificate_names_as_libpq_does() {
+    let ca = authority("nearcache test CA");
+    let key = KeyPair::generate().unwrap();
+    // rcgen makes an iPAddress subjectAltName of a string that parses as an address.
+    let cert = CertificateParams::new(vec!["127.0.0.1".into()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let private = PrivateCluster::start();
+    let cluster = private.cluster();
+    cluster.down().unwrap();
+    cluster
+        .serve_tls_only(&cert.pem(), &key.serialize_pem())
+        .unwrap();
+    cluster.up().unwrap();
+    let ca_file = cluster.dir().join("ca.pem");
+    std::fs::write(&ca_file, ca.pem()).unwrap();
+    let ca_file = ca_file.to_str().unwrap().to_string();
+
+    let db = TestDb::on(&private.url()).await;
+    let pool = db.pool().await;
+    let by_address = format!("{}?sslmode=verify-full&sslrootcert={ca_file}", db.url());
+    assert!(by_address.contains("127.0.0.1"), "{by_address}");
+    let by_name = by_address.replace("127.0.0.1", "localhost");
+
+    for source in [Source::Notify, Source::Wal] {
+        serves_coherently(&by_address, source, &pool).await;
+
+        let app = spawn_app_with(&by_name, |s| s.source = source.kind()).await;
+        wait_until(Duration::from_secs(5), "a refusal, said", || async {
+            app.get("/healthz", None).await.1["source_error"].is_string()
+        })
+        .await;
+        let health = app.get("/healthz", None).await.1;
+        assert_eq!(health["cache"], "bypass", "{source:?}: {health}");
+        let said = format!("{} {}", health["source_error"], health["problem"]);
+        assert!(
+            said.contains("NotValidForName") || said.contains("not valid for name"),
+            "{source:?}: the reason names the certificate's names: {health}"
+        );
+        assert!(
+            !said.contains("max_replication_slots"),
+            "{source:?}: nothing about slots: {health}"
+        );
+        app.stop().await.unwrap();
+    }
+
+    // Behind a relay: the relay's WAL connections and the instance's pool, both by address.
+    let (_, users) = seed(&pool, 1).await;
+    let channel = nearcache_tests::fleet::Channel::new();
+    let relay = nearcache_tests::fleet::Relay::start(&by_address, &channel, None);
+    let app = spawn_app_with(&by_address, |s| crate::relay::following(s, &channel)).await;
+    app.ready("coherent").await;
+    let t = token(users[0].id, json!({}));
+    assert_eq!(app.get("/me", Some(&t)).await.0, 200);
+    update(&pool, "users", users[0].id, "name = 'Relayed over TLS'").await;
+    wait_until(Duration::from_secs(5), "the relayed update", || async {
+        app.get("/me", Some(&t)).await.1["user"]["name"] == "Relayed over TLS"
+    })
+    .await;
+    assert!(all_tls(&pool, "nearcache-wal").await, "the relay uses TLS");
+    app.stop().await.unwrap();
+    relay.stop().await;
 }

@@ -122,8 +122,10 @@ impl WalConfig {
     }
 
     /// The replication connection's TLS settings: the URL's `sslmode` and `sslrootcert`, as
-    /// the control connection uses them. pgwire-replication refuses `verify-full` with an IP
-    /// address for a host: name the host as its certificate does.
+    /// the control connection uses them. With `verify-full` and an IP address for the host,
+    /// libpq checks the certificate's iPAddress names; pgwire-replication refuses the host
+    /// unless it is also given as the name to verify, which makes rustls check exactly that
+    /// (and send no SNI, as for any address).
     pub(crate) fn replication_tls(&self) -> pgwire_replication::TlsConfig {
         use pgwire_replication::{SslMode as Mode, TlsConfig};
         let tls = self.url.tls();
@@ -136,7 +138,14 @@ impl WalConfig {
             },
             SslMode::Require => TlsConfig::require(),
             SslMode::VerifyCa => TlsConfig::verify_ca(root),
-            SslMode::VerifyFull => TlsConfig::verify_full(root),
+            SslMode::VerifyFull => TlsConfig {
+                sni_hostname: self
+                    .host
+                    .parse::<std::net::IpAddr>()
+                    .is_ok()
+                    .then(|| self.host.clone()),
+                ..TlsConfig::verify_full(root)
+            },
         }
     }
 

@@ -187,11 +187,14 @@ impl Stream {
         match tokio::time::timeout(timeout, repl.0.simple_query(&create)).await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
-                // Usually every slot is taken (max_replication_slots) or the role may not
-                // replicate: something an operator must fix, so it is shown, not just logged.
-                status.set_problem(Some(format!(
-                    "cannot create a replication slot: {e} (free slots: max_replication_slots, max_wal_senders; the role needs REPLICATION)"
-                )));
+                // The server refused: usually every slot is taken (max_replication_slots) or
+                // the role may not replicate, something an operator must fix, so it is shown,
+                // not just logged. Anything else (TLS, the network) is the session's error.
+                if let pgwire_replication::PgWireError::Server(_) = e {
+                    status.set_problem(Some(format!(
+                        "cannot create a replication slot: {e} (free slots: max_replication_slots, max_wal_senders; the role needs REPLICATION)"
+                    )));
+                }
                 return Err(SessionError::Replication(e));
             }
             Err(_) => return Err(SessionError::Timeout("creating the slot")),
