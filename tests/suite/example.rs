@@ -16,7 +16,7 @@ use crate::support::exec;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_update_by_sql_is_seen_on_the_next_request() {
     let db = TestDb::new().await;
-    let pool = db.pool().await;
+    let (pool, replans) = example::connect(db.url()).await.unwrap();
     example::prepare(&pool).await.unwrap();
     example::prepare(&pool)
         .await
@@ -33,7 +33,7 @@ async fn an_update_by_sql_is_seen_on_the_next_request() {
     );
     let auth =
         Authenticator::new(&AuthConfig::new(Key::Secret(SECRET.as_bytes().to_vec()))).unwrap();
-    let app = example::router(cache.clone(), pool.clone(), auth);
+    let app = example::router(cache.clone(), (pool.clone(), replans), auth);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(async move { axum::serve(listener, app).await });

@@ -10,6 +10,7 @@ mod cluster;
 mod coherence;
 mod example;
 mod listener;
+mod migrations;
 mod property;
 mod rechecks;
 mod relay;

@@ -40,6 +40,7 @@ pub mod check;
 mod domain;
 mod error;
 pub mod probe;
+mod replan;
 mod repo;
 pub mod tags;
 
@@ -47,6 +48,7 @@ pub use domain::{
     NewUser, OrgId, Organization, Principal, ProfileUpdate, User, UserId, ValidationError,
 };
 pub use error::RepoError;
+pub use replan::Replans;
 #[cfg(feature = "mock")]
 pub use repo::MockUserRepo;
 pub use repo::{PgUserRepo, UserRepo};

@@ -4,6 +4,7 @@ use async_trait::async_trait;
 use sqlx::{AssertSqlSafe, PgPool};
 use time::OffsetDateTime;
 
+use crate::replan::Replans;
 use crate::{NewUser, OrgId, Organization, Principal, ProfileUpdate, RepoError, User, UserId};
 
 /// What the reference service needs of its database.
@@ -63,12 +64,20 @@ pub trait UserRepo: Send + Sync {
 #[derive(Debug, Clone)]
 pub struct PgUserRepo {
     pool: PgPool,
+    replans: Replans,
 }
 
 impl PgUserRepo {
-    /// A repository on `pool`.
+    /// A repository on `pool`. A query whose prepared statement a migration made stale runs
+    /// once more; give the pool's [`Replans`] with [`PgUserRepo::with_replans`] so that the
+    /// pool's other connections are renewed too.
     pub fn new(pool: PgPool) -> Self {
-        Self { pool }
+        Self::with_replans(pool, Replans::default())
+    }
+
+    /// A repository on `pool`, whose options went through `replans`' [`Replans::guard`].
+    pub fn with_replans(pool: PgPool, replans: Replans) -> Self {
+        Self { pool, replans }
     }
 
     /// The pool.
@@ -129,60 +138,83 @@ fn found(rows: u64) -> Result<(), RepoError> {
 #[async_trait]
 impl UserRepo for PgUserRepo {
     async fn principal(&self, id: UserId) -> Result<Option<Principal>, RepoError> {
-        let row: Option<PrincipalRow> = sqlx::query_as(
-            "SELECT u.id, u.org_id, u.email, u.name, u.active, u.created_at, u.updated_at,
-                    o.name AS org_name, o.plan AS org_plan,
-                    o.created_at AS org_created_at, o.updated_at AS org_updated_at
-               FROM users u JOIN organizations o ON o.id = u.org_id
-              WHERE u.id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row: Option<PrincipalRow> = self
+            .replans
+            .retry(|| {
+                sqlx::query_as(
+                    "SELECT u.id, u.org_id, u.email, u.name, u.active, u.created_at, u.updated_at,
+                            o.name AS org_name, o.plan AS org_plan,
+                            o.created_at AS org_created_at, o.updated_at AS org_updated_at
+                       FROM users u JOIN organizations o ON o.id = u.org_id
+                      WHERE u.id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&self.pool)
+            })
+            .await?;
         Ok(row.map(Principal::from))
     }
 
     async fn create_organization(&self, name: &str, plan: &str) -> Result<Organization, RepoError> {
-        Ok(sqlx::query_as(AssertSqlSafe(format!(
+        let sql = format!(
             "INSERT INTO organizations (name, plan) VALUES ($1, $2) RETURNING {ORG_COLUMNS}"
-        )))
-        .bind(name)
-        .bind(plan)
-        .fetch_one(&self.pool)
-        .await?)
+        );
+        Ok(self
+            .replans
+            .retry(|| {
+                sqlx::query_as(AssertSqlSafe(sql.as_str()))
+                    .bind(name)
+                    .bind(plan)
+                    .fetch_one(&self.pool)
+            })
+            .await?)
     }
 
     async fn create_user(&self, user: &NewUser) -> Result<User, RepoError> {
-        Ok(sqlx::query_as(AssertSqlSafe(format!(
+        let sql = format!(
             "INSERT INTO users (org_id, email, name) VALUES ($1, $2, $3) RETURNING {USER_COLUMNS}"
-        )))
-        .bind(user.org_id)
-        .bind(&user.email)
-        .bind(&user.name)
-        .fetch_one(&self.pool)
-        .await?)
+        );
+        Ok(self
+            .replans
+            .retry(|| {
+                sqlx::query_as(AssertSqlSafe(sql.as_str()))
+                    .bind(user.org_id)
+                    .bind(&user.email)
+                    .bind(&user.name)
+                    .fetch_one(&self.pool)
+            })
+            .await?)
     }
 
     async fn rename_organization(&self, id: OrgId, name: &str) -> Result<Organization, RepoError> {
-        Ok(sqlx::query_as(AssertSqlSafe(format!(
-            "UPDATE organizations SET name = $2 WHERE id = $1 RETURNING {ORG_COLUMNS}"
-        )))
-        .bind(id)
-        .bind(name)
-        .fetch_one(&self.pool)
-        .await?)
+        let sql =
+            format!("UPDATE organizations SET name = $2 WHERE id = $1 RETURNING {ORG_COLUMNS}");
+        Ok(self
+            .replans
+            .retry(|| {
+                sqlx::query_as(AssertSqlSafe(sql.as_str()))
+                    .bind(id)
+                    .bind(name)
+                    .fetch_one(&self.pool)
+            })
+            .await?)
     }
 
     async fn update_profile(&self, id: UserId, update: &ProfileUpdate) -> Result<User, RepoError> {
-        Ok(sqlx::query_as(AssertSqlSafe(format!(
+        let sql = format!(
             "UPDATE users SET name = coalesce($2, name), email = coalesce($3, email)
               WHERE id = $1 RETURNING {USER_COLUMNS}"
-        )))
-        .bind(id)
-        .bind(update.name())
-        .bind(update.email())
-        .fetch_one(&self.pool)
-        .await?)
+        );
+        Ok(self
+            .replans
+            .retry(|| {
+                sqlx::query_as(AssertSqlSafe(sql.as_str()))
+                    .bind(id)
+                    .bind(update.name())
+                    .bind(update.email())
+                    .fetch_one(&self.pool)
+            })
+            .await?)
     }
 
     async fn set_active(&self, id: UserId, active: bool) -> Result<(), RepoError> {

@@ -22,7 +22,7 @@ use std::time::Duration;
 use nearcache::{Cache, CacheConfig, Mode};
 use nearcache_http::{AppState, Authenticator, CachedPrincipal, PrincipalStore, ServeConfig};
 use nearcache_listener::{ListenerConfig, ListenerStatus};
-use nearcache_pg::{PgUserRepo, UserId};
+use nearcache_pg::{PgUserRepo, Replans, UserId};
 use nearcache_store::PassThrough;
 use nearcache_wal::WalConfig;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -212,9 +212,15 @@ impl Application {
             cache,
             sources,
         } = self;
-        let pool = PgPoolOptions::new()
-            .max_connections(settings.db_pool_size)
-            .acquire_timeout(settings.db_timeout)
+        // A migration that changes a served column's type makes the pool's prepared statements
+        // stale: the query runs again and the older connections are renewed (`Replans`).
+        let replans = Replans::default();
+        let pool = replans
+            .guard(
+                PgPoolOptions::new()
+                    .max_connections(settings.db_pool_size)
+                    .acquire_timeout(settings.db_timeout),
+            )
             .connect_lazy_with(database);
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
@@ -253,8 +259,9 @@ impl Application {
             listener_status,
             chosen,
             db_ok,
+            replans.clone(),
         ));
-        let repo = Arc::new(PgUserRepo::new(pool.clone()));
+        let repo = Arc::new(PgUserRepo::with_replans(pool.clone(), replans));
         let state = AppState::new(store, repo, authenticator, probe);
         tracing::info!(
             addr = %listener.local_addr()?,

@@ -9,7 +9,7 @@ use std::sync::{Arc, OnceLock};
 use nearcache::{Cache, Mode};
 use nearcache_http::{CacheState, CachedPrincipal, Health, Probe};
 use nearcache_listener::{ListenerState, ListenerStatus};
-use nearcache_pg::UserId;
+use nearcache_pg::{Replans, UserId};
 
 use crate::{CacheMode, SourceKind};
 
@@ -21,6 +21,8 @@ pub(crate) struct ServerProbe {
     /// The invalidation source, once chosen.
     source: Arc<OnceLock<SourceKind>>,
     db_ok: Arc<AtomicBool>,
+    /// The pool's statements made stale by migrations.
+    replans: Replans,
 }
 
 impl ServerProbe {
@@ -30,6 +32,7 @@ impl ServerProbe {
         listener: Option<ListenerStatus>,
         source: Arc<OnceLock<SourceKind>>,
         db_ok: Arc<AtomicBool>,
+        replans: Replans,
     ) -> Self {
         Self {
             mode,
@@ -37,6 +40,7 @@ impl ServerProbe {
             listener,
             source,
             db_ok,
+            replans,
         }
     }
 }
@@ -82,6 +86,13 @@ impl Probe for ServerProbe {
             out,
             "# HELP nearcache_build_info The running build.\n# TYPE nearcache_build_info gauge\nnearcache_build_info{{version=\"{}\"}} 1",
             env!("CARGO_PKG_VERSION")
+        );
+        metric(
+            out,
+            "nearcache_db_replans_total",
+            "counter",
+            "Queries run again because a migration changed their result type (Postgres' 0A000 'cached plan must not change result type'); the pool's older connections are renewed.",
+            self.replans.count(),
         );
         if let Some(cache) = &self.cache {
             let coherent = u64::from(cache.mode() == Mode::Coherent);

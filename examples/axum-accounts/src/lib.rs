@@ -12,6 +12,7 @@ use std::sync::Arc;
 use axum::routing::get;
 use axum::{Extension, Json, Router};
 use nearcache::{Cache, CacheConfig, Fill, Mode, Store, TableHandler, Tag};
+use nearcache_pg::Replans;
 use nearcache_source::SourceStatus;
 use nearcache_tower::{AuthLayer, Authenticator};
 use nearcache_wal::WalConfig;
@@ -30,6 +31,20 @@ pub struct Account {
     pub name: String,
     /// Billing plan.
     pub plan: String,
+}
+
+/// A pool on `url` whose queries survive a migration that changes a column's type (its stale
+/// prepared statements are made again: see [`Replans`]).
+///
+/// # Errors
+/// When the database cannot be reached.
+pub async fn connect(url: &str) -> anyhow::Result<(PgPool, Replans)> {
+    let replans = Replans::default();
+    let pool = replans
+        .guard(sqlx::postgres::PgPoolOptions::new())
+        .connect(url)
+        .await?;
+    Ok((pool, replans))
 }
 
 /// Creates the table if needed, installs nearcache's functions and attaches the table: all
@@ -60,17 +75,20 @@ pub fn cache() -> Cache<i64, Arc<Account>> {
 }
 
 /// The routes: `GET /account` answers the token's account, through the cache.
-pub fn router(cache: Cache<i64, Arc<Account>>, pool: PgPool, auth: Authenticator<i64>) -> Router {
+pub fn router(
+    cache: Cache<i64, Arc<Account>>,
+    (pool, replans): (PgPool, Replans),
+    auth: Authenticator<i64>,
+) -> Router {
     let store: Arc<dyn Store<i64, Arc<Account>>> = Arc::new(cache);
     let auth = AuthLayer::through_store(auth, store, move |id: i64| {
-        let pool = pool.clone();
+        let (pool, replans) = (pool.clone(), replans.clone());
         async move {
-            let row: Option<Account> =
-                sqlx::query_as("SELECT id, name, plan FROM accounts WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(&pool)
-                    .await?; // sqlx::Error into LoadError
-                             // Tagged with its row: an UPDATE of `accounts` row `id` evicts it.
+            let query = "SELECT id, name, plan FROM accounts WHERE id = $1";
+            let row: Option<Account> = replans
+                .retry(|| sqlx::query_as(query).bind(id).fetch_optional(&pool))
+                .await?; // sqlx::Error into LoadError
+                         // Tagged with its row: an UPDATE of `accounts` row `id` evicts it.
             Ok(match row {
                 Some(a) => Fill::found(Arc::new(a)),
                 None => Fill::absent(),

@@ -10,7 +10,7 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().init();
     let url = std::env::var("DATABASE_URL")?;
     let secret = std::env::var("EXAMPLE_JWT_SECRET")?;
-    let pool = sqlx::PgPool::connect(&url).await?;
+    let (pool, replans) = example::connect(&url).await?;
     example::prepare(&pool).await?;
 
     let cache = example::cache();
@@ -24,7 +24,7 @@ async fn main() -> anyhow::Result<()> {
     )?;
     let source = tokio::spawn(source);
 
-    let app = example::router(cache, pool, auth);
+    let app = example::router(cache, (pool, replans), auth);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
     tracing::info!("listening on http://127.0.0.1:3000");
     axum::serve(listener, app)
