@@ -12,6 +12,7 @@ mod example;
 mod listener;
 mod migrations;
 mod property;
+mod queue;
 mod rechecks;
 mod relay;
 mod service;

@@ -21,6 +21,9 @@ pub enum ConfigError {
     /// The check interval is zero.
     #[error("check interval must be positive")]
     CheckInterval,
+    /// The notification queue's limit is not a fraction above 0.
+    #[error("the notification queue limit must be above 0 and at most 1, not {0}")]
+    QueueLimit(f64),
 }
 
 /// How the listener connects and how it watches its connection.
@@ -44,6 +47,11 @@ pub struct ListenerConfig {
     /// ALWAYS, columns watched, the channel) is made again while listening: a problem
     /// bypasses, a table attached again (other ignored columns) is flushed. Default 10 s.
     pub check_interval: Duration,
+    /// How full Postgres' notification queue (`pg_notification_queue_usage()`, 0 to 1) may be
+    /// before the check calls it a problem and the cache bypasses until it drains. The queue is
+    /// the cluster's: a LISTEN session that stopped reading holds it back, and once it is full
+    /// every commit that notifies fails. Default 0.5.
+    pub queue_limit: f64,
 }
 
 impl ListenerConfig {
@@ -63,6 +71,7 @@ impl ListenerConfig {
             backoff_max: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             check_interval: Duration::from_secs(10),
+            queue_limit: 0.5,
         })
     }
 
@@ -109,17 +118,21 @@ impl ListenerConfig {
         &self.tables
     }
 
-    /// Checks what [`run`](crate::run) needs: positive heartbeat timings and check interval.
+    /// Checks what [`run`](crate::run) needs: positive heartbeat timings and check interval, a
+    /// queue limit in (0, 1].
     ///
     /// # Errors
     /// [`ConfigError::Heartbeat`] when a heartbeat timing is zero, [`ConfigError::CheckInterval`]
-    /// when the check interval is.
+    /// when the check interval is, [`ConfigError::QueueLimit`] when the limit is out of range.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.heartbeat_interval.is_zero() || self.heartbeat_timeout.is_zero() {
             return Err(ConfigError::Heartbeat);
         }
         if self.check_interval.is_zero() {
             return Err(ConfigError::CheckInterval);
+        }
+        if !(self.queue_limit > 0.0 && self.queue_limit <= 1.0) {
+            return Err(ConfigError::QueueLimit(self.queue_limit));
         }
         Ok(())
     }

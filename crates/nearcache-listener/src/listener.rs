@@ -162,12 +162,17 @@ async fn session<H: Handler + ?Sized>(
                 let channel = heartbeat_channel.to_string();
                 // Sent from a task of its own so that a server that stops answering cannot
                 // stall this loop; the deadline below catches it.
+                let status = status.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = client
-                        .execute("SELECT pg_notify($1, $2)", &[&channel, &sequence.to_string()])
+                    match client
+                        .query_one(
+                            "SELECT pg_notify($1, $2), pg_notification_queue_usage()",
+                            &[&channel, &sequence.to_string()],
+                        )
                         .await
                     {
-                        tracing::debug!(error = %e, "listener: heartbeat not sent");
+                        Ok(row) => status.notify_queue_usage(row.get(1)),
+                        Err(e) => tracing::debug!(error = %e, "listener: heartbeat not sent"),
                     }
                 });
             }
@@ -226,15 +231,21 @@ async fn check(
                     ARRAY(SELECT tbl::text FROM nearcache_attached ORDER BY 1),
                     ARRAY(SELECT concat_ws('|', key_column, ignore_columns::text,
                                            watched_columns::text, notify::text)
-                            FROM nearcache_attached ORDER BY tbl::text)",
+                            FROM nearcache_attached ORDER BY tbl::text),
+                    pg_notification_queue_usage()",
             &[&config.tables, &config.channel],
         )
         .await
     {
         Ok(row) => {
+            let mut problems: Vec<String> = row.get(0);
             let tables: Vec<String> = row.get(1);
             let rules: Vec<String> = row.get(2);
-            (row.get(0), tables.into_iter().zip(rules).collect())
+            let usage: f64 = row.get(3);
+            if usage > config.queue_limit {
+                problems.push(queue_problem(usage));
+            }
+            (problems, tables.into_iter().zip(rules).collect())
         }
         Err(e)
             if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_FUNCTION)
@@ -256,6 +267,19 @@ async fn check(
     } else {
         Err(SessionError::Misconfigured(problems.join("; ")))
     }
+}
+
+/// What to say when the notification queue is fuller than the limit.
+fn queue_problem(usage: f64) -> String {
+    format!(
+        "Postgres' notification queue is {:.1} % full (pg_notification_queue_usage()): a LISTEN \
+         session that stopped reading (a stopped or hung listener, a listening session left in a \
+         transaction) holds it back for the whole cluster, and once it is full every commit \
+         that notifies fails. Find it in pg_stat_activity (LISTEN sessions idle in transaction \
+         or not reading) and end it with pg_terminate_backend, or put the instances behind the \
+         relay (one listener per fleet)",
+        usage * 100.0
+    )
 }
 
 fn dispatch<H: Handler + ?Sized>(handler: &H, status: &ListenerStatus, payload: &str) {

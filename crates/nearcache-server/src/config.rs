@@ -137,6 +137,11 @@ pub struct Config {
     /// triggers, attach rules): a problem bypasses, a table attached again is flushed.
     #[arg(long, env = "NEARCACHE_CHECK_INTERVAL", default_value = "10s", value_parser = duration)]
     pub check_interval: Duration,
+    /// Under LISTEN: how full Postgres' notification queue (`pg_notification_queue_usage()`, 0
+    /// to 1) may be before the cache bypasses until it drains. A LISTEN session that stopped
+    /// reading holds it back for the whole cluster; full, every notifying commit fails.
+    #[arg(long, env = "NEARCACHE_NOTIFY_QUEUE_LIMIT", default_value_t = 0.5)]
+    pub notify_queue_limit: f64,
     /// Notification channel of the triggers (the database's `nearcache_channel()`).
     #[arg(long, env = "NEARCACHE_CHANNEL", default_value = "nearcache")]
     pub channel: String,
@@ -263,6 +268,8 @@ pub struct Settings {
     pub heartbeat_timeout: Duration,
     /// How often a source checks the database again.
     pub check_interval: Duration,
+    /// How full the notification queue may be under LISTEN.
+    pub notify_queue_limit: f64,
     /// Notification channel.
     pub channel: String,
     /// Invalidation source of a coherent cache.
@@ -296,6 +303,7 @@ impl Settings {
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(3),
             check_interval: Duration::from_secs(10),
+            notify_queue_limit: 0.5,
             channel: "nearcache".into(),
             source: SourceKind::Auto,
             nats: NatsSettings {
@@ -357,6 +365,7 @@ impl Config {
         settings.heartbeat_interval = self.heartbeat_interval;
         settings.heartbeat_timeout = self.heartbeat_timeout;
         settings.check_interval = self.check_interval;
+        settings.notify_queue_limit = self.notify_queue_limit;
         settings.channel = self.channel;
         settings.source = self.source;
         settings.nats = NatsSettings {

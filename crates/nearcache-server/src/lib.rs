@@ -97,9 +97,13 @@ impl Application {
         listener.heartbeat_interval = settings.heartbeat_interval;
         listener.heartbeat_timeout = settings.heartbeat_timeout;
         listener.check_interval = settings.check_interval;
+        listener.queue_limit = settings.notify_queue_limit;
         listener.validate().map_err(|e| match e {
             nearcache_listener::ConfigError::CheckInterval => {
                 ConfigError::Timing("--check-interval must be positive")
+            }
+            nearcache_listener::ConfigError::QueueLimit(_) => {
+                ConfigError::Timing("--notify-queue-limit must be above 0 and at most 1")
             }
             _ => {
                 ConfigError::Timing("--heartbeat-interval and --heartbeat-timeout must be positive")

@@ -43,6 +43,7 @@ macro_rules! counters {
             state: AtomicU8,
             heartbeat_rtt_micros: AtomicU64,
             probe_rtt_micros: AtomicU64,
+            notify_queue_ppb: AtomicU64,
             /// Why the database's installation cannot be trusted, if it cannot.
             problem: Mutex<Option<String>>,
             /// Why the last attempt or connection ended, until the next one delivers.
@@ -66,6 +67,9 @@ macro_rules! counters {
             /// Round trip of the last end-to-end probe (database, relay, NATS, instance), in
             /// microseconds; 0 before the first or without probes.
             pub probe_rtt_micros: u64,
+            /// How full Postgres' notification queue was at the last heartbeat, in parts per
+            /// billion (LISTEN only; 0 otherwise).
+            pub notify_queue_ppb: u64,
             /// Whether the last check of the database found its triggers missing or wrong (see
             /// [`SourceStatus::problem`]); the cache stays in bypass meanwhile.
             pub misconfigured: bool,
@@ -91,6 +95,7 @@ macro_rules! counters {
                     $($name: c.$name.load(Relaxed),)*
                     heartbeat_rtt_micros: c.heartbeat_rtt_micros.load(Relaxed),
                     probe_rtt_micros: c.probe_rtt_micros.load(Relaxed),
+                    notify_queue_ppb: c.notify_queue_ppb.load(Relaxed),
                     misconfigured: self.problem().is_some(),
                 }
             }
@@ -136,6 +141,11 @@ impl StatusSnapshot {
                 name: "probe_rtt_seconds",
                 help: "Round trip of the last end-to-end probe through the relay (0 without probes).",
                 value: self.probe_rtt_micros as f64 / 1e6,
+            },
+            Metric {
+                name: "notify_queue_usage",
+                help: "Fraction of Postgres' notification queue in use at the last heartbeat (LISTEN: pg_notification_queue_usage()). A LISTEN session that stopped reading holds it back for the whole cluster; full, every notifying commit fails.",
+                value: self.notify_queue_ppb as f64 / 1e9,
             },
             Metric {
                 name: "misconfigured",
@@ -220,6 +230,11 @@ impl SourceStatus {
     /// Counts a message for a table the handler does not cache.
     pub fn ignored(&self) {
         self.inner.ignored.fetch_add(1, Relaxed);
+    }
+    /// Records how full Postgres' notification queue is (a fraction, 0 to 1).
+    pub fn notify_queue_usage(&self, fraction: f64) {
+        let ppb = (fraction.clamp(0.0, 1.0) * 1e9).round() as u64;
+        self.inner.notify_queue_ppb.store(ppb, Relaxed);
     }
     /// Counts a heartbeat that came back, with its round trip.
     pub fn heartbeat(&self, rtt_micros: u64) {
