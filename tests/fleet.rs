@@ -137,6 +137,8 @@ pub struct Proxy {
     delay: Arc<AtomicU64>,
     /// While set, new connections are closed at once (the server looks down).
     refusing: Arc<AtomicBool>,
+    /// Where new connections go.
+    target: Arc<std::sync::Mutex<SocketAddr>>,
     task: JoinHandle<()>,
 }
 
@@ -155,6 +157,8 @@ impl Proxy {
         let delays = delay.clone();
         let refusing = Arc::new(AtomicBool::new(false));
         let refuse = refusing.clone();
+        let target = Arc::new(std::sync::Mutex::new(target));
+        let targets = target.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut client, _)) = listener.accept().await {
                 if refuse.load(Relaxed) {
@@ -164,6 +168,7 @@ impl Proxy {
                 let mut cut = watching.clone();
                 cut.mark_unchanged();
                 let delay = delays.clone();
+                let target = *targets.lock().unwrap();
                 tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(target).await else {
                         return;
@@ -199,8 +204,15 @@ impl Proxy {
             cuts,
             delay,
             refusing,
+            target,
             task,
         }
+    }
+
+    /// New connections go to `to` from now on (a name that follows the primary, after a
+    /// failover); open ones stay where they are.
+    pub fn retarget(&self, to: SocketAddr) {
+        *self.target.lock().unwrap() = to;
     }
 
     /// The server looks down: open connections are cut and new ones closed at once, until

@@ -168,6 +168,21 @@ impl PrivateCluster {
         self.cluster.url().unwrap()
     }
 
+    /// A physical standby of this cluster (streaming replication), started; promote it with
+    /// `standby.cluster().promote()`.
+    pub fn standby(&self) -> Self {
+        let dir = xtask::workspace_root()
+            .join("target")
+            .join("test-clusters")
+            .join(Uuid::new_v4().simple().to_string());
+        Self {
+            cluster: self
+                .cluster
+                .standby(dir)
+                .expect("a standby of the private cluster"),
+        }
+    }
+
     /// The cluster.
     pub fn cluster(&self) -> &xtask::Cluster {
         &self.cluster

@@ -9,6 +9,7 @@ mod checker;
 mod cluster;
 mod coherence;
 mod example;
+mod failover;
 mod listener;
 mod migrations;
 mod property;

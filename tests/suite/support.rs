@@ -207,6 +207,15 @@ impl Deployment {
         }
     }
 
+    /// How many times the relay's own source began delivering (`Nats` only).
+    pub(crate) fn relay_connections(&self) -> Option<u64> {
+        self.relay
+            .lock()
+            .unwrap()
+            .as_ref()
+            .map(|r| r.status.source().snapshot().connections)
+    }
+
     /// Cuts instance `i`'s connection to NATS (`Nats` only; it reconnects at once).
     pub(crate) fn cut_nats(&self, i: usize) {
         if let Some(p) = self.proxies.get(i) {

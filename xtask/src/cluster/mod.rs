@@ -259,6 +259,69 @@ impl Cluster {
         }
     }
 
+    /// A physical standby of this running cluster, in `dir`: a base backup over streaming
+    /// replication (`pg_basebackup -R`, so it follows this cluster as its primary), on a port
+    /// of its own, started. Promote it with [`Cluster::promote`].
+    ///
+    /// # Errors
+    /// When the backup or the start fail; the message carries their output.
+    pub fn standby(&self, dir: impl Into<PathBuf>) -> Result<Cluster, ClusterError> {
+        let standby = Cluster::new(dir)?;
+        fs::create_dir_all(&standby.dir)?;
+        fs::write(standby.dir.join("port"), format!("{}\n", free_port()?))?;
+        standby.chown()?;
+        let out = standby.run(
+            "pg_basebackup",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port()?.to_string(),
+                "-U",
+                "nearcache",
+                "-D",
+                &standby.data().to_string_lossy(),
+                "-R",
+                "-X",
+                "stream",
+                "-c",
+                "fast",
+                "--no-sync",
+            ],
+        )?;
+        if !out.status.success() {
+            return Err(ClusterError::Command {
+                what: "pg_basebackup".into(),
+                detail: output_text(&out),
+            });
+        }
+        standby.start()?;
+        Ok(standby)
+    }
+
+    /// Promotes a standby to a primary (`pg_ctl promote`), waiting until it takes writes.
+    ///
+    /// # Errors
+    /// When pg_ctl fails (not a standby, not running).
+    pub fn promote(&self) -> Result<(), ClusterError> {
+        let out = self.pg_ctl(&[
+            "promote",
+            "-w",
+            "-t",
+            "30",
+            "-D",
+            &self.data().to_string_lossy(),
+        ])?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(ClusterError::Command {
+                what: "pg_ctl promote".into(),
+                detail: format!("{}\n{}", output_text(&out), self.log_tail()),
+            })
+        }
+    }
+
     /// Stops the server and deletes the folder.
     ///
     /// # Errors
@@ -275,18 +338,7 @@ impl Cluster {
         fs::create_dir_all(&self.dir)?;
         let port = free_port()?;
         fs::write(self.dir.join("port"), format!("{port}\n"))?;
-        if self.as_postgres {
-            let status = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&self.dir)
-                .status()?;
-            if !status.success() {
-                return Err(ClusterError::Command {
-                    what: "chown of the cluster folder to postgres".into(),
-                    detail: status.to_string(),
-                });
-            }
-        }
+        self.chown()?;
         let data = self.data();
         let out = self.run(
             "initdb",
@@ -353,6 +405,23 @@ impl Cluster {
                 detail: e.to_string(),
             }),
         }
+    }
+
+    /// As root, gives the folder to the `postgres` user, who runs the server binaries.
+    fn chown(&self) -> Result<(), ClusterError> {
+        if self.as_postgres {
+            let status = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(&self.dir)
+                .status()?;
+            if !status.success() {
+                return Err(ClusterError::Command {
+                    what: "chown of the cluster folder to postgres".into(),
+                    detail: status.to_string(),
+                });
+            }
+        }
+        Ok(())
     }
 
     fn pg_ctl(&self, args: &[&str]) -> Result<Output, ClusterError> {

@@ -1,0 +1,155 @@
+//! A primary failover, as a managed service does it: the primary dies, its streaming standby is
+//! promoted, and the name the instances connect to follows the new primary (here a TCP proxy
+//! the test retargets, as a DNS name or a virtual IP would be). A temporary slot cannot move
+//! with a failover, so the WAL sources start anew on the new primary; every source bypasses in
+//! between and flushes before it serves again.
+
+use std::time::{Duration, Instant};
+
+use nearcache_tests::app::{token, App};
+use nearcache_tests::fleet::Proxy;
+use nearcache_tests::{wait_until, PrivateCluster, TestDb};
+use serde_json::json;
+
+use crate::support::{seed, Deployment, Source};
+
+/// How long a change may take to reach every instance (slack for a loaded machine).
+const BOUND: Duration = Duration::from_secs(5);
+
+/// Every instance serves `want` as the user's name within the bound.
+async fn all_see(apps: &Deployment, t: &str, want: &str) {
+    for app in apps {
+        wait_until(
+            BOUND,
+            &format!("{} to serve {want:?}", app.addr),
+            || async {
+                let (status, body) = app.get("/me", Some(t)).await;
+                status == 200 && body["user"]["name"] == want
+            },
+        )
+        .await;
+    }
+}
+
+/// Renames the user through `pool`, retrying while the database is away or read-only.
+async fn rename(pool: &sqlx::PgPool, id: nearcache_pg::UserId, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match sqlx::query("UPDATE users SET name = $2 WHERE id = $1")
+            .bind(id)
+            .bind(name)
+            .execute(pool)
+            .await
+        {
+            Ok(_) => return,
+            Err(e) => {
+                assert!(Instant::now() < deadline, "rename to {name:?}: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// The value of an unlabelled metric.
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in {text}"))
+}
+
+async fn coherent(app: &App) -> bool {
+    app.get("/healthz", None).await.1["cache"] == "coherent"
+}
+
+async fn every_instance_follows_a_promoted_standby(source: Source) {
+    let primary = PrivateCluster::start();
+    let db = TestDb::on(&primary.url()).await;
+    let users = {
+        let pool = db.pool().await;
+        let (_, users) = seed(&pool, 2).await;
+        pool.close().await;
+        users
+    };
+    let standby = primary.standby();
+    let at = |c: &PrivateCluster| format!("127.0.0.1:{}", c.cluster().port().unwrap());
+    let proxy = Proxy::start(&at(&primary)).await;
+    let url = db.url().replace(&at(&primary), &proxy.addr.to_string());
+    let writer = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect(&url)
+        .await
+        .unwrap();
+    let apps = Deployment::start(&url, source, 3).await;
+    let tokens: Vec<String> = users.iter().map(|u| token(u.id, json!({}))).collect();
+    rename(&writer, users[0].id, "before").await;
+    all_see(&apps, &tokens[0], "before").await;
+    // Cached everywhere, and replayed on the standby: the failover loses nothing committed.
+    all_see(&apps, &tokens[1], &users[1].name).await;
+    let standby_pool = sqlx::PgPool::connect(&db.url().replace(&at(&primary), &at(&standby)))
+        .await
+        .unwrap();
+    let flushed: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(&writer)
+        .await
+        .unwrap();
+    wait_until(BOUND, "the standby to replay the primary's WAL", || async {
+        sqlx::query_scalar::<_, bool>("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
+            .bind(&flushed)
+            .fetch_one(&standby_pool)
+            .await
+            .unwrap()
+    })
+    .await;
+
+    // The primary dies; the standby is promoted; the name follows it.
+    primary.cluster().crash().unwrap();
+    let died = Instant::now();
+    proxy.retarget(at(&standby).parse().unwrap());
+    standby.cluster().promote().unwrap();
+    // Writes while the instances reconnect: the second user, whom they all had cached.
+    rename(&writer, users[1].id, "during").await;
+    // Coherent again, after connecting again (behind a relay: the relay's source did).
+    for app in &apps {
+        wait_until(
+            Duration::from_secs(30),
+            "coherent on the new primary",
+            || async {
+                let connections = match apps.relay_connections() {
+                    Some(n) => n,
+                    None => {
+                        metric(&app.metrics().await, "nearcache_source_connections_total") as u64
+                    }
+                };
+                connections >= 2 && coherent(app).await
+            },
+        )
+        .await;
+    }
+    let took = died.elapsed();
+    println!(
+        "{source:?}: every instance coherent on the new primary {took:?} after the old one died"
+    );
+    all_see(&apps, &tokens[1], "during").await;
+    rename(&writer, users[0].id, "after").await;
+    all_see(&apps, &tokens[0], "after").await;
+
+    // The sources stream from the new primary: a slot per WAL reader, LISTEN per instance.
+    let streams: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database()",
+    )
+    .bind(source.application_name())
+    .fetch_one(&standby_pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        streams,
+        source.streams(3),
+        "{source:?}: streams on the new primary"
+    );
+    writer.close().await;
+    standby_pool.close().await;
+    apps.stop().await;
+}
+
+for_each_source!(every_instance_follows_a_promoted_standby);
