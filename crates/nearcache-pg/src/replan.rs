@@ -69,7 +69,8 @@ impl Inner {
 
 impl Replans {
     /// `options` with a check before each acquire that closes a connection opened before the
-    /// last stale statement was found (its other statements may be stale too).
+    /// last stale statement was found (its other statements may be stale too), or before the
+    /// last [`Replans::renew`].
     #[must_use]
     pub fn guard(&self, options: PgPoolOptions) -> PgPoolOptions {
         let inner = self.0.clone();
@@ -90,13 +91,19 @@ impl Replans {
     {
         match query().await {
             Err(e) if is_stale_plan(&e) => {
-                let now = u64::try_from(self.0.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                self.0.last.store(now.max(1), Relaxed);
+                self.renew();
                 self.0.count.fetch_add(1, Relaxed);
                 query().await
             }
             other => other,
         }
+    }
+
+    /// Closes every connection opened before now as it is next acquired (the pool moved to
+    /// another server, after a failover): the pool opens fresh ones.
+    pub fn renew(&self) {
+        let now = u64::try_from(self.0.base.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.0.last.store(now.max(1), Relaxed);
     }
 
     /// How many statements were found stale and run again.

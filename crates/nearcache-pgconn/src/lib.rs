@@ -43,7 +43,10 @@ use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{Client, Connection, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+mod hosts;
 mod verify;
+
+pub use hosts::Endpoint;
 
 use verify::{ChainOnly, Unchecked};
 

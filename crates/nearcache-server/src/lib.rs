@@ -9,13 +9,13 @@
 //! Nothing depends on this crate but its binary and the cross-crate tests.
 
 mod config;
+mod database;
 mod handler;
 mod probe;
 mod source;
 
 use std::future::Future;
-use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -26,7 +26,6 @@ use nearcache_pg::{PgUserRepo, Replans, UserId};
 use nearcache_store::PassThrough;
 use nearcache_wal::WalConfig;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -46,7 +45,8 @@ const POOL_CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// An instance, composed and checked, not yet running.
 pub struct Application {
     settings: Settings,
-    database: PgConnectOptions,
+    /// The pool's settings, one per host of the URL, in order.
+    database: Vec<PgConnectOptions>,
     authenticator: Authenticator,
     cache: Option<Cache<UserId, Arc<CachedPrincipal>>>,
     sources: Option<Sources>,
@@ -68,14 +68,16 @@ impl Application {
     /// does not parse, zero timings, a bad channel.
     pub fn build(settings: Settings) -> Result<Self, ConfigError> {
         let authenticator = Authenticator::new(&settings.auth)?;
-        let mut database = pool_options(&settings.database_url)?;
+        let mut database = database::pool_options(&settings.database_url)?;
         if !settings.db_statement_timeout.is_zero() {
             // Set at connection start: a query blocked by a lock ends within it, and its
             // request answers 503 (the repository maps the cancellation to unavailable).
-            database = database.options([(
-                "statement_timeout",
-                format!("{}ms", settings.db_statement_timeout.as_millis()),
-            )]);
+            for host in &mut database {
+                *host = host.clone().options([(
+                    "statement_timeout",
+                    format!("{}ms", settings.db_statement_timeout.as_millis()),
+                )]);
+            }
         }
         if settings.cache_ttl.is_zero() || settings.cache_tti.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::Timing(
@@ -131,7 +133,7 @@ impl Application {
                 max_lag,
             } = settings.nats.clone();
             let mut nats =
-                nearcache_nats::NatsConfig::new(url, database.get_database().unwrap_or("postgres"));
+                nearcache_nats::NatsConfig::new(url, database[0].get_database().unwrap_or("postgres"));
             nats.stream = stream;
             if let Some(prefix) = prefix {
                 nats.prefix = prefix;
@@ -225,7 +227,7 @@ impl Application {
                     .max_connections(settings.db_pool_size)
                     .acquire_timeout(settings.db_timeout),
             )
-            .connect_lazy_with(database);
+            .connect_lazy_with(database[0].clone());
         let stop = CancellationToken::new();
         let mut tasks = Vec::new();
 
@@ -250,7 +252,14 @@ impl Application {
         let db_ok = Arc::new(AtomicBool::new(false));
         tasks.push((
             "database probe",
-            spawn_database_probe(pool.clone(), db_ok.clone(), settings.db_timeout, &stop),
+            database::spawn_probe(
+                pool.clone(),
+                database,
+                replans.clone(),
+                db_ok.clone(),
+                settings.db_timeout,
+                &stop,
+            ),
         ));
 
         let store: PrincipalStore = match &cache {
@@ -301,18 +310,6 @@ pub struct Stopped {
     pub drained: bool,
 }
 
-/// The pool's settings from the database URL. The pool (sqlx) reads URLs only; the sources read
-/// libpq's `key=value` strings too, so one is refused here, at once, with what to give instead,
-/// rather than with sqlx's "relative URL without a base".
-fn pool_options(database_url: &str) -> Result<PgConnectOptions, ConfigError> {
-    if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
-        return Err(ConfigError::DatabaseUrl(
-            "not a postgres:// URL (a key=value connection string?): give the database as postgres://user:password@host:port/database?sslmode=…".into(),
-        ));
-    }
-    PgConnectOptions::from_str(database_url).map_err(|e| ConfigError::DatabaseUrl(e.to_string()))
-}
-
 /// Applies the migrations of `sql/` (the reference schema, nearcache's functions, the
 /// reference tables attached) to the database at `database_url`; returns how many were new.
 ///
@@ -320,7 +317,12 @@ fn pool_options(database_url: &str) -> Result<PgConnectOptions, ConfigError> {
 /// When the database cannot be reached or a migration fails.
 pub async fn migrate(database_url: &str, timeout: Duration) -> anyhow::Result<usize> {
     use anyhow::Context;
-    let options = pool_options(database_url)?;
+    let hosts = database::pool_options(database_url)?;
+    // With several hosts, the first that takes writes, as the pool and the sources choose.
+    let options = match database::first_primary(&hosts, timeout).await {
+        Some(i) => hosts[i].clone(),
+        None => hosts[0].clone(),
+    };
     let pool = PgPoolOptions::new()
         .max_connections(1)
         .acquire_timeout(timeout)
@@ -341,33 +343,6 @@ pub async fn migrate(database_url: &str, timeout: Duration) -> anyhow::Result<us
     Ok(all.saturating_sub(usize::try_from(applied).unwrap_or(0)))
 }
 
-/// Readiness: whether the database answers, checked every second until `stop`.
-fn spawn_database_probe(
-    pool: PgPool,
-    db_ok: Arc<AtomicBool>,
-    timeout: Duration,
-    stop: &CancellationToken,
-) -> JoinHandle<()> {
-    let stop = stop.clone();
-    tokio::spawn(async move {
-        loop {
-            let ping = tokio::time::timeout(timeout, sqlx::query("SELECT 1").execute(&pool));
-            let ok = matches!(ping.await, Ok(Ok(_)));
-            if db_ok.swap(ok, Ordering::Relaxed) != ok {
-                if ok {
-                    tracing::info!("database reachable: ready");
-                } else {
-                    tracing::warn!("database unreachable: not ready");
-                }
-            }
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
-    })
-}
-
 /// Waits for each background task to end, and logs how it did.
 async fn stop_tasks(tasks: Vec<(&'static str, JoinHandle<()>)>) {
     for (name, task) in tasks {
@@ -376,23 +351,5 @@ async fn stop_tasks(tasks: Vec<(&'static str, JoinHandle<()>)>) {
             Ok(Err(e)) => tracing::error!(task = name, error = %e, "ended abnormally"),
             Err(_) => tracing::warn!(task = name, "did not stop within {TASK_STOP_TIMEOUT:?}"),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_pool_refuses_a_key_value_string_saying_what_to_give() {
-        let err = pool_options("host=db dbname=app sslmode=verify-full")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("not a postgres:// URL") && err.contains("postgres://user:password@"),
-            "{err}"
-        );
-        assert!(pool_options("postgres://u@h/db").is_ok());
-        assert!(pool_options("postgresql://u@h/db").is_ok());
     }
 }

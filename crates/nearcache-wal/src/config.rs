@@ -25,8 +25,6 @@ pub enum ConfigError {
 #[derive(Debug, Clone)]
 pub struct WalConfig {
     pub(crate) url: PgUrl,
-    pub(crate) host: String,
-    pub(crate) port: u16,
     pub(crate) user: String,
     pub(crate) password: String,
     pub(crate) database: String,
@@ -62,22 +60,17 @@ pub struct WalConfig {
 
 impl WalConfig {
     /// A configuration for the database at `url` (a `postgres://` URL or `key=value` pairs).
+    /// With several hosts (`postgres://app@a,b/app`), each session streams from the first that
+    /// takes writes, in order, as libpq's `target_session_attrs=read-write` chooses.
     ///
     /// # Errors
     /// [`ConfigError::Url`] when the URL does not parse or names no TCP host.
     pub fn new(url: &str) -> Result<Self, ConfigError> {
         let url = PgUrl::parse(url)?;
+        if url.endpoints().is_empty() {
+            return Err(ConfigError::Url("no TCP host".into()));
+        }
         let pg = url.config();
-        let host = pg
-            .get_hosts()
-            .iter()
-            .find_map(|h| match h {
-                tokio_postgres::config::Host::Tcp(h) => Some(h.clone()),
-                #[allow(unreachable_patterns)]
-                _ => None,
-            })
-            .ok_or_else(|| ConfigError::Url("no TCP host".into()))?;
-        let port = pg.get_ports().first().copied().unwrap_or(5432);
         let user = pg.get_user().unwrap_or("postgres").to_string();
         let password = pg
             .get_password()
@@ -86,8 +79,6 @@ impl WalConfig {
         let database = pg.get_dbname().unwrap_or(&user).to_string();
         Ok(Self {
             url,
-            host,
-            port,
             user,
             password,
             database,
@@ -126,7 +117,7 @@ impl WalConfig {
     /// libpq checks the certificate's iPAddress names; pgwire-replication refuses the host
     /// unless it is also given as the name to verify, which makes rustls check exactly that
     /// (and send no SNI, as for any address).
-    pub(crate) fn replication_tls(&self) -> pgwire_replication::TlsConfig {
+    pub(crate) fn replication_tls(&self, host: &str) -> pgwire_replication::TlsConfig {
         use pgwire_replication::{SslMode as Mode, TlsConfig};
         let tls = self.url.tls();
         let root = tls.root_cert().map(std::path::Path::to_path_buf);
@@ -139,11 +130,10 @@ impl WalConfig {
             SslMode::Require => TlsConfig::require(),
             SslMode::VerifyCa => TlsConfig::verify_ca(root),
             SslMode::VerifyFull => TlsConfig {
-                sni_hostname: self
-                    .host
+                sni_hostname: host
                     .parse::<std::net::IpAddr>()
                     .is_ok()
-                    .then(|| self.host.clone()),
+                    .then(|| host.to_string()),
                 ..TlsConfig::verify_full(root)
             },
         }

@@ -128,11 +128,13 @@ impl Stream {
     /// timeout.
     async fn open(config: &WalConfig, status: &SourceStatus) -> Result<Self, SessionError> {
         let timeout = config.connect_timeout;
-        let (control, connection) =
-            tokio::time::timeout(timeout, config.url.connect(config.url.config()))
+        // The first host that takes writes; the replication connection goes to the same one.
+        let ((control, connection), endpoint) =
+            tokio::time::timeout(timeout, config.url.connect_primary(|_| {}))
                 .await
                 .map_err(|_| SessionError::Timeout("connecting"))?
                 .map_err(SessionError::Connect)?;
+        let endpoint = endpoint.expect("WalConfig::new refuses settings without a TCP host");
         let control = Arc::new(control);
         let driver = AbortOnDrop(tokio::spawn(async move {
             if let Err(e) = connection.await {
@@ -165,15 +167,15 @@ impl Stream {
         // the session ends, however it ends, and retains no WAL after that.
         let slot = format!("nearcache_{:016x}", rand::random::<u64>());
         let repl_config = ReplicationConfig::new(
-            config.host.clone(),
+            endpoint.host.clone(),
             config.user.clone(),
             config.password.clone(),
             config.database.clone(),
             slot.clone(),
             config.publication.clone(),
         )
-        .with_port(config.port)
-        .with_tls(config.replication_tls())
+        .with_port(endpoint.port)
+        .with_tls(config.replication_tls(&endpoint.host))
         .with_status_interval(Duration::from_secs(1))
         .with_application_name("nearcache-wal");
         let mut repl = Replication(

@@ -1,0 +1,168 @@
+//! Several hosts, as libpq takes them (`postgres://app@a:5432,b:5432/app`, `host=a,b
+//! port=5432,5433`): tried in order, and the first that takes writes chosen, as libpq does with
+//! `target_session_attrs=read-write`. The sources always ask for that (they must read the
+//! primary's changes) and need to know which host it was (the WAL source's replication
+//! connection goes to the same one).
+
+use std::fmt;
+
+use tokio_postgres::config::{Host, TargetSessionAttrs};
+
+use crate::{Connected, PgUrl};
+
+/// One host of a URL, with its port.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// The host name or address, as the URL gives it (a certificate is checked against it).
+    pub host: String,
+    /// The port.
+    pub port: u16,
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl PgUrl {
+    /// The URL's TCP hosts in order, each with its port: a port per host, one for all, or
+    /// 5432 (libpq's rules). Unix sockets are left out.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        let ports = self.config.get_ports();
+        self.config
+            .get_hosts()
+            .iter()
+            .enumerate()
+            .filter_map(|(i, host)| match host {
+                Host::Tcp(host) => Some(Endpoint {
+                    host: host.clone(),
+                    port: match ports.len() {
+                        0 => 5432,
+                        1 => ports[0],
+                        _ => ports.get(i).copied().unwrap_or(5432),
+                    },
+                }),
+                #[allow(unreachable_patterns)]
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// These settings narrowed to `endpoint`: the same user, database, options, timeouts and
+    /// TLS policy, one host.
+    pub fn at(&self, endpoint: &Endpoint) -> PgUrl {
+        let from = &self.config;
+        let mut to = tokio_postgres::Config::new();
+        if let Some(user) = from.get_user() {
+            to.user(user);
+        }
+        if let Some(password) = from.get_password() {
+            to.password(password);
+        }
+        if let Some(dbname) = from.get_dbname() {
+            to.dbname(dbname);
+        }
+        if let Some(options) = from.get_options() {
+            to.options(options);
+        }
+        if let Some(name) = from.get_application_name() {
+            to.application_name(name);
+        }
+        if let Some(timeout) = from.get_connect_timeout() {
+            to.connect_timeout(*timeout);
+        }
+        if let Some(timeout) = from.get_tcp_user_timeout() {
+            to.tcp_user_timeout(*timeout);
+        }
+        to.ssl_mode(from.get_ssl_mode())
+            .ssl_negotiation(from.get_ssl_negotiation())
+            .keepalives(from.get_keepalives())
+            .keepalives_idle(from.get_keepalives_idle())
+            .target_session_attrs(from.get_target_session_attrs())
+            .channel_binding(from.get_channel_binding())
+            .host(&endpoint.host)
+            .port(endpoint.port);
+        if let Some(interval) = from.get_keepalives_interval() {
+            to.keepalives_interval(interval);
+        }
+        if let Some(retries) = from.get_keepalives_retries() {
+            to.keepalives_retries(retries);
+        }
+        PgUrl {
+            config: to,
+            tls: self.tls.clone(),
+        }
+    }
+
+    /// Connects to the first of the URL's TCP hosts, in order, that takes writes, with these
+    /// settings changed by `configure`; returns which host it was (`None` for settings without
+    /// a TCP host, a Unix socket, which tokio-postgres connects to as given).
+    ///
+    /// # Errors
+    /// The last host's error when none takes writes (a read-only server is refused, as libpq
+    /// refuses it with `target_session_attrs=read-write`).
+    pub async fn connect_primary(
+        &self,
+        configure: impl Fn(&mut tokio_postgres::Config),
+    ) -> Result<(Connected, Option<Endpoint>), tokio_postgres::Error> {
+        let endpoints = self.endpoints();
+        if endpoints.is_empty() {
+            let mut config = self.config.clone();
+            configure(&mut config);
+            config.target_session_attrs(TargetSessionAttrs::ReadWrite);
+            return Ok((self.connect(&config).await?, None));
+        }
+        let mut last = None;
+        for endpoint in endpoints {
+            let mut config = self.at(&endpoint).config.clone();
+            configure(&mut config);
+            config.target_session_attrs(TargetSessionAttrs::ReadWrite);
+            match self.connect(&config).await {
+                Ok(connected) => return Ok((connected, Some(endpoint))),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("at least one host was tried"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_in_order_with_their_ports_as_libpq_reads_them() {
+        let url = PgUrl::parse("postgres://app@a:5433,b,[::1]:5434/db?sslmode=disable").unwrap();
+        let hosts: Vec<String> = url.endpoints().iter().map(ToString::to_string).collect();
+        assert_eq!(hosts, ["a:5433", "b:5432", "[::1]:5434"]);
+        let url = PgUrl::parse("host=a,b port=6000,6001 user=app dbname=db").unwrap();
+        let hosts: Vec<String> = url.endpoints().iter().map(ToString::to_string).collect();
+        assert_eq!(hosts, ["a:6000", "b:6001"]);
+        let url = PgUrl::parse("host=a,b port=6000 user=app").unwrap();
+        let hosts: Vec<String> = url.endpoints().iter().map(ToString::to_string).collect();
+        assert_eq!(hosts, ["a:6000", "b:6000"]);
+    }
+
+    #[test]
+    fn narrowed_to_one_host_it_keeps_the_rest() {
+        let url = PgUrl::parse(
+            "postgres://app:secret@a:1,b:2/db?application_name=api&connect_timeout=3&sslmode=require",
+        )
+        .unwrap();
+        let b = url.at(&url.endpoints()[1]);
+        let config = b.config();
+        assert_eq!(config.get_hosts(), [Host::Tcp("b".into())]);
+        assert_eq!(config.get_ports(), [2]);
+        assert_eq!(config.get_user(), Some("app"));
+        assert_eq!(config.get_password(), Some(&b"secret"[..]));
+        assert_eq!(config.get_dbname(), Some("db"));
+        assert_eq!(config.get_application_name(), Some("api"));
+        assert_eq!(config.get_connect_timeout(), Some(&std::time::Duration::from_secs(3)));
+        assert_eq!(b.tls().mode(), crate::SslMode::Require);
+    }
+}
