@@ -11,7 +11,7 @@ use nearcache_tests::fleet::Proxy;
 use nearcache_tests::{wait_until, PrivateCluster, TestDb};
 use serde_json::json;
 
-use crate::support::{seed, Deployment, Source};
+use crate::support::{seed, terminate_source, Deployment, Source};
 
 /// How long a change may take to reach every instance (slack for a loaded machine).
 const BOUND: Duration = Duration::from_secs(5);
@@ -152,4 +152,106 @@ async fn every_instance_follows_a_promoted_standby(source: Source) {
     apps.stop().await;
 }
 
-for_each_source!(every_instance_follows_a_promoted_standby);
+/// The instances' URL names both servers (`postgres://…@primary,standby/db`), as libpq takes
+/// several hosts: each connection takes the first that takes writes. After the failover that is
+/// the promoted standby. Then the old primary comes back read-write on its old timeline, first
+/// in the URL, while the new one takes writes (split brain): the sources, connecting again in
+/// the URL's order, refuse it as a former primary (they have seen a newer timeline of the
+/// cluster) and stay on the new primary, so no instance becomes coherent against it.
+async fn a_multi_host_url_follows_the_primary_and_refuses_the_former_one(source: Source) {
+    let primary = PrivateCluster::start();
+    let db = TestDb::on(&primary.url()).await;
+    let users = {
+        let pool = db.pool().await;
+        let (_, users) = seed(&pool, 2).await;
+        pool.close().await;
+        users
+    };
+    let standby = primary.standby();
+    let at = |c: &PrivateCluster| format!("127.0.0.1:{}", c.cluster().port().unwrap());
+    let both = db
+        .url()
+        .replace(&at(&primary), &format!("{},{}", at(&primary), at(&standby)));
+    let old = db.pool().await;
+    let new = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect(&db.url().replace(&at(&primary), &at(&standby)))
+        .await
+        .unwrap();
+    let apps = Deployment::start(&both, source, 3).await;
+    let tokens: Vec<String> = users.iter().map(|u| token(u.id, json!({}))).collect();
+    rename(&old, users[0].id, "before").await;
+    all_see(&apps, &tokens[0], "before").await;
+    all_see(&apps, &tokens[1], &users[1].name).await;
+    let flushed: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(&old)
+        .await
+        .unwrap();
+    wait_until(BOUND, "the standby to replay the primary's WAL", || async {
+        sqlx::query_scalar::<_, bool>("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
+            .bind(&flushed)
+            .fetch_one(&new)
+            .await
+            .unwrap()
+    })
+    .await;
+    old.close().await;
+
+    primary.cluster().crash().unwrap();
+    standby.cluster().promote().unwrap();
+    rename(&new, users[1].id, "during").await;
+    wait_reconnected(&apps, 2).await;
+    all_see(&apps, &tokens[1], "during").await;
+
+    // Split brain: the old primary is back, read-write, first in the URL.
+    primary.cluster().up().unwrap();
+    let old = db.pool().await;
+    rename(&old, users[0].id, "on the former primary").await;
+    // Every source connects again, in the URL's order.
+    assert!(terminate_source(&new, source).await >= 1);
+    wait_reconnected(&apps, 3).await;
+    // Cached again everywhere, from the new primary (the pool's); then changed there.
+    all_see(&apps, &tokens[0], "before").await;
+    rename(&new, users[0].id, "after").await;
+    all_see(&apps, &tokens[0], "after").await;
+    let on_old: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_stat_activity WHERE application_name = $1")
+            .bind(source.application_name())
+            .fetch_one(&old)
+            .await
+            .unwrap();
+    assert_eq!(
+        on_old, 0,
+        "{source:?}: no source streams from the former primary"
+    );
+    old.close().await;
+    new.close().await;
+    apps.stop().await;
+}
+
+/// Every instance coherent after its source (the relay's, behind a relay) began delivering
+/// `connections` times.
+async fn wait_reconnected(apps: &Deployment, connections: u64) {
+    for app in apps {
+        wait_until(
+            Duration::from_secs(30),
+            "coherent after connecting again",
+            || async {
+                let seen = match apps.relay_connections() {
+                    Some(n) => n,
+                    None => {
+                        metric(&app.metrics().await, "nearcache_source_connections_total") as u64
+                    }
+                };
+                seen >= connections && coherent(app).await
+            },
+        )
+        .await;
+    }
+}
+
+for_each_source!(
+    every_instance_follows_a_promoted_standby,
+    a_multi_host_url_follows_the_primary_and_refuses_the_former_one,
+);

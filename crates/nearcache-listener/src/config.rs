@@ -137,17 +137,15 @@ impl ListenerConfig {
         Ok(())
     }
 
-    /// The connection settings with what the listener needs on top of the URL's.
-    pub(crate) fn connection(&self) -> tokio_postgres::Config {
-        let mut pg = self.url.config().clone();
+    /// What the listener needs on top of the URL's settings (a primary is chosen by
+    /// [`PgUrl::connect_primary`]).
+    pub(crate) fn configure(&self, pg: &mut tokio_postgres::Config) {
         pg.application_name("nearcache-listener")
             .connect_timeout(self.connect_timeout)
             .keepalives(true)
             .keepalives_idle(Duration::from_secs(10))
             .keepalives_interval(Duration::from_secs(5))
-            .keepalives_retries(3)
-            .target_session_attrs(tokio_postgres::config::TargetSessionAttrs::ReadWrite);
-        pg
+            .keepalives_retries(3);
     }
 }
 

@@ -17,7 +17,7 @@ use crate::{parse, Handler, ListenerConfig, ListenerState, ListenerStatus, Paylo
 #[derive(Debug, thiserror::Error)]
 enum SessionError {
     #[error("connecting: {0}")]
-    Connect(#[source] tokio_postgres::Error),
+    Connect(#[source] nearcache_pgconn::ConnectError),
     #[error("connecting timed out")]
     ConnectTimeout,
     #[error("LISTEN: {0}")]
@@ -64,11 +64,13 @@ async fn session<H: Handler + ?Sized>(
     status: &ListenerStatus,
     heartbeat_channel: &str,
 ) -> (SessionError, bool) {
-    let pg = config.connection();
-    let connecting = config.url.connect(&pg);
+    // The first host that takes writes and is not a former primary, with several.
+    // The connect timeout holds for each host, as libpq's does.
+    let connecting = config.url.connect_primary(|pg| config.configure(pg));
+    let hosts = u32::try_from(config.url.endpoints().len().max(1)).unwrap_or(u32::MAX);
     let (client, mut connection) =
-        match tokio::time::timeout(config.connect_timeout, connecting).await {
-            Ok(Ok(pair)) => pair,
+        match tokio::time::timeout(config.connect_timeout * hosts, connecting).await {
+            Ok(Ok((pair, _))) => pair,
             Ok(Err(e)) => return (SessionError::Connect(e), false),
             Err(_) => return (SessionError::ConnectTimeout, false),
         };

@@ -8,7 +8,24 @@ use std::fmt;
 
 use tokio_postgres::config::{Host, TargetSessionAttrs};
 
+use crate::fence::{self, FormerPrimary, TIMELINE_SQL};
 use crate::{Connected, PgUrl};
+
+/// Why no host could be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// What tokio-postgres reported (the last host's, with several).
+    #[error(transparent)]
+    Postgres(#[from] tokio_postgres::Error),
+    /// The last host takes writes but is a former primary (split brain).
+    #[error("{endpoint} is {fence}")]
+    FormerPrimary {
+        /// The host.
+        endpoint: Endpoint,
+        /// Its timeline against the newest seen.
+        fence: FormerPrimary,
+    },
+}
 
 /// One host of a URL, with its port.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -99,17 +116,35 @@ impl PgUrl {
         }
     }
 
-    /// Connects to the first of the URL's TCP hosts, in order, that takes writes, with these
-    /// settings changed by `configure`; returns which host it was (`None` for settings without
-    /// a TCP host, a Unix socket, which tokio-postgres connects to as given).
+    /// The cluster and timeline of the server `config` reaches, on a connection of its own
+    /// (`None` for a standby).
+    async fn timeline(
+        &self,
+        config: &tokio_postgres::Config,
+    ) -> Result<Option<(String, i32)>, tokio_postgres::Error> {
+        let (client, connection) = self.connect(config).await?;
+        let driver = tokio::spawn(connection);
+        let row = client.query_one(TIMELINE_SQL, &[]).await;
+        drop(client);
+        let _ = driver.await;
+        let row = row?;
+        Ok(row
+            .get::<_, Option<String>>(0)
+            .zip(row.get::<_, Option<i32>>(1)))
+    }
+
+    /// Connects to the first of the URL's TCP hosts, in order, that takes writes and is not a
+    /// former primary (see [`crate::fence`]), with these settings changed by `configure`;
+    /// returns which host it was (`None` for settings without a TCP host, a Unix socket, which
+    /// tokio-postgres connects to as given).
     ///
     /// # Errors
-    /// The last host's error when none takes writes (a read-only server is refused, as libpq
+    /// The last host's error when none can be used (a read-only server is refused, as libpq
     /// refuses it with `target_session_attrs=read-write`).
     pub async fn connect_primary(
         &self,
         configure: impl Fn(&mut tokio_postgres::Config),
-    ) -> Result<(Connected, Option<Endpoint>), tokio_postgres::Error> {
+    ) -> Result<(Connected, Option<Endpoint>), ConnectError> {
         let endpoints = self.endpoints();
         if endpoints.is_empty() {
             let mut config = self.config.clone();
@@ -122,9 +157,29 @@ impl PgUrl {
             let mut config = self.at(&endpoint).config.clone();
             configure(&mut config);
             config.target_session_attrs(TargetSessionAttrs::ReadWrite);
+            // A first connection asks which timeline the server writes; only an admitted one
+            // is connected to for the caller (whose connection nobody else may drive).
+            match self.timeline(&config).await {
+                // Became a standby between the two questions: try the next host.
+                Ok(None) => continue,
+                Ok(Some((system, timeline))) => {
+                    if let Err(former) = fence::admit(&system, timeline) {
+                        tracing::warn!(%endpoint, %former, "refusing a former primary");
+                        last = Some(ConnectError::FormerPrimary {
+                            endpoint,
+                            fence: former,
+                        });
+                        continue;
+                    }
+                }
+                Err(e) => {
+                    last = Some(ConnectError::Postgres(e));
+                    continue;
+                }
+            }
             match self.connect(&config).await {
                 Ok(connected) => return Ok((connected, Some(endpoint))),
-                Err(e) => last = Some(e),
+                Err(e) => last = Some(ConnectError::Postgres(e)),
             }
         }
         Err(last.expect("at least one host was tried"))
@@ -162,7 +217,10 @@ mod tests {
         assert_eq!(config.get_password(), Some(&b"secret"[..]));
         assert_eq!(config.get_dbname(), Some("db"));
         assert_eq!(config.get_application_name(), Some("api"));
-        assert_eq!(config.get_connect_timeout(), Some(&std::time::Duration::from_secs(3)));
+        assert_eq!(
+            config.get_connect_timeout(),
+            Some(&std::time::Duration::from_secs(3))
+        );
         assert_eq!(b.tls().mode(), crate::SslMode::Require);
     }
 }

@@ -43,10 +43,11 @@ use tokio_postgres::tls::MakeTlsConnect;
 use tokio_postgres::{Client, Connection, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+pub mod fence;
 mod hosts;
 mod verify;
 
-pub use hosts::Endpoint;
+pub use hosts::{ConnectError, Endpoint};
 
 use verify::{ChainOnly, Unchecked};
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use nearcache_pg::Replans;
+use nearcache_pgconn::fence;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgPool};
 use tokio::task::JoinHandle;
@@ -60,10 +61,9 @@ pub(crate) fn spawn_probe(
     tokio::spawn(async move {
         let mut current = 0;
         loop {
-            let ask = sqlx::query_scalar::<_, bool>("SELECT pg_is_in_recovery()").fetch_one(&pool);
-            let answer = tokio::time::timeout(timeout, ask).await;
+            let answer = tokio::time::timeout(timeout, takes_writes(&pool)).await;
             let mut ok = matches!(answer, Ok(Ok(_)));
-            let primary = matches!(answer, Ok(Ok(false)));
+            let primary = matches!(answer, Ok(Ok(true)));
             if hosts.len() > 1 && !primary {
                 if let Some(i) = first_primary(&hosts, timeout).await {
                     if i != current {
@@ -94,16 +94,31 @@ pub(crate) fn spawn_probe(
     })
 }
 
-/// The first host, in order, that answers and takes writes.
+/// Whether the server of `db` takes writes and is not a former primary (a timeline older than
+/// one this process has seen: see `nearcache_pgconn::fence`).
+async fn takes_writes<'c>(db: impl sqlx::PgExecutor<'c>) -> Result<bool, sqlx::Error> {
+    let (system, timeline): (Option<String>, Option<i32>) =
+        sqlx::query_as(fence::TIMELINE_SQL).fetch_one(db).await?;
+    let (Some(system), Some(timeline)) = (system, timeline) else {
+        return Ok(false);
+    };
+    match fence::admit(&system, timeline) {
+        Ok(()) => Ok(true),
+        Err(former) => {
+            tracing::warn!(%former, "database: the pool's server is a former primary");
+            Ok(false)
+        }
+    }
+}
+
+/// The first host, in order, that answers and takes writes (and is not a former primary).
 pub(crate) async fn first_primary(hosts: &[PgConnectOptions], timeout: Duration) -> Option<usize> {
     for (i, options) in hosts.iter().enumerate() {
         let attempt = async {
             let mut conn = sqlx::PgConnection::connect_with(options).await?;
-            let standby: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
-                .fetch_one(&mut conn)
-                .await?;
+            let primary = takes_writes(&mut conn).await;
             let _ = conn.close().await;
-            Ok::<_, sqlx::Error>(!standby)
+            primary
         };
         if let Ok(Ok(true)) = tokio::time::timeout(timeout, attempt).await {
             return Some(i);

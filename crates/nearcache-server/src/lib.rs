@@ -132,8 +132,10 @@ impl Application {
                 probe_timeout,
                 max_lag,
             } = settings.nats.clone();
-            let mut nats =
-                nearcache_nats::NatsConfig::new(url, database[0].get_database().unwrap_or("postgres"));
+            let mut nats = nearcache_nats::NatsConfig::new(
+                url,
+                database[0].get_database().unwrap_or("postgres"),
+            );
             nats.stream = stream;
             if let Some(prefix) = prefix {
                 nats.prefix = prefix;

@@ -29,7 +29,7 @@ use crate::WalConfig;
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SessionError {
     #[error("connecting")]
-    Connect(#[source] tokio_postgres::Error),
+    Connect(#[source] nearcache_pgconn::ConnectError),
     #[error("timed out while {0}")]
     Timeout(&'static str),
     #[error("checking the database")]
@@ -129,11 +129,15 @@ impl Stream {
     async fn open(config: &WalConfig, status: &SourceStatus) -> Result<Self, SessionError> {
         let timeout = config.connect_timeout;
         // The first host that takes writes; the replication connection goes to the same one.
-        let ((control, connection), endpoint) =
-            tokio::time::timeout(timeout, config.url.connect_primary(|_| {}))
-                .await
-                .map_err(|_| SessionError::Timeout("connecting"))?
-                .map_err(SessionError::Connect)?;
+        // The connect timeout holds for each host, as libpq's does.
+        let hosts = u32::try_from(config.url.endpoints().len()).unwrap_or(u32::MAX);
+        let connecting = config.url.connect_primary(|pg| {
+            pg.connect_timeout(timeout);
+        });
+        let ((control, connection), endpoint) = tokio::time::timeout(timeout * hosts, connecting)
+            .await
+            .map_err(|_| SessionError::Timeout("connecting"))?
+            .map_err(SessionError::Connect)?;
         let endpoint = endpoint.expect("WalConfig::new refuses settings without a TCP host");
         let control = Arc::new(control);
         let driver = AbortOnDrop(tokio::spawn(async move {
