@@ -151,7 +151,7 @@ mod tests {
     #[test]
     fn several_hosts_make_one_setting_each_in_order() {
         let hosts = pool_options(
-            "postgres://app:secret@a:5433,b,[::1]:5434/db?sslmode=require&application_name=api",
+            "postgres://app:secret@a:5433,b,[::1]:5434/db?sslmode=require&application_name=api&target_session_attrs=read-write",
         )
         .unwrap();
         let seen: Vec<String> = hosts.iter().map(describe).collect();
