@@ -16,6 +16,7 @@ mod property;
 mod queue;
 mod rechecks;
 mod relay;
+mod secured;
 mod service;
 mod tidy;
 mod tls;

@@ -26,6 +26,7 @@ pub(crate) fn following(s: &mut nearcache_server::Settings, channel: &Channel) {
         probe_interval: Duration::from_secs(1),
         probe_timeout: Duration::from_secs(2),
         max_lag: Duration::from_secs(1),
+        security: nearcache_nats::NatsSecurity::default(),
     };
 }
 

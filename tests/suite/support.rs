@@ -175,6 +175,7 @@ impl Deployment {
                 probe_interval: Duration::from_secs(1),
                 probe_timeout: Duration::from_secs(3),
                 max_lag: Duration::from_secs(1),
+                security: nearcache_nats::NatsSecurity::default(),
             }),
             _ => None,
         };

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::check::TableCheck;
 use crate::probe::Probe;
+use crate::security::NatsSecurity;
 
 /// A configuration that cannot work.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +23,8 @@ pub enum NatsConfigError {
 pub struct NatsConfig {
     /// The NATS server, e.g. `nats://127.0.0.1:4222`.
     pub url: String,
+    /// Credentials and TLS for it (none by default).
+    pub security: NatsSecurity,
     /// The JetStream stream the relay writes (default `NEARCACHE`).
     pub stream: String,
     /// The relay's subject prefix (default `nearcache.<database>`).
@@ -52,6 +55,7 @@ impl NatsConfig {
     pub fn new(url: impl Into<String>, database: &str) -> Self {
         Self {
             url: url.into(),
+            security: NatsSecurity::default(),
             stream: "NEARCACHE".into(),
             prefix: format!("nearcache.{database}"),
             heartbeat_timeout: Duration::from_secs(3),

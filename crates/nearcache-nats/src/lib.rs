@@ -37,11 +37,13 @@
 mod check;
 mod config;
 mod probe;
+mod security;
 mod source;
 mod wire;
 
 pub use check::{BoxError, CheckError, CheckResult, CheckTables, TableCheck};
 pub use config::{NatsConfig, NatsConfigError};
 pub use probe::{probe_key, Probe, ProbeWrite};
+pub use security::{NatsSecurity, SecurityError};
 pub use source::run;
 pub use wire::{Change, Message, Reads, CHANGES};

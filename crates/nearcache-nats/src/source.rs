@@ -88,7 +88,11 @@ async fn session<H: Handler + ?Sized>(
     status: &SourceStatus,
 ) -> (SessionError, bool) {
     let (lost_tx, mut lost) = mpsc::unbounded_channel::<()>();
-    let connecting = async_nats::ConnectOptions::new()
+    let options = match config.security.options().await {
+        Ok(options) => options,
+        Err(e) => return (SessionError::Connect(e.into()), false),
+    };
+    let connecting = options
         .connection_timeout(config.connect_timeout)
         .event_callback(move |event| {
             let lost_tx = lost_tx.clone();

@@ -50,6 +50,8 @@ struct Flags {
     /// The NATS server.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats_url: String,
+    #[command(flatten)]
+    nats_security: nearcache_nats::NatsSecurity,
     /// The JetStream stream (created if missing).
     #[arg(long, env = "NEARCACHE_NATS_STREAM", default_value = "NEARCACHE")]
     nats_stream: String,
@@ -88,6 +90,8 @@ fn config(flags: &Flags) -> Result<RelayConfig, String> {
         ),
     };
     let mut config = RelayConfig::new(source, flags.nats_url.clone(), &database);
+    flags.nats_security.validate().map_err(|e| e.to_string())?;
+    config.nats_security.clone_from(&flags.nats_security);
     config.stream.clone_from(&flags.nats_stream);
     if let Some(prefix) = &flags.nats_prefix {
         config.prefix.clone_from(prefix);
@@ -190,10 +194,13 @@ fn answer(path: &str, status: &RelayStatus) -> Response<Full<Bytes>> {
                 Role::Active => "active",
                 Role::Stopped => "stopped",
             };
-            let body = format!(
-                "{{\"role\":\"{word}\",\"source_coherent\":{coherent},\"epoch\":\"{}\"}}",
-                status.epoch()
-            );
+            let body = serde_json::json!({
+                "role": word,
+                "source_coherent": coherent,
+                "epoch": status.epoch(),
+                "nats_error": status.nats_error(),
+            })
+            .to_string();
             (
                 if ok {
                     StatusCode::OK
@@ -240,6 +247,12 @@ fn answer(path: &str, status: &RelayStatus) -> Response<Full<Bytes>> {
                 "counter",
                 "Times the queue was full (NATS slower than the writes): the relay said it was in doubt and started a new epoch.",
                 status.overflows() as f64,
+            );
+            metric(
+                "nearcache_relay_nats_failures_total",
+                "counter",
+                "NATS connections that failed or ended (refused credentials or certificate included), each retried with backoff.",
+                status.nats_failures() as f64,
             );
             metric(
                 "nearcache_relay_takeovers_total",

@@ -37,6 +37,8 @@ pub struct RelayConfig {
     pub source: RelaySource,
     /// The NATS server.
     pub nats_url: String,
+    /// Credentials and TLS for it (none by default).
+    pub nats_security: nearcache_nats::NatsSecurity,
     /// The JetStream stream to publish to (created if missing). Default `NEARCACHE`.
     pub stream: String,
     /// The subject prefix, `nearcache.<database>` by default: messages go to
@@ -65,6 +67,7 @@ impl RelayConfig {
         Self {
             source,
             nats_url: nats_url.into(),
+            nats_security: nearcache_nats::NatsSecurity::default(),
             stream: "NEARCACHE".into(),
             prefix: format!("nearcache.{database}"),
             retention: Duration::from_secs(600),
@@ -97,6 +100,9 @@ pub(crate) struct Inner {
     takeovers: AtomicU64,
     pub(crate) queued: AtomicUsize,
     overflows: AtomicU64,
+    nats_failures: AtomicU64,
+    /// Why the last NATS connection failed or ended, until the next one is up.
+    nats_error: Mutex<Option<String>>,
     epoch: Mutex<String>,
     source: SourceStatus,
 }
@@ -124,6 +130,30 @@ impl RelayStatus {
             Role::Stopped => 3,
         };
         self.0.role.store(v, Relaxed);
+    }
+
+    /// NATS connections that failed or ended (refused credentials or certificate included);
+    /// each is retried with backoff.
+    pub fn nats_failures(&self) -> u64 {
+        self.0.nats_failures.load(Relaxed)
+    }
+
+    /// Why the last NATS connection failed or ended, with its causes, until the next one is
+    /// up.
+    pub fn nats_error(&self) -> Option<String> {
+        self.0
+            .nats_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set_nats_error(&self, error: Option<String>) {
+        *self
+            .0
+            .nats_error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = error;
     }
 
     /// Messages published (heartbeats included).
@@ -197,7 +227,12 @@ pub async fn run(
                     delay = Duration::from_millis(100);
                     continue;
                 }
-                Err(e) => tracing::warn!(error = %e, "relay: NATS: retrying in {delay:?}"),
+                Err(e) => {
+                    let error = format!("{e:#}");
+                    tracing::warn!(%error, "relay: NATS: retrying in {delay:?}");
+                    status.0.nats_failures.fetch_add(1, Relaxed);
+                    status.set_nats_error(Some(error));
+                }
             }
             tokio::select! {
                 () = stop.cancelled() => break Ok(()),
@@ -237,7 +272,10 @@ async fn connected(
     status: &RelayStatus,
     stop: &CancellationToken,
 ) -> anyhow::Result<Ended> {
-    let client = async_nats::ConnectOptions::new()
+    let client = config
+        .nats_security
+        .options()
+        .await?
         .connection_timeout(Duration::from_secs(5))
         .connect(&config.nats_url)
         .await?;
@@ -258,6 +296,7 @@ async fn connected(
         updated.subjects.extend(subjects);
         js.update_stream(updated).await?;
     }
+    status.set_nats_error(None);
     let lease = match config.lease_ttl {
         None => None,
         Some(ttl) => match Lease::acquire(&js, config, ttl, status, stop).await? {

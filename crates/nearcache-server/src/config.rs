@@ -152,6 +152,9 @@ pub struct Config {
     /// The NATS server of `--source nats`.
     #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
     pub nats_url: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub nats_security: nearcache_nats::NatsSecurity,
     /// The JetStream stream the relay publishes to.
     #[arg(long, env = "NEARCACHE_NATS_STREAM", default_value = "NEARCACHE")]
     pub nats_stream: String,
@@ -226,6 +229,9 @@ pub enum ConfigError {
     /// The database URL does not parse.
     #[error("--database-url: invalid database url: {0}")]
     DatabaseUrl(String),
+    /// NATS' credentials or TLS settings cannot work.
+    #[error("NATS: {0}")]
+    Nats(String),
 }
 
 /// Where a relay publishes (`--nats-url`, `--nats-stream`, `--nats-prefix`).
@@ -243,6 +249,8 @@ pub struct NatsSettings {
     pub probe_timeout: Duration,
     /// How far behind the relay may be before the cache bypasses.
     pub max_lag: Duration,
+    /// Credentials and TLS for NATS.
+    pub security: nearcache_nats::NatsSecurity,
 }
 
 /// What an instance runs with. Build it from flags ([`Config::into_settings`]) or in code
@@ -313,6 +321,7 @@ impl Settings {
                 probe_interval: Duration::from_secs(5),
                 probe_timeout: Duration::from_secs(5),
                 max_lag: Duration::from_secs(1),
+                security: nearcache_nats::NatsSecurity::default(),
             },
             db_pool_size: 16,
             db_timeout: Duration::from_secs(2),
@@ -375,6 +384,7 @@ impl Config {
             probe_interval: self.nats_probe_interval,
             probe_timeout: self.nats_probe_timeout,
             max_lag: self.nats_max_lag,
+            security: self.nats_security,
         };
         settings.db_pool_size = self.db_pool_size;
         settings.db_timeout = self.db_timeout;

@@ -131,6 +131,7 @@ impl Application {
                 probe_interval,
                 probe_timeout,
                 max_lag,
+                security,
             } = settings.nats.clone();
             let mut nats = nearcache_nats::NatsConfig::new(
                 url,
@@ -142,6 +143,10 @@ impl Application {
             }
             nats.heartbeat_timeout = settings.heartbeat_timeout;
             nats.max_lag = max_lag;
+            security
+                .validate()
+                .map_err(|e| ConfigError::Nats(e.to_string()))?;
+            nats.security = security;
             if !probe_interval.is_zero() {
                 // The write needs the pool, made when serving: `source::run` fills it in.
                 let mut probe = nearcache_nats::Probe::new(
