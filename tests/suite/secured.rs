@@ -50,10 +50,21 @@ struct SecuredNats {
     port: u16,
     dir: PathBuf,
     ca: PathBuf,
+    /// The authority, to sign client certificates.
+    issuer: CertifiedIssuer<'static, KeyPair>,
 }
 
 impl SecuredNats {
+    /// Users with the permissions README shows, TLS without client certificates.
     fn start() -> Self {
+        Self::start_with(
+            &format!("authorization {{ users = [ {} ] }}", permissions()),
+            false,
+        )
+    }
+
+    /// `auth` as the server's authorization block; `verify`: client certificates required.
+    fn start_with(auth: &str, verify: bool) -> Self {
         let dir = xtask::workspace_root()
             .join("target")
             .join("test-nats")
@@ -83,13 +94,13 @@ impl SecuredNats {
             format!(
                 r#"listen: "127.0.0.1:{port}"
 jetstream {{ store_dir: "{}" }}
-tls {{ cert_file: "{}", key_file: "{}" }}
-authorization {{ users = [ {} ] }}
+tls {{ cert_file: "{}", key_file: "{}", ca_file: "{}", verify: {verify} }}
+{auth}
 "#,
                 dir.join("js").display(),
                 cert_file.display(),
                 key_file.display(),
-                permissions()
+                ca_file.display(),
             ),
         );
         let binary = ["nats-server", "/usr/sbin/nats-server"]
@@ -117,7 +128,21 @@ authorization {{ users = [ {} ] }}
             port,
             dir,
             ca: ca_file,
+            issuer: ca,
         }
+    }
+
+    /// A client certificate signed by the server's authority, and its key, as files.
+    fn client_certificate(&self, name: &str) -> (PathBuf, PathBuf) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        let cert_file = self.dir.join(format!("{name}.pem"));
+        let key_file = self.dir.join(format!("{name}-key.pem"));
+        std::fs::write(&cert_file, cert.pem()).unwrap();
+        std::fs::write(&key_file, key.serialize_pem()).unwrap();
+        (cert_file, key_file)
     }
 
     fn url(&self) -> String {
@@ -345,4 +370,62 @@ async fn forged_heartbeats_after_the_relay_died_keep_no_instance_coherent_past_t
     for app in apps {
         app.stop().await.unwrap();
     }
+}
+
+/// Mutual TLS and a token: the server asks every client for a certificate signed by its
+/// authority. The relay and an instance with one are served; an instance without is refused at
+/// the handshake, and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mutual_tls_and_a_token() {
+    let nats = SecuredNats::start_with("authorization { token: \"s3cret\" }", true);
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let (_, users) = seed(&pool, 1).await;
+    let with_certificate = |name: &str| {
+        let (cert, key) = nats.client_certificate(name);
+        NatsSecurity {
+            token: Some("s3cret".into()),
+            tls_ca: Some(nats.ca.clone()),
+            tls_cert: Some(cert),
+            tls_key: Some(key),
+            ..NatsSecurity::default()
+        }
+    };
+    let channel = Channel {
+        stream: STREAM.into(),
+        prefix: PREFIX.into(),
+    };
+    let relay = Relay::start_with(db.url(), &channel, |c| {
+        c.nats_url = nats.url();
+        c.nats_security = with_certificate("relay");
+    });
+    std::mem::forget(channel);
+    let app = instance(&db, &nats, with_certificate("instance")).await;
+    app.ready("coherent").await;
+    let t = token(users[0].id, json!({}));
+    assert_eq!(app.get("/me", Some(&t)).await.0, 200);
+    update(&pool, "users", users[0].id, "name = 'Over mutual TLS'").await;
+    wait_until(Duration::from_secs(5), "the write relayed", || async {
+        app.get("/me", Some(&t)).await.1["user"]["name"] == "Over mutual TLS"
+    })
+    .await;
+
+    let without = NatsSecurity {
+        token: Some("s3cret".into()),
+        tls_ca: Some(nats.ca.clone()),
+        ..NatsSecurity::default()
+    };
+    let refused = instance(&db, &nats, without).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let health = refused.get("/healthz", None).await.1;
+    assert_eq!(health["cache"], "bypass", "{health}");
+    assert!(
+        health["source_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("connecting to NATS")),
+        "{health}"
+    );
+    refused.stop().await.unwrap();
+    app.stop().await.unwrap();
+    relay.stop().await;
 }
