@@ -429,3 +429,59 @@ async fn mutual_tls_and_a_token() {
     app.stop().await.unwrap();
     relay.stop().await;
 }
+
+/// An nkey user: the server knows only the user's public key; the instance signs the server's
+/// challenge with its seed, read from a file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_nkey_user() {
+    let relay_key = nkeys::KeyPair::new_user();
+    let instance_key = nkeys::KeyPair::new_user();
+    let nats = SecuredNats::start_with(
+        &format!(
+            "authorization {{ users = [ {{ nkey: {} }}, {{ nkey: {} }} ] }}",
+            relay_key.public_key(),
+            instance_key.public_key()
+        ),
+        false,
+    );
+    let seed_file = |name: &str, key: &nkeys::KeyPair| {
+        let path = nats.dir.join(format!("{name}.nk"));
+        std::fs::write(&path, key.seed().unwrap()).unwrap();
+        NatsSecurity {
+            nkey_seed: Some(path),
+            tls_ca: Some(nats.ca.clone()),
+            ..NatsSecurity::default()
+        }
+    };
+    let db = TestDb::new().await;
+    let channel = Channel {
+        stream: STREAM.into(),
+        prefix: PREFIX.into(),
+    };
+    let relay = Relay::start_with(db.url(), &channel, |c| {
+        c.nats_url = nats.url();
+        c.nats_security = seed_file("relay", &relay_key);
+    });
+    std::mem::forget(channel);
+    let app = instance(&db, &nats, seed_file("instance", &instance_key)).await;
+    app.ready("coherent").await;
+    // A seed the server does not know.
+    let stranger = instance(
+        &db,
+        &nats,
+        seed_file("stranger", &nkeys::KeyPair::new_user()),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let health = stranger.get("/healthz", None).await.1;
+    assert_eq!(health["cache"], "bypass", "{health}");
+    assert!(
+        health["source_error"]
+            .as_str()
+            .is_some_and(|e| e.to_lowercase().contains("authorization")),
+        "{health}"
+    );
+    stranger.stop().await.unwrap();
+    app.stop().await.unwrap();
+    relay.stop().await;
+}
