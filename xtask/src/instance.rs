@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use crate::seed::SECRET;
 
 /// `port` if it is free, else any free port.
-pub(crate) fn port_near(port: u16) -> Result<u16> {
+pub fn port_near(port: u16) -> Result<u16> {
     if port != 0 && TcpListener::bind(("127.0.0.1", port)).is_ok() {
         return Ok(port);
     }
@@ -19,12 +19,12 @@ pub(crate) fn port_near(port: u16) -> Result<u16> {
 }
 
 /// Builds the server binary; returns its path.
-pub(crate) fn build_server(release: bool) -> Result<PathBuf> {
+pub fn build_server(release: bool) -> Result<PathBuf> {
     build("nearcache-server", release)
 }
 
 /// Builds the binary of `package` (named like it); returns its path.
-pub(crate) fn build(package: &str, release: bool) -> Result<PathBuf> {
+pub fn build(package: &str, release: bool) -> Result<PathBuf> {
     let mut cmd = crate::cargo();
     cmd.args(["build", "--quiet", "-p", package]);
     if release {
@@ -38,19 +38,26 @@ pub(crate) fn build(package: &str, release: bool) -> Result<PathBuf> {
         ),
     )?;
     let dir = if release { "release" } else { "debug" };
-    Ok(xtask::target_dir().join(dir).join(package))
+    Ok(crate::target_dir().join(dir).join(package))
 }
 
 /// A running instance of the server, stopped with SIGTERM when dropped.
-pub(crate) struct Instance {
-    pub(crate) name: String,
-    pub(crate) port: u16,
-    pub(crate) log: PathBuf,
+pub struct Instance {
+    /// Its name, in logs and file names.
+    pub name: String,
+    /// Its HTTP port on 127.0.0.1.
+    pub port: u16,
+    /// Its log file (stdout and stderr).
+    pub log: PathBuf,
     child: Child,
 }
 
 impl Instance {
-    pub(crate) fn start(
+    /// Starts `binary` as `name` on `url` and `port`, with `flags`.
+    ///
+    /// # Errors
+    /// When it cannot be started.
+    pub fn start(
         binary: &PathBuf,
         name: &str,
         url: &str,
@@ -81,7 +88,7 @@ impl Instance {
     }
 
     /// How the process ended, if it has.
-    pub(crate) fn exited(&mut self) -> Option<String> {
+    pub fn exited(&mut self) -> Option<String> {
         self.child.try_wait().ok().flatten().map(|status| {
             format!(
                 "{} exited ({status}); see {}",
@@ -92,16 +99,17 @@ impl Instance {
     }
 
     /// The process id.
-    pub(crate) fn pid(&self) -> u32 {
+    pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    pub(crate) fn url(&self, path: &str) -> String {
+    /// The URL of `path` on it.
+    pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }
 
     /// Waits until /healthz answers 200 with the cache in `mode`.
-    pub(crate) async fn ready(&mut self, client: &reqwest::Client, mode: &str) -> Result<()> {
+    pub async fn ready(&mut self, client: &reqwest::Client, mode: &str) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Some(status) = self.child.try_wait()? {
@@ -131,7 +139,7 @@ impl Instance {
     }
 
     /// SIGTERM, then wait (SIGKILL after 15 s).
-    pub(crate) fn stop(&mut self) {
+    pub fn stop(&mut self) {
         if self.child.try_wait().ok().flatten().is_some() {
             return;
         }

@@ -1,17 +1,12 @@
 //! `cargo xtask`: the workspace's tooling. Run `cargo xtask --help`.
 
-mod bench;
 mod demo;
-mod instance;
-mod seed;
-mod soak;
 
 use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-pub(crate) use xtask::workspace_root;
-use xtask::{Cluster, ClusterError};
+pub(crate) use xtask::{cargo, check, cluster, database, instance, migrate, runtime, seed};
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "nearcache's tooling")]
@@ -38,11 +33,23 @@ enum Cmd {
     Ci,
     /// Run the whole system: database, seed data, two instances, tokens and example requests.
     Demo(demo::Args),
-    /// Measure the system (release build, wrk) and write a report under target/.
-    Bench(bench::Args),
+    /// Measure the system (release build, wrk) and write a report under target/. Runs the
+    /// harness (`nearcache-harness bench`); `cargo xtask bench --help` lists its options.
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// The harness' options.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Run two release instances for minutes or hours under load, writes and faults; check
     /// that answers stay fresh and memory, sizes and latency stay flat (exit 1 otherwise).
-    Soak(soak::Args),
+    /// Runs the harness (`nearcache-harness soak`).
+    #[command(disable_help_flag = true)]
+    Soak {
+        /// The harness' options.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -77,83 +84,30 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Test { args } => test(&args),
         Cmd::Ci => ci(),
         Cmd::Demo(args) => demo::run(args),
-        // Benchmarks measure optimised code: the in-process sources, relay and instances of
-        // some of them are this build's.
-        Cmd::Bench(_) if cfg!(debug_assertions) => in_release(),
-        Cmd::Bench(args) => bench::run(args),
-        Cmd::Soak(args) => soak::run(args),
+        Cmd::Bench { args } => harness("bench", &args),
+        Cmd::Soak { args } => harness("soak", &args),
     }
 }
 
-/// Runs this same command from a release build of xtask (what `cargo xtask` runs is a debug
-/// build), and exits with its status.
-fn in_release() -> Result<()> {
-    eprintln!("==> cargo build --release (xtask): benchmarks measure optimised code");
-    let status = cargo()
-        .args(["run", "--quiet", "--release", "--package", "xtask", "--"])
-        .args(std::env::args_os().skip(1))
-        .status()
-        .context("running the release build of xtask")?;
-    std::process::exit(status.code().unwrap_or(1));
-}
-
-/// The project's cluster, kept in target/nearcache-pg.
-pub(crate) fn cluster() -> Result<Cluster, ClusterError> {
-    Cluster::new(workspace_root().join("target").join("nearcache-pg"))
-}
-
-/// The database to use: `DATABASE_URL` when set (nothing is started), else the ephemeral
-/// cluster, started if needed. Returns the URL and whether this call started a server.
-pub(crate) fn database() -> Result<(String, Option<Cluster>)> {
-    if let Ok(url) = std::env::var("DATABASE_URL") {
-        if !url.is_empty() {
-            return Ok((url, None));
-        }
-    }
-    let cluster = cluster()?;
-    let started = cluster.up()?;
-    let url = cluster.url()?;
-    Ok((url, started.then_some(cluster)))
-}
-
-pub(crate) fn migrate(url: &str) -> Result<()> {
-    runtime()?.block_on(async {
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(1)
-            .connect(url)
-            .await
-            .with_context(|| format!("connecting to {url}"))?;
-        nearcache_pg::MIGRATOR
-            .run(&pool)
-            .await
-            .context("applying the migrations of sql/")?;
-        pool.close().await;
-        Ok(())
-    })
-}
-
-/// Chooses which source the database's writes are for (`nearcache_set_source`: `auto`, `wal`,
-/// `notify` or `both`), attaching its tables again accordingly.
-pub(crate) async fn choose_source(url: &str, source: &str) -> Result<()> {
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(url)
-        .await
-        .with_context(|| format!("connecting to {url}"))?;
-    sqlx::query("SELECT nearcache_set_source($1)")
-        .bind(source)
-        .execute(&pool)
-        .await
-        .with_context(|| format!("nearcache_set_source('{source}')"))?;
-    pool.close().await;
-    Ok(())
-}
-
-pub(crate) fn runtime() -> Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?)
+/// Runs the harness, a package of its own so that this command builds in seconds, in a
+/// release build (benchmarks measure optimised code: the in-process sources, relay and
+/// instances of some of them are the harness' own).
+fn harness(command: &str, args: &[String]) -> Result<()> {
+    eprintln!("==> cargo build --release (nearcache-harness)");
+    check(
+        cargo()
+            .args([
+                "run",
+                "--quiet",
+                "--release",
+                "--package",
+                "nearcache-harness",
+                "--",
+                command,
+            ])
+            .args(args),
+        &format!("nearcache-harness {command}"),
+    )
 }
 
 fn db(action: DbCmd) -> Result<()> {
@@ -217,21 +171,6 @@ fn db(action: DbCmd) -> Result<()> {
     Ok(())
 }
 
-pub(crate) fn cargo() -> Command {
-    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.current_dir(workspace_root());
-    cmd
-}
-
-pub(crate) fn check(cmd: &mut Command, what: &str) -> Result<()> {
-    eprintln!("==> {what}");
-    let status = cmd.status().with_context(|| format!("running {what}"))?;
-    if !status.success() {
-        bail!("{what} failed ({status})");
-    }
-    Ok(())
-}
-
 fn test(args: &[String]) -> Result<()> {
     let (url, started) = database()?;
     let result = (|| {
@@ -272,7 +211,7 @@ fn soak_minute(args: &[String], url: &str) -> Result<()> {
         eprintln!("==> soak skipped: DATABASE_URL names a database nearcache did not make");
         return Ok(());
     }
-    soak::run(soak::Args::minute())
+    harness("soak", &["--minutes".into(), "1".into()])
 }
 
 /// Runs `cargo test`, passing its output through, and closes with one line that sums up every
@@ -381,6 +320,8 @@ fn ci() -> Result<()> {
                 "nearcache-tests",
                 "--exclude",
                 "nearcache-example-axum",
+                "--exclude",
+                "nearcache-harness",
                 "--allow-dirty",
             ]),
         "cargo package (publish dry run)",

@@ -5,25 +5,26 @@ use jsonwebtoken::{encode, EncodingKey, Header};
 use rand::RngExt;
 
 /// The HS256 secret of demo and benchmark instances.
-pub(crate) const SECRET: &str = "nearcache-demo-secret";
+pub const SECRET: &str = "nearcache-demo-secret";
 
 /// Organizations and users seeded.
-pub(crate) const ORGS: u32 = 100;
-pub(crate) const USERS: u32 = 10_000;
+pub const ORGS: u32 = 100;
+/// Users seeded.
+pub const USERS: u32 = 10_000;
 
 /// The id of seeded user `i` (1-based); deterministic so that seeding is idempotent.
-pub(crate) fn user_id(i: u32) -> String {
+pub fn user_id(i: u32) -> String {
     format!("00000000-0000-4000-9000-{i:012x}")
 }
 
 /// Seeds 100 organizations and 10 000 users, unless they are there.
-pub(crate) async fn seed(url: &str) -> Result<()> {
+pub async fn seed(url: &str) -> Result<()> {
     seed_users(url, USERS).await
 }
 
 /// Seeds 100 organizations and users 1 to `users`, unless they are there (one statement
 /// each, `generate_series`: a million users take seconds).
-pub(crate) async fn seed_users(url: &str, users: u32) -> Result<()> {
+pub async fn seed_users(url: &str, users: u32) -> Result<()> {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect(url)
@@ -63,12 +64,12 @@ pub(crate) async fn seed_users(url: &str, users: u32) -> Result<()> {
 }
 
 /// A token for seeded user `i`, valid for an hour.
-pub(crate) fn token(i: u32) -> String {
+pub fn token(i: u32) -> String {
     token_valid_for(i, 3600)
 }
 
 /// A token for seeded user `i`, valid for `seconds`.
-pub(crate) fn token_valid_for(i: u32, seconds: u64) -> String {
+pub fn token_valid_for(i: u32, seconds: u64) -> String {
     let exp = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -84,12 +85,7 @@ pub(crate) fn token_valid_for(i: u32, seconds: u64) -> String {
 
 /// Users (1-based) in the order requests visit them: every user once, shuffled (uniform), or
 /// `draws` draws of a Zipf distribution with s = 1 (user 1 the most frequent).
-pub(crate) fn user_order(
-    users: u32,
-    zipf: bool,
-    draws: usize,
-    rng: &mut rand::rngs::StdRng,
-) -> Vec<u32> {
+pub fn user_order(users: u32, zipf: bool, draws: usize, rng: &mut rand::rngs::StdRng) -> Vec<u32> {
     if !zipf {
         let mut all: Vec<u32> = (1..=users).collect();
         for i in (1..all.len()).rev() {

@@ -63,21 +63,6 @@ pub(crate) struct Args {
     sample_seconds: Option<f64>,
 }
 
-impl Args {
-    /// One minute with the defaults, the default source: what `cargo xtask test` runs.
-    pub(crate) fn minute() -> Self {
-        Self {
-            minutes: 1.0,
-            source: "wal".into(),
-            users: 100_000,
-            capacity: 20_000,
-            connections: 8,
-            heartbeat_timeout: Duration::from_secs(3),
-            sample_seconds: None,
-        }
-    }
-}
-
 fn humantime_secs(s: &str) -> Result<Duration, String> {
     let secs = s
         .strip_suffix("ms")
