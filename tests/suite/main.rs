@@ -10,6 +10,7 @@ mod cluster;
 mod coherence;
 mod example;
 mod failover;
+mod handlers;
 mod listener;
 mod migrations;
 mod property;

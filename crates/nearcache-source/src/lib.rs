@@ -11,6 +11,6 @@ mod handler;
 mod status;
 mod supervise;
 
-pub use handler::Handler;
+pub use handler::{Handler, Handlers};
 pub use status::{Metric, SourceState, SourceStatus, StatusSnapshot};
 pub use supervise::{explain, in_flight, sleep_until_opt, supervise, AbortOnDrop};

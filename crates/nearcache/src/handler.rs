@@ -11,14 +11,21 @@ use crate::{Cache, Mode, Tag};
 /// doubts switch the gate. Tables the cache was not built from are ignored (and counted so by
 /// the source).
 ///
+/// A cache driven by a source must serve nothing until the source delivers every change, so
+/// making the handler puts the cache in [`Mode::Bypass`], whatever its
+/// [`CacheConfig::initial_mode`](crate::CacheConfig::initial_mode) (a cache used without a
+/// source is the other choice, and needs no handler). Several caches behind one source:
+/// `nearcache_source::Handlers`.
+///
 /// ```
 /// use std::sync::Arc;
 /// use nearcache::{Cache, CacheConfig, Fill, Mode, TableHandler, Tag};
 /// use nearcache_source::Handler;
 ///
 /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
-/// let cache: Cache<u64, String> = Cache::new(CacheConfig { initial_mode: Mode::Bypass, ..CacheConfig::default() });
+/// let cache: Cache<u64, String> = Cache::new(CacheConfig::default());
 /// let handler = Arc::new(TableHandler::new(cache.clone(), ["invoices"]));
+/// assert_eq!(cache.mode(), Mode::Bypass, "nothing served before the source delivers");
 /// // What a source does once it delivers every change:
 /// handler.flush_all();
 /// handler.coherent();
@@ -35,13 +42,19 @@ pub struct TableHandler<K, V> {
     tables: Box<[String]>,
 }
 
-impl<K, V> TableHandler<K, V> {
-    /// A handler for `cache`, whose values are built from rows of `tables`.
+impl<K, V> TableHandler<K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    /// A handler for `cache`, whose values are built from rows of `tables`; the cache is put
+    /// in bypass until the source says it delivers every change.
     pub fn new<I, S>(cache: Cache<K, V>, tables: I) -> Self
     where
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
+        cache.set_mode(Mode::Bypass);
         Self {
             cache,
             tables: tables.into_iter().map(Into::into).collect(),

@@ -4,16 +4,10 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// One counter of a [`Stats`] snapshot, described for an exposition such as Prometheus'.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Metric {
-    /// The counter's name, `snake_case`, without prefix or unit suffix (`hits`).
-    pub name: &'static str,
-    /// One sentence saying what it counts.
-    pub help: &'static str,
-    /// Its value in the snapshot.
-    pub value: u64,
-}
+/// One counter of a [`Stats`] snapshot, described for an exposition such as Prometheus': the
+/// same type as a source's counters and gauges (`nearcache_source::Metric`), so that one
+/// exposition renders both.
+pub use nearcache_source::Metric;
 
 macro_rules! counters {
     ($($name:ident: $help:literal,)*) => {
@@ -44,7 +38,7 @@ macro_rules! counters {
         impl Stats {
             /// Every counter with its name and help text, in declaration order.
             pub fn metrics(&self) -> Vec<Metric> {
-                vec![$(Metric { name: stringify!($name), help: $help, value: self.$name },)*]
+                vec![$(Metric { name: stringify!($name), help: $help, value: self.$name as f64 },)*]
             }
         }
     };
@@ -82,7 +76,7 @@ mod tests {
         let metrics = c.snapshot().metrics();
         assert_eq!(metrics.len(), 12);
         let get = |name: &str| metrics.iter().find(|m| m.name == name).unwrap().value;
-        assert_eq!((get("hits"), get("evicted"), get("loads")), (2, 1, 0));
+        assert_eq!((get("hits"), get("evicted"), get("loads")), (2.0, 1.0, 0.0));
         let mut names: Vec<&str> = metrics.iter().map(|m| m.name).collect();
         names.dedup();
         assert_eq!(names.len(), 12);
