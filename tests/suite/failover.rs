@@ -251,7 +251,168 @@ async fn wait_reconnected(apps: &Deployment, connections: u64) {
     }
 }
 
+/// The randomized checker across a promotion: writers rename users by SQL through the name
+/// that follows the primary (retrying while there is none), readers read every instance at
+/// random, and the primary crashes in the middle while the standby, synchronous so that no
+/// acknowledged commit is lost, is promoted. A read that began more than `CHECK_BOUND` after a
+/// version was acknowledged must return it or a newer one.
+async fn no_read_is_stale_across_a_promotion(source: Source) {
+    use rand::{RngExt, SeedableRng};
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    const CHECK_BOUND: Duration = Duration::from_secs(1);
+    const RUN_FOR: Duration = Duration::from_secs(8);
+    let seed_value: u64 = rand::random();
+    println!("failover checker ({source:?}) seed {seed_value}");
+    let primary = PrivateCluster::start();
+    let db = TestDb::on(&primary.url()).await;
+    let users = {
+        let pool = db.pool().await;
+        let (_, users) = seed(&pool, 4).await;
+        pool.close().await;
+        users
+    };
+    let standby = primary.standby();
+    let at = |c: &PrivateCluster| format!("127.0.0.1:{}", c.cluster().port().unwrap());
+    {
+        // Synchronous: an acknowledged commit is on the standby too.
+        let pool = db.pool().await;
+        for sql in [
+            "ALTER SYSTEM SET synchronous_standby_names = '*'",
+            "SELECT pg_reload_conf()",
+        ] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(sql))
+                .execute(&pool)
+                .await
+                .unwrap();
+        }
+        wait_until(BOUND, "the standby to be synchronous", || async {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+                == 1
+        })
+        .await;
+        pool.close().await;
+    }
+    let proxy = Proxy::start(&at(&primary)).await;
+    let url = db.url().replace(&at(&primary), &proxy.addr.to_string());
+    let writer = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect(&url)
+        .await
+        .unwrap();
+    let apps = Arc::new(Deployment::start(&url, source, 3).await);
+    let tokens: Arc<Vec<String>> = Arc::new(users.iter().map(|u| token(u.id, json!({}))).collect());
+    let commits: Arc<Mutex<HashMap<usize, Vec<(u64, Instant)>>>> = Arc::default();
+    let reads: Arc<Mutex<Vec<(usize, usize, Instant, u64)>>> = Arc::default();
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for (u, user) in users.iter().enumerate() {
+        let (commits, writer, id) = (commits.clone(), writer.clone(), user.id);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed_value ^ u as u64);
+        tasks.push(tokio::spawn(async move {
+            let mut version = 0u64;
+            while start.elapsed() < RUN_FOR {
+                version += 1;
+                let renamed = sqlx::query("UPDATE users SET name = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(format!("v{version}"))
+                    .execute(&writer)
+                    .await;
+                // Only an acknowledged commit counts; one in doubt may or may not be there.
+                if renamed.is_ok() {
+                    let mut commits = commits.lock().unwrap();
+                    commits
+                        .entry(u)
+                        .or_default()
+                        .push((version, Instant::now()));
+                }
+                tokio::time::sleep(Duration::from_millis(rng.random_range(5..60))).await;
+            }
+        }));
+    }
+    for r in 0..6 {
+        let (apps, tokens, reads) = (apps.clone(), tokens.clone(), reads.clone());
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed_value.wrapping_add(1000 + r));
+        tasks.push(tokio::spawn(async move {
+            while start.elapsed() < RUN_FOR {
+                let (user, instance) = (
+                    rng.random_range(0..tokens.len()),
+                    rng.random_range(0..apps.len()),
+                );
+                let started = Instant::now();
+                let (status, body) = apps[instance].get("/me", Some(&tokens[user])).await;
+                // While there is no primary an answer may be 503: not a read.
+                if status != 200 {
+                    continue;
+                }
+                let version = body["user"]["name"]
+                    .as_str()
+                    .and_then(|n| n.strip_prefix('v'))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                reads
+                    .lock()
+                    .unwrap()
+                    .push((user, instance, started, version));
+            }
+        }));
+    }
+    tokio::time::sleep(RUN_FOR / 3).await;
+    primary.cluster().crash().unwrap();
+    proxy.retarget(at(&standby).parse().unwrap());
+    standby.cluster().promote().unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let commits = commits.lock().unwrap().clone();
+    let reads = reads.lock().unwrap().clone();
+    let after: usize = commits
+        .values()
+        .flatten()
+        .filter(|(_, at)| *at > start + RUN_FOR / 2)
+        .count();
+    let stale: Vec<_> = reads
+        .iter()
+        .filter(|(user, _, started, version)| {
+            let must = commits
+                .get(user)
+                .into_iter()
+                .flatten()
+                .filter(|(_, at)| *at + CHECK_BOUND <= *started)
+                .map(|(v, _)| *v)
+                .max()
+                .unwrap_or(0);
+            *version < must
+        })
+        .collect();
+    println!(
+        "failover checker ({source:?}): {} reads, {} writes ({after} after the promotion), {} stale",
+        reads.len(),
+        commits.values().map(Vec::len).sum::<usize>(),
+        stale.len()
+    );
+    assert!(reads.len() > 100 && after > 10, "the run did too little");
+    assert!(
+        stale.is_empty(),
+        "stale reads: {:?}",
+        &stale[..stale.len().min(5)]
+    );
+    writer.close().await;
+    Arc::into_inner(apps)
+        .expect("the tasks are done")
+        .stop()
+        .await;
+}
+
 for_each_source!(
     every_instance_follows_a_promoted_standby,
     a_multi_host_url_follows_the_primary_and_refuses_the_former_one,
+    no_read_is_stale_across_a_promotion,
 );
