@@ -251,6 +251,10 @@ async fn wait_reconnected(apps: &Deployment, connections: u64) {
     }
 }
 
+/// Per user, the versions acknowledged and when.
+type Commits =
+    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<usize, Vec<(u64, Instant)>>>>;
+
 /// The randomized checker across a promotion: writers rename users by SQL through the name
 /// that follows the primary (retrying while there is none), readers read every instance at
 /// random, and the primary crashes in the middle while the standby, synchronous so that no
@@ -258,7 +262,6 @@ async fn wait_reconnected(apps: &Deployment, connections: u64) {
 /// version was acknowledged must return it or a newer one.
 async fn no_read_is_stale_across_a_promotion(source: Source) {
     use rand::{RngExt, SeedableRng};
-    use std::collections::HashMap;
     use std::sync::{Arc, Mutex};
 
     const CHECK_BOUND: Duration = Duration::from_secs(1);
@@ -309,7 +312,7 @@ async fn no_read_is_stale_across_a_promotion(source: Source) {
         .unwrap();
     let apps = Arc::new(Deployment::start(&url, source, 3).await);
     let tokens: Arc<Vec<String>> = Arc::new(users.iter().map(|u| token(u.id, json!({}))).collect());
-    let commits: Arc<Mutex<HashMap<usize, Vec<(u64, Instant)>>>> = Arc::default();
+    let commits: Commits = Arc::default();
     let reads: Arc<Mutex<Vec<(usize, usize, Instant, u64)>>> = Arc::default();
     let start = Instant::now();
     let mut tasks = Vec::new();
