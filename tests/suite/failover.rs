@@ -255,6 +255,9 @@ async fn wait_reconnected(apps: &Deployment, connections: u64) {
 type Commits =
     std::sync::Arc<std::sync::Mutex<std::collections::HashMap<usize, Vec<(u64, Instant)>>>>;
 
+/// Reads: user, instance, when it began, the version it returned.
+type Reads = std::sync::Arc<std::sync::Mutex<Vec<(usize, usize, Instant, u64)>>>;
+
 /// The randomized checker across a promotion: writers rename users by SQL through the name
 /// that follows the primary (retrying while there is none), readers read every instance at
 /// random, and the primary crashes in the middle while the standby, synchronous so that no
@@ -313,7 +316,7 @@ async fn no_read_is_stale_across_a_promotion(source: Source) {
     let apps = Arc::new(Deployment::start(&url, source, 3).await);
     let tokens: Arc<Vec<String>> = Arc::new(users.iter().map(|u| token(u.id, json!({}))).collect());
     let commits: Commits = Arc::default();
-    let reads: Arc<Mutex<Vec<(usize, usize, Instant, u64)>>> = Arc::default();
+    let reads: Reads = Arc::default();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for (u, user) in users.iter().enumerate() {
