@@ -265,7 +265,7 @@ type Reads = std::sync::Arc<std::sync::Mutex<Vec<(usize, usize, Instant, u64)>>>
 /// version was acknowledged must return it or a newer one.
 async fn no_read_is_stale_across_a_promotion(source: Source) {
     use rand::{RngExt, SeedableRng};
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
 
     const CHECK_BOUND: Duration = Duration::from_secs(1);
     const RUN_FOR: Duration = Duration::from_secs(8);
