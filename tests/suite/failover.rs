@@ -57,21 +57,55 @@ fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no metric {name} in {text}"))
 }
 
+/// A primary with a test database and `n` seeded users, and a streaming standby of it.
+async fn pair(
+    n: usize,
+) -> (
+    PrivateCluster,
+    PrivateCluster,
+    TestDb,
+    Vec<nearcache_pg::User>,
+) {
+    let primary = PrivateCluster::start();
+    let db = TestDb::on(&primary.url()).await;
+    let users = {
+        let pool = db.pool().await;
+        let (_, users) = seed(&pool, n).await;
+        pool.close().await;
+        users
+    };
+    let standby = primary.standby();
+    (primary, standby, db, users)
+}
+
+/// `host:port` of a cluster.
+fn at(c: &PrivateCluster) -> String {
+    format!("127.0.0.1:{}", c.cluster().port().unwrap())
+}
+
+/// Waits until the standby has replayed everything the primary has written: the failover then
+/// loses nothing committed.
+async fn replayed(primary: &sqlx::PgPool, standby: &sqlx::PgPool) {
+    let written: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
+        .fetch_one(primary)
+        .await
+        .unwrap();
+    wait_until(BOUND, "the standby to replay the primary's WAL", || async {
+        sqlx::query_scalar::<_, bool>("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
+            .bind(&written)
+            .fetch_one(standby)
+            .await
+            .unwrap()
+    })
+    .await;
+}
+
 async fn coherent(app: &App) -> bool {
     app.get("/healthz", None).await.1["cache"] == "coherent"
 }
 
 async fn every_instance_follows_a_promoted_standby(source: Source) {
-    let primary = PrivateCluster::start();
-    let db = TestDb::on(&primary.url()).await;
-    let users = {
-        let pool = db.pool().await;
-        let (_, users) = seed(&pool, 2).await;
-        pool.close().await;
-        users
-    };
-    let standby = primary.standby();
-    let at = |c: &PrivateCluster| format!("127.0.0.1:{}", c.cluster().port().unwrap());
+    let (primary, standby, db, users) = pair(2).await;
     let proxy = Proxy::start(&at(&primary)).await;
     let url = db.url().replace(&at(&primary), &proxy.addr.to_string());
     let writer = sqlx::postgres::PgPoolOptions::new()
@@ -89,18 +123,7 @@ async fn every_instance_follows_a_promoted_standby(source: Source) {
     let standby_pool = sqlx::PgPool::connect(&db.url().replace(&at(&primary), &at(&standby)))
         .await
         .unwrap();
-    let flushed: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
-        .fetch_one(&writer)
-        .await
-        .unwrap();
-    wait_until(BOUND, "the standby to replay the primary's WAL", || async {
-        sqlx::query_scalar::<_, bool>("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
-            .bind(&flushed)
-            .fetch_one(&standby_pool)
-            .await
-            .unwrap()
-    })
-    .await;
+    replayed(&writer, &standby_pool).await;
 
     // The primary dies; the standby is promoted; the name follows it.
     primary.cluster().crash().unwrap();
@@ -159,16 +182,7 @@ async fn every_instance_follows_a_promoted_standby(source: Source) {
 /// the URL's order, refuse it as a former primary (they have seen a newer timeline of the
 /// cluster) and stay on the new primary, so no instance becomes coherent against it.
 async fn a_multi_host_url_follows_the_primary_and_refuses_the_former_one(source: Source) {
-    let primary = PrivateCluster::start();
-    let db = TestDb::on(&primary.url()).await;
-    let users = {
-        let pool = db.pool().await;
-        let (_, users) = seed(&pool, 2).await;
-        pool.close().await;
-        users
-    };
-    let standby = primary.standby();
-    let at = |c: &PrivateCluster| format!("127.0.0.1:{}", c.cluster().port().unwrap());
+    let (primary, standby, db, users) = pair(2).await;
     let both = db
         .url()
         .replace(&at(&primary), &format!("{},{}", at(&primary), at(&standby)));
@@ -184,18 +198,7 @@ async fn a_multi_host_url_follows_the_primary_and_refuses_the_former_one(source:
     rename(&old, users[0].id, "before").await;
     all_see(&apps, &tokens[0], "before").await;
     all_see(&apps, &tokens[1], &users[1].name).await;
-    let flushed: String = sqlx::query_scalar("SELECT pg_current_wal_lsn()::text")
-        .fetch_one(&old)
-        .await
-        .unwrap();
-    wait_until(BOUND, "the standby to replay the primary's WAL", || async {
-        sqlx::query_scalar::<_, bool>("SELECT pg_last_wal_replay_lsn() >= $1::pg_lsn")
-            .bind(&flushed)
-            .fetch_one(&new)
-            .await
-            .unwrap()
-    })
-    .await;
+    replayed(&old, &new).await;
     old.close().await;
 
     primary.cluster().crash().unwrap();
@@ -271,16 +274,7 @@ async fn no_read_is_stale_across_a_promotion(source: Source) {
     const RUN_FOR: Duration = Duration::from_secs(8);
     let seed_value: u64 = rand::random();
     println!("failover checker ({source:?}) seed {seed_value}");
-    let primary = PrivateCluster::start();
-    let db = TestDb::on(&primary.url()).await;
-    let users = {
-        let pool = db.pool().await;
-        let (_, users) = seed(&pool, 4).await;
-        pool.close().await;
-        users
-    };
-    let standby = primary.standby();
-    let at = |c: &PrivateCluster| format!("127.0.0.1:{}", c.cluster().port().unwrap());
+    let (primary, standby, db, users) = pair(4).await;
     {
         // Synchronous: an acknowledged commit is on the standby too.
         let pool = db.pool().await;

@@ -169,6 +169,21 @@ impl Drop for SecuredNats {
     }
 }
 
+/// The test's relay on the secured NATS as `security`.
+fn relay(db: &TestDb, nats: &SecuredNats, security: NatsSecurity) -> Relay {
+    let channel = Channel {
+        stream: STREAM.into(),
+        prefix: PREFIX.into(),
+    };
+    let relay = Relay::start_with(db.url(), &channel, |c| {
+        c.nats_url = nats.url();
+        c.nats_security = security;
+    });
+    // Not a stream of the shared NATS: nothing to delete there.
+    std::mem::forget(channel);
+    relay
+}
+
 /// An instance following the test's relay on the secured NATS as `security`.
 async fn instance(db: &TestDb, nats: &SecuredNats, security: NatsSecurity) -> App {
     let channel = Channel {
@@ -199,15 +214,7 @@ async fn relay_and_instances_on_credentials_and_tls() {
     let db = TestDb::new().await;
     let pool = db.pool().await;
     let (_, users) = seed(&pool, 1).await;
-    let channel = Channel {
-        stream: STREAM.into(),
-        prefix: PREFIX.into(),
-    };
-    let relay = Relay::start_with(db.url(), &channel, |c| {
-        c.nats_url = nats.url();
-        c.nats_security = nats.as_user("relay", "relay-secret");
-    });
-    std::mem::forget(channel);
+    let relay = relay(&db, &nats, nats.as_user("relay", "relay-secret"));
     // Two instances with subscribe-side rights only.
     let apps = [
         instance(&db, &nats, nats.as_user("instance", "instance-secret")).await,
@@ -289,15 +296,7 @@ async fn relay_and_instances_on_credentials_and_tls() {
 async fn forged_heartbeats_after_the_relay_died_keep_no_instance_coherent_past_the_probe() {
     let nats = SecuredNats::start();
     let db = TestDb::new().await;
-    let channel = Channel {
-        stream: STREAM.into(),
-        prefix: PREFIX.into(),
-    };
-    let relay = Relay::start_with(db.url(), &channel, |c| {
-        c.nats_url = nats.url();
-        c.nats_security = nats.as_user("relay", "relay-secret");
-    });
-    std::mem::forget(channel);
+    let relay = relay(&db, &nats, nats.as_user("relay", "relay-secret"));
     let apps = [
         instance(&db, &nats, nats.as_user("instance", "instance-secret")).await,
         instance(&db, &nats, nats.as_user("instance", "instance-secret")).await,
@@ -391,15 +390,7 @@ async fn mutual_tls_and_a_token() {
             ..NatsSecurity::default()
         }
     };
-    let channel = Channel {
-        stream: STREAM.into(),
-        prefix: PREFIX.into(),
-    };
-    let relay = Relay::start_with(db.url(), &channel, |c| {
-        c.nats_url = nats.url();
-        c.nats_security = with_certificate("relay");
-    });
-    std::mem::forget(channel);
+    let relay = relay(&db, &nats, with_certificate("relay"));
     let app = instance(&db, &nats, with_certificate("instance")).await;
     app.ready("coherent").await;
     let t = token(users[0].id, json!({}));
@@ -454,15 +445,7 @@ async fn an_nkey_user() {
         }
     };
     let db = TestDb::new().await;
-    let channel = Channel {
-        stream: STREAM.into(),
-        prefix: PREFIX.into(),
-    };
-    let relay = Relay::start_with(db.url(), &channel, |c| {
-        c.nats_url = nats.url();
-        c.nats_security = seed_file("relay", &relay_key);
-    });
-    std::mem::forget(channel);
+    let relay = relay(&db, &nats, seed_file("relay", &relay_key));
     let app = instance(&db, &nats, seed_file("instance", &instance_key)).await;
     app.ready("coherent").await;
     // A seed the server does not know.

@@ -20,6 +20,23 @@ fn authority(name: &str) -> CertifiedIssuer<'static, KeyPair> {
     CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
 }
 
+/// A private cluster that accepts TLS only, with a certificate of `ca` naming `name`.
+fn serving_tls(ca: &CertifiedIssuer<'static, KeyPair>, name: &str) -> PrivateCluster {
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec![name.to_string()])
+        .unwrap()
+        .signed_by(&key, ca)
+        .unwrap();
+    let private = PrivateCluster::start();
+    let cluster = private.cluster();
+    cluster.down().unwrap();
+    cluster
+        .serve_tls_only(&cert.pem(), &key.serialize_pem())
+        .unwrap();
+    cluster.up().unwrap();
+    private
+}
+
 /// Whether every connection of `application_name` to the database uses TLS (and one exists).
 async fn all_tls(pool: &sqlx::PgPool, application_name: &str) -> bool {
     let (plain, all): (i64, i64) = sqlx::query_as(
@@ -79,19 +96,8 @@ fn failures(metrics: &str) -> u64 {
 async fn require_and_verify_full_work_and_a_wrong_authority_is_refused_clearly() {
     let ca = authority("nearcache test CA");
     let stranger = authority("someone else's CA");
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["localhost".into()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-
-    let private = PrivateCluster::start();
+    let private = serving_tls(&ca, "localhost");
     let cluster = private.cluster();
-    cluster.down().unwrap();
-    cluster
-        .serve_tls_only(&cert.pem(), &key.serialize_pem())
-        .unwrap();
-    cluster.up().unwrap();
 
     let dir = cluster.dir();
     let write = |name: &str, pem: String| {
@@ -165,19 +171,9 @@ async fn uuid_of(pool: &sqlx::PgPool) -> nearcache_pg::UserId {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn verify_full_takes_an_ip_address_its_certificate_names_as_libpq_does() {
     let ca = authority("nearcache test CA");
-    let key = KeyPair::generate().unwrap();
     // rcgen makes an iPAddress subjectAltName of a string that parses as an address.
-    let cert = CertificateParams::new(vec!["127.0.0.1".into()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    let private = PrivateCluster::start();
+    let private = serving_tls(&ca, "127.0.0.1");
     let cluster = private.cluster();
-    cluster.down().unwrap();
-    cluster
-        .serve_tls_only(&cert.pem(), &key.serialize_pem())
-        .unwrap();
-    cluster.up().unwrap();
     let ca_file = cluster.dir().join("ca.pem");
     std::fs::write(&ca_file, ca.pem()).unwrap();
     let ca_file = ca_file.to_str().unwrap().to_string();
