@@ -82,6 +82,14 @@ async fn one_source_drives_a_cache_per_table_and_all_bypass_together() {
     .await;
     wait_until(Duration::from_secs(10), "both coherent again", coherent).await;
     assert!(names.get(&u).is_none(), "flushed on the way");
+    // Every value was tagged with a watched table's row; one that is not can never be evicted,
+    // and the cache says so.
+    assert_eq!(names.stats().unwatched_fills, 0);
+    names
+        .get_or_store("stray".to_string(), || fill("products", "1".to_string()))
+        .await
+        .unwrap();
+    assert_eq!(names.stats().unwatched_fills, 1);
     let _ = stop.send(());
     source.await.unwrap();
 }

@@ -55,10 +55,9 @@ where
         S: Into<String>,
     {
         cache.set_mode(Mode::Bypass);
-        Self {
-            cache,
-            tables: tables.into_iter().map(Into::into).collect(),
-        }
+        let tables: Box<[String]> = tables.into_iter().map(Into::into).collect();
+        cache.watch_tables(tables.iter());
+        Self { cache, tables }
     }
 
     fn caches(&self, table: &str) -> bool {

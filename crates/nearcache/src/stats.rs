@@ -51,6 +51,7 @@ counters! {
     loads: "Loader calls.",
     load_errors: "Loader calls that failed.",
     coalesced: "Callers of get_or_store served by another caller's load.",
+    unwatched_fills: "Loaded values stored with no tag of a table the cache's source watches (the tables its TableHandler was made with): no change can evict them, only their TTL.",
     discarded_fills: "Loads returned but not stored, because an invalidation or a flush happened after their ticket (or the cache went to bypass).",
     invalidations: "Calls of invalidate and invalidate_tag.",
     invalidated_entries: "Entries removed by invalidations.",
@@ -74,11 +75,11 @@ mod tests {
         bump(&c.hits);
         bump(&c.evicted);
         let metrics = c.snapshot().metrics();
-        assert_eq!(metrics.len(), 12);
+        assert_eq!(metrics.len(), 13);
         let get = |name: &str| metrics.iter().find(|m| m.name == name).unwrap().value;
         assert_eq!((get("hits"), get("evicted"), get("loads")), (2.0, 1.0, 0.0));
         let mut names: Vec<&str> = metrics.iter().map(|m| m.name).collect();
         names.dedup();
-        assert_eq!(names.len(), 12);
+        assert_eq!(names.len(), 13);
     }
 }

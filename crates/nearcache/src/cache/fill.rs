@@ -99,10 +99,45 @@ where
                 bump(&inner.counters.discarded_fills);
                 return false;
             }
-            self.insert_locked(&mut fence, key, value.clone(), tags, ttl)
+            self.insert_locked(&mut fence, key, value.clone(), tags.clone(), ttl)
         };
+        self.note_unwatched(&tags);
         self.after_write(key, value.as_ref(), replaced);
         true
+    }
+
+    /// Counts a stored value that no change can evict: the cache's source watches some tables
+    /// (`watch_tables`) and none of the value's tags is a row of one; warns once per table (or
+    /// once for values with no tag at all).
+    fn note_unwatched(&self, tags: &[Tag]) {
+        let inner = &*self.inner;
+        let watched = inner
+            .watched
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if watched.is_empty() {
+            return;
+        }
+        let table = |tag: &Tag| tag.as_str().split_once(':').map(|(t, _)| t.to_string());
+        if tags
+            .iter()
+            .filter_map(table)
+            .any(|t| watched.iter().any(|w| **w == *t))
+        {
+            return;
+        }
+        drop(watched);
+        bump(&inner.counters.unwatched_fills);
+        let name = tags.first().map_or_else(
+            || "(no tag)".to_string(),
+            |t| table(t).unwrap_or_else(|| t.as_str().to_string()),
+        );
+        if lock(&inner.warned).insert(name.clone()) {
+            tracing::warn!(
+                tag = %name,
+                "nearcache: a loaded value carries no tag of a table this cache's source watches; no change can evict it, only its TTL (tag it with Tag::row of a watched table)"
+            );
+        }
     }
 
     /// Stores an entry; the fence must be locked. Returns whether a live entry was replaced.

@@ -137,6 +137,38 @@ where
         }
     }
 
+    /// Says which tables' changes reach this cache (a `TableHandler` says so when it is made).
+    /// From then on a loaded value with no tag of one of them is counted
+    /// ([`Stats::unwatched_fills`](crate::Stats::unwatched_fills)) and warned about once per
+    /// table: no change could evict it.
+    ///
+    /// ```
+    /// use nearcache::{Cache, CacheConfig, Fill, Tag};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let cache: Cache<u32, &str> = Cache::new(CacheConfig::default());
+    /// cache.watch_tables(["users"]);
+    /// cache.get_or_store(1, || async { Ok(Fill::found("Ada").with_tag(Tag::row("users", 1))) }).await.unwrap();
+    /// cache.get_or_store(2, || async { Ok(Fill::found("forgot its tag")) }).await.unwrap();
+    /// assert_eq!(cache.stats().unwatched_fills, 1);
+    /// # });
+    /// ```
+    pub fn watch_tables<I, S>(&self, tables: I)
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let mut watched = self
+            .inner
+            .watched
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for table in tables {
+            if !watched.iter().any(|w| **w == *table.as_ref()) {
+                watched.push(Arc::from(table.as_ref()));
+            }
+        }
+    }
+
     /// The gate's mode.
     ///
     /// ```

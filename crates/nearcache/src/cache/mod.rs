@@ -76,6 +76,11 @@ struct Inner<K, V> {
     update_locks: Box<[Mutex<()>]>,
     stripes: std::hash::RandomState,
     counters: Counters,
+    /// The tables whose changes reach the cache (`watch_tables`): empty for a cache without
+    /// a source. Read at each fill.
+    watched: std::sync::RwLock<Vec<Arc<str>>>,
+    /// Tables already warned about: a fill tagged only with them can never be invalidated.
+    warned: Mutex<std::collections::HashSet<String>>,
     callback: Option<Callback<K, V>>,
     config: CacheConfig,
     /// Test builds only: the explorer's hook, told of every step boundary of the protocol.
@@ -161,6 +166,8 @@ where
                 update_locks: (0..64).map(|_| Mutex::new(())).collect(),
                 stripes: std::hash::RandomState::new(),
                 counters: Counters::default(),
+                watched: std::sync::RwLock::default(),
+                warned: Mutex::default(),
                 callback,
                 config,
                 #[cfg(test)]
