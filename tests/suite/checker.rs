@@ -23,14 +23,38 @@ const BOUND: Duration = Duration::from_millis(1000);
 const RUN_FOR: Duration = Duration::from_secs(6);
 
 /// Per user, the versions written and when each write returned.
-type Commits = Arc<Mutex<HashMap<usize, Vec<(u64, Instant)>>>>;
+pub(crate) type Commits = Arc<Mutex<HashMap<usize, Vec<(u64, Instant)>>>>;
 
+/// One read: of which user, through which instance, when it began, which version it returned.
 #[derive(Debug, Clone)]
-struct Read {
-    user: usize,
-    instance: usize,
-    started: Instant,
-    version: u64,
+pub(crate) struct Read {
+    pub(crate) user: usize,
+    pub(crate) instance: usize,
+    pub(crate) started: Instant,
+    pub(crate) version: u64,
+}
+
+/// The reads that returned an older version than one written more than `bound` before they
+/// began, each with the version it should have returned at least.
+pub(crate) fn stale_reads(
+    commits: &HashMap<usize, Vec<(u64, Instant)>>,
+    reads: &[Read],
+    bound: Duration,
+) -> Vec<(Read, u64)> {
+    reads
+        .iter()
+        .filter_map(|read| {
+            let must_see = commits
+                .get(&read.user)
+                .into_iter()
+                .flatten()
+                .filter(|(_, at)| *at + bound <= read.started)
+                .map(|(v, _)| *v)
+                .max()
+                .unwrap_or(0);
+            (read.version < must_see).then(|| (read.clone(), must_see))
+        })
+        .collect()
 }
 
 async fn no_read_is_stale(source: Source) {
@@ -145,20 +169,7 @@ async fn no_read_is_stale(source: Source) {
     let commits = commits.lock().unwrap().clone();
     let reads = reads.lock().unwrap().clone();
     let writes: usize = commits.values().map(Vec::len).sum();
-    let mut stale = Vec::new();
-    for read in &reads {
-        let must_see = commits
-            .get(&read.user)
-            .into_iter()
-            .flatten()
-            .filter(|(_, at)| *at + BOUND <= read.started)
-            .map(|(v, _)| *v)
-            .max()
-            .unwrap_or(0);
-        if read.version < must_see {
-            stale.push((read.clone(), must_see));
-        }
-    }
+    let stale = stale_reads(&commits, &reads, BOUND);
     println!(
         "checker ({source:?}): {} reads, {writes} writes, {} stale; faults: {}",
         reads.len(),

@@ -11,6 +11,7 @@ use nearcache_tests::fleet::Proxy;
 use nearcache_tests::{wait_until, PrivateCluster, TestDb};
 use serde_json::json;
 
+use crate::checker::{stale_reads, Commits, Read};
 use crate::support::{seed, terminate_source, Deployment, Source};
 
 /// How long a change may take to reach every instance (slack for a loaded machine).
@@ -254,13 +255,6 @@ async fn wait_reconnected(apps: &Deployment, connections: u64) {
     }
 }
 
-/// Per user, the versions acknowledged and when.
-type Commits =
-    std::sync::Arc<std::sync::Mutex<std::collections::HashMap<usize, Vec<(u64, Instant)>>>>;
-
-/// Reads: user, instance, when it began, the version it returned.
-type Reads = std::sync::Arc<std::sync::Mutex<Vec<(usize, usize, Instant, u64)>>>;
-
 /// The randomized checker across a promotion: writers rename users by SQL through the name
 /// that follows the primary (retrying while there is none), readers read every instance at
 /// random, and the primary crashes in the middle while the standby, synchronous so that no
@@ -310,7 +304,7 @@ async fn no_read_is_stale_across_a_promotion(source: Source) {
     let apps = Arc::new(Deployment::start(&url, source, 3).await);
     let tokens: Arc<Vec<String>> = Arc::new(users.iter().map(|u| token(u.id, json!({}))).collect());
     let commits: Commits = Arc::default();
-    let reads: Reads = Arc::default();
+    let reads: Arc<std::sync::Mutex<Vec<Read>>> = Arc::default();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for (u, user) in users.iter().enumerate() {
@@ -357,10 +351,12 @@ async fn no_read_is_stale_across_a_promotion(source: Source) {
                     .and_then(|n| n.strip_prefix('v'))
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(0);
-                reads
-                    .lock()
-                    .unwrap()
-                    .push((user, instance, started, version));
+                reads.lock().unwrap().push(Read {
+                    user,
+                    instance,
+                    started,
+                    version,
+                });
             }
         }));
     }
@@ -378,20 +374,7 @@ async fn no_read_is_stale_across_a_promotion(source: Source) {
         .flatten()
         .filter(|(_, at)| *at > start + RUN_FOR / 2)
         .count();
-    let stale: Vec<_> = reads
-        .iter()
-        .filter(|(user, _, started, version)| {
-            let must = commits
-                .get(user)
-                .into_iter()
-                .flatten()
-                .filter(|(_, at)| *at + CHECK_BOUND <= *started)
-                .map(|(v, _)| *v)
-                .max()
-                .unwrap_or(0);
-            *version < must
-        })
-        .collect();
+    let stale = stale_reads(&commits, &reads, CHECK_BOUND);
     println!(
         "failover checker ({source:?}): {} reads, {} writes ({after} after the promotion), {} stale",
         reads.len(),

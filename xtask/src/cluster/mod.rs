@@ -6,6 +6,7 @@
 //! server binary is run through `runuser`.
 
 mod host;
+mod standby;
 
 pub use host::find_pg_bin;
 use host::{free_port, is_root, output_text, postgres_can_reach, process_alive};
@@ -241,85 +242,18 @@ impl Cluster {
     }
 
     fn run_pg_ctl_stop(&self, mode: &str) -> Result<(), ClusterError> {
-        let out = self.pg_ctl(&[
-            "stop",
-            "-w",
-            "-m",
-            mode,
-            "-D",
-            &self.data().to_string_lossy(),
-        ])?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(ClusterError::Command {
-                what: format!("pg_ctl stop -m {mode}"),
-                detail: output_text(&out),
-            })
-        }
-    }
-
-    /// A physical standby of this running cluster, in `dir`: a base backup over streaming
-    /// replication (`pg_basebackup -R`, so it follows this cluster as its primary), on a port
-    /// of its own, started. Promote it with [`Cluster::promote`].
-    ///
-    /// # Errors
-    /// When the backup or the start fail; the message carries their output.
-    pub fn standby(&self, dir: impl Into<PathBuf>) -> Result<Cluster, ClusterError> {
-        let standby = Cluster::new(dir)?;
-        fs::create_dir_all(&standby.dir)?;
-        fs::write(standby.dir.join("port"), format!("{}\n", free_port()?))?;
-        standby.chown()?;
-        let out = standby.run(
-            "pg_basebackup",
+        self.run_ok(
+            "pg_ctl",
             &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port()?.to_string(),
-                "-U",
-                "nearcache",
+                "stop",
+                "-w",
+                "-m",
+                mode,
                 "-D",
-                &standby.data().to_string_lossy(),
-                "-R",
-                "-X",
-                "stream",
-                "-c",
-                "fast",
-                "--no-sync",
+                &self.data().to_string_lossy(),
             ],
-        )?;
-        if !out.status.success() {
-            return Err(ClusterError::Command {
-                what: "pg_basebackup".into(),
-                detail: output_text(&out),
-            });
-        }
-        standby.start()?;
-        Ok(standby)
-    }
-
-    /// Promotes a standby to a primary (`pg_ctl promote`), waiting until it takes writes.
-    ///
-    /// # Errors
-    /// When pg_ctl fails (not a standby, not running).
-    pub fn promote(&self) -> Result<(), ClusterError> {
-        let out = self.pg_ctl(&[
-            "promote",
-            "-w",
-            "-t",
-            "30",
-            "-D",
-            &self.data().to_string_lossy(),
-        ])?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(ClusterError::Command {
-                what: "pg_ctl promote".into(),
-                detail: format!("{}\n{}", output_text(&out), self.log_tail()),
-            })
-        }
+            &format!("pg_ctl stop -m {mode}"),
+        )
     }
 
     /// Stops the server and deletes the folder.
@@ -340,7 +274,7 @@ impl Cluster {
         fs::write(self.dir.join("port"), format!("{port}\n"))?;
         self.chown()?;
         let data = self.data();
-        let out = self.run(
+        self.run_ok(
             "initdb",
             &[
                 "-D",
@@ -353,13 +287,8 @@ impl Cluster {
                 "--no-sync",
                 "--no-instructions",
             ],
+            "initdb",
         )?;
-        if !out.status.success() {
-            return Err(ClusterError::Command {
-                what: "initdb".into(),
-                detail: output_text(&out),
-            });
-        }
         // Settings for a throwaway test cluster: no fsync (a crash of the machine may lose
         // it, which is fine), but commits still reach the kernel before they return, so that
         // tests that crash the server (pg_ctl stop -m immediate) keep their committed data.
@@ -444,6 +373,21 @@ impl Cluster {
         cmd.output().map_err(|e| ClusterError::Command {
             what: exe.display().to_string(),
             detail: e.to_string(),
+        })
+    }
+
+    /// Runs `program` and fails with its output, and the server log's tail, unless it
+    /// succeeds.
+    fn run_ok(&self, program: &str, args: &[&str], what: &str) -> Result<(), ClusterError> {
+        let out = self.run(program, args)?;
+        if out.status.success() {
+            return Ok(());
+        }
+        Err(ClusterError::Command {
+            what: what.into(),
+            detail: format!("{}\n{}", output_text(&out), self.log_tail())
+                .trim()
+                .to_string(),
         })
     }
 

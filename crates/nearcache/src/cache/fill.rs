@@ -118,20 +118,19 @@ where
         if watched.is_empty() {
             return;
         }
-        let table = |tag: &Tag| tag.as_str().split_once(':').map(|(t, _)| t.to_string());
         if tags
             .iter()
-            .filter_map(table)
-            .any(|t| watched.iter().any(|w| **w == *t))
+            .filter_map(row_table)
+            .any(|t| watched.iter().any(|w| &**w == t))
         {
             return;
         }
         drop(watched);
         bump(&inner.counters.unwatched_fills);
-        let name = tags.first().map_or_else(
-            || "(no tag)".to_string(),
-            |t| table(t).unwrap_or_else(|| t.as_str().to_string()),
-        );
+        let name = tags
+            .first()
+            .map_or("(no tag)", |t| row_table(t).unwrap_or(t.as_str()))
+            .to_string();
         if lock(&inner.warned).insert(name.clone()) {
             tracing::warn!(
                 tag = %name,
@@ -176,4 +175,9 @@ where
         };
         self.notify(cause, Some(key), value);
     }
+}
+
+/// The table of a row tag (`table:key`), if it is one.
+fn row_table(tag: &Tag) -> Option<&str> {
+    tag.as_str().split_once(':').map(|(table, _)| table)
 }
