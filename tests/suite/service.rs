@@ -294,7 +294,7 @@ async fn every_cache_mode_serves_the_same_answers() {
 
 /// `promtool check metrics` finds nothing to complain about (units, suffixes, help texts).
 /// Skipped with a line saying so where promtool is missing, except on CI, which installs it.
-fn promtool_accepts(metrics: &str) {
+pub(crate) fn promtool_accepts(metrics: &str) {
     use std::io::Write;
     use std::process::{Command, Stdio};
     let child = Command::new("promtool")

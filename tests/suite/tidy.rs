@@ -80,7 +80,12 @@ fn dependencies_point_inward() {
         ours("nearcache"),
         set(&["nearcache-store", "nearcache-source"])
     );
-    assert_eq!(ours("nearcache-pg"), set(&["nearcache-store"]));
+    assert_eq!(
+        ours("nearcache-pg"),
+        set(&["nearcache-store", "nearcache-sql"])
+    );
+    // nearcache's SQL has no opinion about a schema, and no part of nearcache to bring.
+    assert_eq!(ours("nearcache-sql"), set(&[]));
     assert_eq!(ours("nearcache-source"), set(&[]));
     // The Postgres sources share their connection settings (URL, TLS), nothing else.
     assert_eq!(ours("nearcache-pgconn"), set(&[]));
@@ -103,8 +108,12 @@ fn dependencies_point_inward() {
         ours("nearcache-http"),
         set(&["nearcache-store", "nearcache-pg", "nearcache-tower"])
     );
-    // The Layer is for any service: it knows the Store and nothing of Postgres or a server.
-    assert_eq!(ours("nearcache-tower"), set(&["nearcache-store"]));
+    // The Layer and the health routes are for any service: they know the Store and the core's
+    // Monitor, and nothing of Postgres or a server.
+    assert_eq!(
+        ours("nearcache-tower"),
+        set(&["nearcache-store", "nearcache"])
+    );
     // The core does no I/O.
     for core in ["nearcache", "nearcache-store", "nearcache-source"] {
         for io in ["sqlx", "tokio-postgres", "hyper", "hyper-util"] {

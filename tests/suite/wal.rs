@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use nearcache_tests::{wait_until, PrivateCluster, TestDb};
-use nearcache_wal::WalConfig;
+use nearcache_wal::{Decodable, WalConfig};
 
 use crate::listener::{start, start_wal};
 use crate::support::{exec, seed, update, Source};
@@ -244,4 +244,46 @@ async fn no_free_slot_keeps_the_cache_in_bypass_and_says_why() {
     )
     .await;
     l.stop().await;
+}
+
+/// `WalConfig::decodable`, what `--source auto` and the example ask before they choose: yes for
+/// a role that may replicate on a logical cluster, no with the fix for one that may not, and an
+/// error (ask again later) for a database that does not answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decodable_says_whether_the_wal_can_be_used_and_why_not() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let asked = WalConfig::new(db.url()).unwrap().decodable().await.unwrap();
+    assert_eq!(asked, Decodable::Yes);
+
+    let role = format!("reader_{}", std::process::id());
+    exec(&pool, &format!("DROP ROLE IF EXISTS {role}")).await;
+    exec(&pool, &format!("CREATE ROLE {role} LOGIN NOREPLICATION")).await;
+    let user: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let as_reader = db
+        .url()
+        .replacen(&format!("{user}@"), &format!("{role}@"), 1);
+    assert_ne!(as_reader, db.url());
+    let asked = WalConfig::new(&as_reader)
+        .unwrap()
+        .decodable()
+        .await
+        .unwrap();
+    assert!(
+        matches!(&asked, Decodable::No(why) if why.contains("REPLICATION")),
+        "{asked:?}"
+    );
+    exec(&pool, &format!("DROP ROLE {role}")).await;
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let nobody = WalConfig::new(&format!(
+        "postgres://x@127.0.0.1:{port}/x?connect_timeout=2"
+    ));
+    let err = nobody.unwrap().decodable().await.unwrap_err();
+    assert!(err.to_string().contains("cannot ask the database"), "{err}");
 }

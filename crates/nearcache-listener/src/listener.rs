@@ -255,7 +255,7 @@ async fn check(
         {
             (
                 vec![
-                    "nearcache is not installed in this database (nearcache_pg::install, or \
+                    "nearcache is not installed in this database (nearcache_sql::sqlx::install, or \
                       sql/0003_nearcache_install.sql)"
                         .to_string(),
                 ],

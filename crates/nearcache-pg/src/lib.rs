@@ -8,7 +8,9 @@
 //! # Notification triggers for your own tables
 //!
 //! nearcache's trigger functions are generic and install on any database, idempotently, without
-//! the reference schema: call [`install`] (or run [`INSTALL_SQL`]'s files with `psql -1`).
+//! the reference schema: call [`install`] (or run [`INSTALL_SQL`]'s files with `psql -1`). A
+//! service of your own installs them with `nearcache-sql`, which does not bring this crate's
+//! schema or its sqlx features.
 //! Then attach each table you cache, naming its key column (which must be `NOT NULL`) and the
 //! columns whose changes must not notify — only columns your cache never serves:
 //!
@@ -40,7 +42,6 @@ pub mod check;
 mod domain;
 mod error;
 pub mod probe;
-mod replan;
 mod repo;
 pub mod tags;
 
@@ -48,7 +49,7 @@ pub use domain::{
     NewUser, OrgId, Organization, Principal, ProfileUpdate, User, UserId, ValidationError,
 };
 pub use error::RepoError;
-pub use replan::Replans;
+pub use nearcache_sql::sqlx::Replans;
 #[cfg(feature = "mock")]
 pub use repo::MockUserRepo;
 pub use repo::{PgUserRepo, UserRepo};
@@ -57,17 +58,9 @@ pub use repo::{PgUserRepo, UserRepo};
 /// the reference tables attached to them, and the relay probe's table ([`probe`]). A downstream service wants [`install`] instead.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./sql");
 
-/// nearcache's trigger functions, generic and idempotent (`sql/0003_nearcache_install.sql`,
-/// then `sql/0006_nearcache_stored_values.sql` and `sql/0007_nearcache_notify_by_source.sql`,
-/// which attach every attached table again with the triggers they define). A later change to
-/// them comes as a new migration, and this constant follows it.
-pub const INSTALL_SQL: &str = concat!(
-    include_str!("../sql/0003_nearcache_install.sql"),
-    "\n",
-    include_str!("../sql/0006_nearcache_stored_values.sql"),
-    "\n",
-    include_str!("../sql/0007_nearcache_notify_by_source.sql")
-);
+/// nearcache's trigger functions, generic and idempotent: [`nearcache_sql::INSTALL`], the
+/// schema-neutral crate a service of your own depends on instead of this one.
+pub const INSTALL_SQL: &str = nearcache_sql::INSTALL;
 
 /// Installs (or reinstalls) nearcache's trigger functions on the database of `pool`, in one
 /// transaction, without touching any table of yours. Attach tables afterwards with
@@ -79,10 +72,7 @@ pub const INSTALL_SQL: &str = concat!(
 /// # Errors
 /// [`RepoError`] if the database refuses (for instance, a role that may not create functions).
 pub async fn install(pool: &sqlx::PgPool) -> Result<(), RepoError> {
-    let mut tx = pool.begin().await?;
-    sqlx::raw_sql(INSTALL_SQL).execute(&mut *tx).await?;
-    tx.commit().await?;
-    Ok(())
+    Ok(nearcache_sql::sqlx::install(pool).await?)
 }
 
 /// The default notification channel of the triggers.

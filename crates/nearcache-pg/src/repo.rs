@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use sqlx::{AssertSqlSafe, PgPool};
 use time::OffsetDateTime;
 
-use crate::replan::Replans;
+use crate::Replans;
 use crate::{NewUser, OrgId, Organization, Principal, ProfileUpdate, RepoError, User, UserId};
 
 /// What the reference service needs of its database.

@@ -2,7 +2,6 @@
 //! itself is the library's `run`.
 
 use std::convert::Infallible;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::str::FromStr;
@@ -15,6 +14,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use nearcache_listener::ListenerConfig;
 use nearcache_relay::{RelayConfig, RelaySource, RelayStatus, Role};
+use nearcache_source::Exposition;
 use nearcache_wal::WalConfig;
 use tracing_subscriber::EnvFilter;
 
@@ -211,71 +211,29 @@ fn answer(path: &str, status: &RelayStatus) -> Response<Full<Bytes>> {
             )
         }
         "/metrics" => {
-            let mut out = String::new();
-            let mut metric = |name: &str, kind: &str, help: &str, value: f64| {
-                let _ = writeln!(
-                    out,
-                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-                );
-            };
-            metric(
+            let mut out = Exposition::new();
+            let active = f64::from(u8::from(role == Role::Active));
+            out.gauge(
                 "nearcache_relay_active",
-                "gauge",
                 "1 while this relay publishes.",
-                f64::from(u8::from(role == Role::Active)),
+                &[],
+                active,
             );
-            metric(
-                "nearcache_relay_published_total",
-                "counter",
-                "Messages published, heartbeats included.",
-                status.published() as f64,
-            );
-            metric(
-                "nearcache_relay_publish_errors_total",
-                "counter",
-                "Publications NATS did not acknowledge.",
-                status.publish_errors() as f64,
-            );
-            metric(
-                "nearcache_relay_queued",
-                "gauge",
-                "Keys (and other events) waiting to be published.",
-                status.queued() as f64,
-            );
-            metric(
-                "nearcache_relay_queue_overflows_total",
-                "counter",
-                "Times the queue was full (NATS slower than the writes): the relay said it was in doubt and started a new epoch.",
-                status.overflows() as f64,
-            );
-            metric(
-                "nearcache_relay_nats_failures_total",
-                "counter",
-                "NATS connections that failed or ended (refused credentials or certificate included), each retried with backoff.",
-                status.nats_failures() as f64,
-            );
-            metric(
-                "nearcache_relay_takeovers_total",
-                "counter",
-                "Times this relay became the active one.",
-                status.takeovers() as f64,
-            );
-            for m in source.gauges() {
-                metric(
-                    &format!("nearcache_source_{}", m.name),
-                    "gauge",
-                    m.help,
-                    m.value,
-                );
+            let counters = [
+                ("nearcache_relay_published_total", "Messages published, heartbeats included.", status.published()),
+                ("nearcache_relay_publish_errors_total", "Publications NATS did not acknowledge.", status.publish_errors()),
+                ("nearcache_relay_queue_overflows_total", "Times the queue was full (NATS slower than the writes): the relay said it was in doubt and started a new epoch.", status.overflows()),
+                ("nearcache_relay_nats_failures_total", "NATS connections that failed or ended (refused credentials or certificate included), each retried with backoff.", status.nats_failures()),
+                ("nearcache_relay_takeovers_total", "Times this relay became the active one.", status.takeovers()),
+            ];
+            for (name, help, value) in counters {
+                out.counter(name, help, &[], value as f64);
             }
-            for m in source.counters() {
-                metric(
-                    &format!("nearcache_source_{}_total", m.name),
-                    "counter",
-                    m.help,
-                    m.value,
-                );
-            }
+            let queued = status.queued() as f64;
+            let help = "Keys (and other events) waiting to be published.";
+            out.gauge("nearcache_relay_queued", help, &[], queued);
+            source.render(&[], &mut out);
+            let out = out.finish();
             (StatusCode::OK, out)
         }
         _ => (StatusCode::NOT_FOUND, "{\"error\":\"not_found\"}".into()),

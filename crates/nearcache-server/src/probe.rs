@@ -1,12 +1,12 @@
 //! Readiness and metrics of the parts the HTTP layer does not see: the cache, the listener and
-//! the database. The metrics come from the cache's and the listener's own declarations
-//! (`Stats::metrics`, `StatusSnapshot::counters` and `gauges`); nothing is listed twice.
+//! the database. The cache's and the source's come from the [`Monitor`] any service of
+//! nearcache uses (`nearcache_tower::HealthRoutes` serves it); this adds what only this service
+//! has: its cache modes `ttl` and `off`, the database probe, the build and the runtime.
 
-use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use nearcache::{Cache, Mode};
+use nearcache::{Cache, Exposition, Mode, Monitor};
 use nearcache_http::{CacheState, CachedPrincipal, Health, Probe};
 use nearcache_listener::{ListenerState, ListenerStatus};
 use nearcache_pg::{Replans, UserId};
@@ -16,6 +16,8 @@ use crate::{CacheMode, SourceKind};
 /// What `/healthz` and `/metrics` report beyond HTTP.
 pub(crate) struct ServerProbe {
     mode: CacheMode,
+    /// The cache and the source, unnamed (this service has one of each).
+    monitor: Monitor,
     cache: Option<Cache<UserId, Arc<CachedPrincipal>>>,
     listener: Option<ListenerStatus>,
     /// The invalidation source, once chosen.
@@ -34,8 +36,16 @@ impl ServerProbe {
         db_ok: Arc<AtomicBool>,
         replans: Replans,
     ) -> Self {
+        let mut monitor = Monitor::new();
+        if let Some(cache) = &cache {
+            monitor = monitor.cache("", cache);
+        }
+        if let Some(listener) = &listener {
+            monitor = monitor.source("", listener);
+        }
         Self {
             mode,
+            monitor,
             cache,
             listener,
             source,
@@ -43,14 +53,6 @@ impl ServerProbe {
             replans,
         }
     }
-}
-
-/// Appends one metric in Prometheus' text format.
-fn metric(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
-    let _ = writeln!(
-        out,
-        "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-    );
 }
 
 impl Probe for ServerProbe {
@@ -65,99 +67,44 @@ impl Probe for ServerProbe {
             (CacheMode::Ttl, _) => CacheState::Ttl,
             (CacheMode::Off, _) => CacheState::Off,
         };
+        let shared = self.monitor.health();
         Health {
             // A listening source proves the database answers too. A coherent cache that
             // bypasses (its source reconnecting) sends every request to the database: not
             // ready, so that a load balancer can prefer instances that are.
             ready: (listening || self.db_ok.load(Ordering::Relaxed)) && cache != CacheState::Bypass,
             cache,
-            problem: self.listener.as_ref().and_then(ListenerStatus::problem),
-            source_error: self
-                .listener
-                .as_ref()
-                .filter(|_| cache == CacheState::Bypass)
-                .and_then(ListenerStatus::last_error),
+            problem: shared.problem,
+            source_error: shared.source_error,
             source: self.source.get().map(|s| s.as_str()),
         }
     }
 
     fn render_metrics(&self, out: &mut String) {
-        let _ = writeln!(
-            out,
-            "# HELP nearcache_build_info The running build.\n# TYPE nearcache_build_info gauge\nnearcache_build_info{{version=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION")
-        );
-        metric(
-            out,
+        let mut e = Exposition::new();
+        let version = [("version", env!("CARGO_PKG_VERSION"))];
+        e.gauge("nearcache_build_info", "The running build.", &version, 1.0);
+        e.counter(
             "nearcache_db_replans_total",
-            "counter",
             "Queries run again because a migration changed their result type (Postgres' 0A000 'cached plan must not change result type'); the pool's older connections are renewed.",
-            self.replans.count(),
+            &[],
+            self.replans.count() as f64,
         );
-        if let Some(cache) = &self.cache {
-            let coherent = u64::from(cache.mode() == Mode::Coherent);
-            let help = "1 if the cache serves entries.";
-            metric(out, "nearcache_cache_coherent", "gauge", help, coherent);
-            let entries = cache.len();
-            metric(
-                out,
-                "nearcache_cache_entries",
-                "gauge",
-                "Entries in the cache.",
-                entries,
-            );
-            let capacity = cache.config().capacity;
-            metric(
-                out,
-                "nearcache_cache_capacity",
-                "gauge",
-                "The most entries the cache holds (--cache-capacity).",
-                capacity,
-            );
-            let sizes = cache.internals();
-            let internals = [
-                ("nearcache_cache_indexed_tags", "Distinct tags that cached entries carry.", sizes.indexed_tags),
-                ("nearcache_cache_index_rows", "Rows of the tag index (one per tag of each cached entry).", sizes.index_rows),
-                ("nearcache_cache_fence_remembered", "Keys and tags whose latest invalidation the fence remembers (at most nearcache_cache_fence_memory).", sizes.fence_remembered),
-                ("nearcache_cache_fence_memory", "The most invalidations the fence remembers before it forgets them all.", cache.config().fence_memory),
-                ("nearcache_cache_loads_in_flight", "Loads under way (one per key).", sizes.loads_in_flight),
-                ("nearcache_cache_removals_queued", "Removals reported by moka not yet processed.", sizes.removals_queued),
-            ];
-            for (name, help, value) in internals {
-                metric(out, name, "gauge", help, value);
-            }
-            for m in cache.stats().metrics() {
-                let name = format!("nearcache_cache_{}_total", m.name);
-                metric(out, &name, "counter", m.help, m.value);
-            }
-        }
+        self.monitor.render(&mut e);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             let tasks = runtime.metrics().num_alive_tasks();
-            metric(
-                out,
-                "nearcache_runtime_alive_tasks",
-                "gauge",
-                "Tasks alive in the server's tokio runtime.",
-                tasks,
-            );
+            let help = "Tasks alive in the server's tokio runtime.";
+            e.gauge("nearcache_runtime_alive_tasks", help, &[], tasks as f64);
         }
         if let Some(source) = self.source.get() {
-            let _ = writeln!(
-                out,
-                "# HELP nearcache_source_info The invalidation source in use.\n# TYPE nearcache_source_info gauge\nnearcache_source_info{{source=\"{}\"}} 1",
-                source.as_str()
+            let help = "The invalidation source in use.";
+            e.gauge(
+                "nearcache_source_info",
+                help,
+                &[("source", source.as_str())],
+                1.0,
             );
         }
-        if let Some(listener) = &self.listener {
-            let s = listener.snapshot();
-            for m in s.gauges() {
-                let name = format!("nearcache_source_{}", m.name);
-                metric(out, &name, "gauge", m.help, m.value);
-            }
-            for m in s.counters() {
-                let name = format!("nearcache_source_{}_total", m.name);
-                metric(out, &name, "counter", m.help, m.value);
-            }
-        }
+        out.push_str(&e.finish());
     }
 }

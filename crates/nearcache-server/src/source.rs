@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use nearcache_listener::ListenerConfig;
 use nearcache_source::{Handler, SourceStatus};
-use nearcache_wal::WalConfig;
+use nearcache_wal::{Decodable, WalConfig};
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
@@ -22,17 +22,6 @@ pub(crate) struct Sources {
     pub(crate) nats: nearcache_nats::NatsConfig,
 }
 
-/// Whether the database lets us decode its WAL: logical decoding on, and a role that may
-/// replicate.
-async fn wal_possible(pool: &PgPool) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT current_setting('wal_level') = 'logical'
-            AND (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user)",
-    )
-    .fetch_one(pool)
-    .await
-}
-
 /// Runs the chosen source until `stop`; records the choice in `chosen` once it is made.
 pub(crate) async fn run<H: Handler>(
     sources: Sources,
@@ -42,13 +31,17 @@ pub(crate) async fn run<H: Handler>(
     pool: PgPool,
     stop: CancellationToken,
 ) {
+    let mut reason = None;
     let kind = match (sources.kind, &sources.wal) {
         (SourceKind::Auto, None) => SourceKind::Notify,
-        (SourceKind::Auto, Some(_)) => loop {
+        (SourceKind::Auto, Some(wal)) => loop {
             // The cache stays in bypass (it starts there) until the database answers.
-            match wal_possible(&pool).await {
-                Ok(true) => break SourceKind::Wal,
-                Ok(false) => break SourceKind::Notify,
+            match wal.decodable().await {
+                Ok(Decodable::Yes) => break SourceKind::Wal,
+                Ok(Decodable::No(why)) => {
+                    reason = Some(why);
+                    break SourceKind::Notify;
+                }
                 Err(e) => tracing::debug!(error = %e, "source: cannot ask the database yet"),
             }
             tokio::select! {
@@ -62,6 +55,7 @@ pub(crate) async fn run<H: Handler>(
     tracing::info!(
         source = kind.as_str(),
         configured = sources.kind.as_str(),
+        reason = reason.as_deref().unwrap_or(""),
         "invalidation source chosen"
     );
     if kind != SourceKind::Notify {

@@ -7,10 +7,12 @@
 //! decoding) depend on it and on nothing else of nearcache, so a handler written once works
 //! with any of them and switching sources is one call.
 
+mod exposition;
 mod handler;
 mod status;
 mod supervise;
 
+pub use exposition::{Exposition, MetricKind};
 pub use handler::{Handler, Handlers};
 pub use status::{Metric, SourceState, SourceStatus, StatusSnapshot};
 pub use supervise::{explain, in_flight, sleep_until_opt, supervise, AbortOnDrop};

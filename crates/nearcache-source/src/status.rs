@@ -3,6 +3,8 @@
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
+use crate::Exposition;
+
 /// The source's connection state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SourceState {
@@ -123,6 +125,19 @@ counters! {
 }
 
 impl StatusSnapshot {
+    /// Adds the gauges (`nearcache_source_<name>`) and counters
+    /// (`nearcache_source_<name>_total`) to `out`, each with `labels`.
+    pub fn render(&self, labels: &[(&str, &str)], out: &mut Exposition) {
+        for m in self.gauges() {
+            let name = format!("nearcache_source_{}", m.name);
+            out.gauge(&name, m.help, labels, m.value);
+        }
+        for m in self.counters() {
+            let name = format!("nearcache_source_{}_total", m.name);
+            out.counter(&name, m.help, labels, m.value);
+        }
+    }
+
     /// The gauges: whether the listener listens, the last heartbeat's round trip, and whether
     /// the database's triggers are missing or wrong.
     pub fn gauges(&self) -> Vec<Metric> {

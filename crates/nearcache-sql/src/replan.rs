@@ -8,7 +8,7 @@
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), sqlx::Error> {
-//! use nearcache_pg::Replans;
+//! use nearcache_sql::sqlx::Replans;
 //! let replans = Replans::default();
 //! let pool = replans
 //!     .guard(sqlx::postgres::PgPoolOptions::new().max_connections(8))

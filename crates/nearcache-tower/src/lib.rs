@@ -26,7 +26,9 @@
 //! ```
 
 mod auth;
+mod health;
 mod layer;
 
 pub use auth::{AuthConfig, AuthConfigError, AuthError, Authenticator, Key};
+pub use health::HealthRoutes;
 pub use layer::{AuthLayer, AuthService, Resolve, Through};

@@ -46,7 +46,7 @@ pub(crate) async fn check(
         .is_some();
     if !exists {
         problems.push(format!(
-            "publication {} does not exist (install nearcache: nearcache_pg::install, or sql/0003_nearcache_install.sql)",
+            "publication {} does not exist (install nearcache: nearcache_sql::sqlx::install, or sql/0003_nearcache_install.sql)",
             config.publication
         ));
     }

@@ -55,7 +55,9 @@ mod digests;
 mod gate;
 mod pgoutput;
 mod source;
+mod usable;
 
 pub use config::{ConfigError, WalConfig};
 pub use nearcache_source::{Handler, SourceState, SourceStatus, StatusSnapshot};
 pub use source::run;
+pub use usable::{AskError, Decodable};

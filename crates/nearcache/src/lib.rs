@@ -81,6 +81,7 @@ mod explore;
 mod fence;
 mod flight;
 mod handler;
+mod monitor;
 mod removal;
 mod stats;
 
@@ -88,6 +89,8 @@ pub use cache::{Cache, Internals, Write};
 pub use config::CacheConfig;
 pub use entry::{Cause, Change};
 pub use handler::TableHandler;
+pub use monitor::{Health, Monitor};
+pub use nearcache_source::{Exposition, MetricKind};
 pub use nearcache_store::{Fill, LoadError, Loader, Mode, RowKey, Store, Tag};
 pub use stats::{Metric, Stats};
 

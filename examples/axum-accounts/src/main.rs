@@ -1,7 +1,6 @@
 //! The example service: `DATABASE_URL=… EXAMPLE_JWT_SECRET=… cargo run -p nearcache-example-axum`.
 
 use nearcache_example_axum as example;
-use nearcache_source::SourceStatus;
 use nearcache_tower::{AuthConfig, Authenticator, Key};
 use tokio_util::sync::CancellationToken;
 
@@ -10,21 +9,18 @@ async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().init();
     let url = std::env::var("DATABASE_URL")?;
     let secret = std::env::var("EXAMPLE_JWT_SECRET")?;
-    let (pool, replans) = example::connect(&url).await?;
-    example::prepare(&pool).await?;
+    let db = example::connect(&url).await?;
+    example::prepare(&db.pool).await?;
 
-    let cache = example::cache();
+    let caches = example::Caches::new();
     let auth = Authenticator::new(&AuthConfig::new(Key::Secret(secret.into_bytes())))?;
     let stop = CancellationToken::new();
-    let source = example::keep_coherent(
-        &url,
-        cache.clone(),
-        SourceStatus::default(),
-        stop.clone().cancelled_owned(),
-    )?;
-    let source = tokio::spawn(source);
+    let source = {
+        let (caches, stopped) = (caches.clone(), stop.clone().cancelled_owned());
+        tokio::spawn(async move { caches.keep_coherent(&url, stopped).await })
+    };
 
-    let app = example::router(cache, (pool, replans), auth);
+    let app = example::router(&caches, db, auth);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
     tracing::info!("listening on http://127.0.0.1:3000");
     axum::serve(listener, app)
@@ -33,6 +29,6 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?;
     stop.cancel();
-    source.await?;
+    source.await??;
     Ok(())
 }
