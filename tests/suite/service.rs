@@ -451,3 +451,48 @@ async fn a_request_still_running_at_the_shutdown_timeout_gets_a_503() {
     assert_eq!((status, body["error"].as_str()), (503, Some("unavailable")));
     locker.rollback().await.unwrap();
 }
+
+/// `--cache-max-bytes`: principals past the bound are evicted by moka's policy, what the cache
+/// holds stays under it, and `/metrics` says both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cache_bounded_in_bytes_stays_under_its_bound() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let (_, users) = seed(&pool, 100).await;
+    let bound = 32 * 1024;
+    let app = spawn_app_with(db.url(), |s| s.cache_max_bytes = Some(bound)).await;
+    app.ready("coherent").await;
+    for u in &users {
+        assert_eq!(app.get("/me", Some(&token(u.id, json!({})))).await.0, 200);
+    }
+    let value = |metrics: &str, name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} in\n{metrics}"))
+            .parse()
+            .unwrap()
+    };
+    wait_until(
+        Duration::from_secs(5),
+        "moka to apply the bound",
+        || async {
+            let m = app.metrics().await;
+            value(&m, "nearcache_cache_entries") < 100.0
+        },
+    )
+    .await;
+    let m = app.metrics().await;
+    assert_eq!(value(&m, "nearcache_cache_max_bytes"), bound as f64);
+    let (bytes, entries) = (
+        value(&m, "nearcache_cache_bytes"),
+        value(&m, "nearcache_cache_entries"),
+    );
+    assert!(bytes <= bound as f64, "{bytes} bytes");
+    // Each principal weighs well over a kilobyte: its value, its JSON, its tags, the overheads.
+    assert!(
+        entries > 0.0 && bytes / entries > 1_000.0,
+        "{bytes} bytes in {entries}"
+    );
+    assert!(value(&m, "nearcache_cache_evicted_total") > 0.0);
+}

@@ -1,8 +1,9 @@
 //! What a cached principal costs in memory: `memory <n>` fills a nearcache `Cache` with `n`
 //! principals as the service caches them (the domain value, its two rendered JSON bodies, its
 //! two tags, the tag index), and prints one JSON line with the process's resident set before
-//! and after, and the average sizes of the value and of the JSON. Run in a process of its own
-//! by `cargo xtask bench`, so that no earlier allocation is reused.
+//! and after, and the average sizes of the value and of the JSON. `memory <n> <max_bytes>`
+//! bounds the cache in bytes as `--cache-max-bytes` does, and prints what it kept. Run in a
+//! process of its own by `cargo xtask bench`, so that no earlier allocation is reused.
 
 use std::sync::Arc;
 
@@ -28,11 +29,17 @@ fn main() {
     let n: u64 = std::env::args()
         .nth(1)
         .and_then(|n| n.parse().ok())
-        .expect("usage: memory <entries>");
-    let cache: Cache<UserId, Arc<CachedPrincipal>> = Cache::new(CacheConfig {
-        capacity: n * 2,
-        ..CacheConfig::default()
-    });
+        .expect("usage: memory <entries> [max_bytes]");
+    let max_bytes: Option<u64> = std::env::args().nth(2).and_then(|n| n.parse().ok());
+    // As the server makes it (`--cache-capacity`, or `--cache-max-bytes`).
+    let cache: Cache<UserId, Arc<CachedPrincipal>> = Cache::with_weigher(
+        CacheConfig {
+            capacity: n * 2,
+            max_bytes,
+            ..CacheConfig::default()
+        },
+        |_, p: &Arc<CachedPrincipal>| p.heap_bytes(),
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
@@ -77,11 +84,15 @@ fn main() {
     });
     cache.run_pending_tasks();
     let after = rss();
-    assert_eq!(cache.len(), n, "every principal cached");
+    if max_bytes.is_none() {
+        assert_eq!(cache.len(), n, "every principal cached");
+    }
     value_bytes += n * std::mem::size_of::<CachedPrincipal>() as u64;
     println!(
-        "{{\"entries\":{n},\"rss_before\":{before},\"rss_after\":{after},\"value_bytes\":{},\"json_bytes\":{}}}",
+        "{{\"entries\":{n},\"rss_before\":{before},\"rss_after\":{after},\"value_bytes\":{},\"json_bytes\":{},\"kept\":{},\"weighted\":{}}}",
         value_bytes / n.max(1),
-        json_bytes / n.max(1)
+        json_bytes / n.max(1),
+        cache.len(),
+        cache.weighted_size()
     );
 }

@@ -53,6 +53,19 @@ impl CachedPrincipal {
         &self.principal
     }
 
+    /// The heap bytes it takes behind the `Arc` a cache holds: itself, its strings and its
+    /// bodies (what `--cache-max-bytes` weighs a principal by, beside the cache's overhead).
+    pub fn heap_bytes(&self) -> usize {
+        let (user, org) = (&self.principal.user, &self.principal.organization);
+        let strings = user.email.capacity()
+            + user.name.capacity()
+            + org.name.capacity()
+            + org.plan.capacity();
+        // The Arc's counts, and the shared header of the bodies' buffer.
+        let headers = 16 + 32;
+        std::mem::size_of::<Self>() + headers + strings + self.json_len()
+    }
+
     /// Bytes of the rendered bodies it holds (the organization's body is a slice of the
     /// principal's when it can be).
     pub fn json_len(&self) -> usize {

@@ -78,6 +78,25 @@ fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 2s, 5m)"))
 }
 
+/// A size in bytes: `512MiB`, `2GiB`, `500MB`, `64KiB`, or a number of bytes.
+fn byte_size(s: &str) -> Result<u64, String> {
+    let wrong = || format!("{s}: not a size (examples: 512MiB, 2GiB, 500MB)");
+    let at = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(at);
+    let number: u64 = number.parse().map_err(|_| wrong())?;
+    let unit: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1_000,
+        "kib" => 1 << 10,
+        "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        _ => return Err(wrong()),
+    };
+    number.checked_mul(unit).ok_or_else(wrong)
+}
+
 /// The flags of `nearcache-server`.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -127,6 +146,10 @@ pub struct Config {
     /// Most principals cached.
     #[arg(long, env = "NEARCACHE_CACHE_CAPACITY", default_value_t = 100_000)]
     pub cache_capacity: u64,
+    /// Bound the cache in bytes instead (`512MiB`, `2GiB`): each principal weighs its value,
+    /// its JSON and what the cache spends to hold it. Replaces --cache-capacity.
+    #[arg(long, env = "NEARCACHE_CACHE_MAX_BYTES", value_parser = byte_size)]
+    pub cache_max_bytes: Option<u64>,
     /// How often the listener checks its connection with a notification to itself.
     #[arg(long, env = "NEARCACHE_HEARTBEAT_INTERVAL", default_value = "1s", value_parser = duration)]
     pub heartbeat_interval: Duration,
@@ -270,6 +293,8 @@ pub struct Settings {
     pub cache_tti: Option<Duration>,
     /// Capacity.
     pub cache_capacity: u64,
+    /// A bound in bytes, replacing the capacity.
+    pub cache_max_bytes: Option<u64>,
     /// Heartbeat interval.
     pub heartbeat_interval: Duration,
     /// Heartbeat timeout.
@@ -308,6 +333,7 @@ impl Settings {
             cache_ttl: Duration::from_secs(300),
             cache_tti: None,
             cache_capacity: 100_000,
+            cache_max_bytes: None,
             heartbeat_interval: Duration::from_secs(1),
             heartbeat_timeout: Duration::from_secs(3),
             check_interval: Duration::from_secs(10),
@@ -371,6 +397,7 @@ impl Config {
         settings.cache_ttl = self.cache_ttl;
         settings.cache_tti = self.cache_tti;
         settings.cache_capacity = self.cache_capacity;
+        settings.cache_max_bytes = self.cache_max_bytes;
         settings.heartbeat_interval = self.heartbeat_interval;
         settings.heartbeat_timeout = self.heartbeat_timeout;
         settings.check_interval = self.check_interval;
@@ -397,6 +424,18 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn sizes_read_as_an_operator_writes_them() {
+        use super::byte_size;
+        assert_eq!(byte_size("512MiB"), Ok(512 << 20));
+        assert_eq!(byte_size("2GiB"), Ok(2 << 30));
+        assert_eq!(byte_size("500MB"), Ok(500_000_000));
+        assert_eq!(byte_size("4096"), Ok(4096));
+        for wrong in ["", "MiB", "1.5GiB", "12 parsecs", "99999999999999GiB"] {
+            assert!(byte_size(wrong).unwrap_err().contains("512MiB"), "{wrong}");
+        }
+    }
+
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Settings, String> {

@@ -175,18 +175,22 @@ impl Application {
         };
         let cache = match settings.cache {
             CacheMode::Off => None,
-            mode => Some(Cache::new(CacheConfig {
-                capacity: settings.cache_capacity,
-                ttl: settings.cache_ttl,
-                tti: settings.cache_tti,
-                // With a listener, nothing is served until LISTEN is in place.
-                initial_mode: if mode == CacheMode::Coherent {
-                    Mode::Bypass
-                } else {
-                    Mode::Coherent
+            mode => Some(Cache::with_weigher(
+                CacheConfig {
+                    capacity: settings.cache_capacity,
+                    max_bytes: settings.cache_max_bytes,
+                    ttl: settings.cache_ttl,
+                    tti: settings.cache_tti,
+                    // With a listener, nothing is served until LISTEN is in place.
+                    initial_mode: if mode == CacheMode::Coherent {
+                        Mode::Bypass
+                    } else {
+                        Mode::Coherent
+                    },
+                    ..CacheConfig::default()
                 },
-                ..CacheConfig::default()
-            })),
+                |_, p: &Arc<CachedPrincipal>| p.heap_bytes(),
+            )),
         };
         Ok(Self {
             sources: (settings.cache == CacheMode::Coherent).then_some(Sources {

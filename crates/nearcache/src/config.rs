@@ -9,7 +9,15 @@ use crate::Mode;
 #[derive(Debug, Clone)]
 pub struct CacheConfig {
     /// The most entries kept; past it moka evicts the least useful ones. Default 100 000.
+    /// Ignored when [`max_bytes`](Self::max_bytes) is set.
     pub capacity: u64,
+    /// A bound in bytes instead of entries: the most the entries may weigh, each its value's
+    /// memory (as [`Cache::with_weigher`](crate::Cache::with_weigher)'s weigher says; without
+    /// one, only the value's own size) plus what the cache spends to hold it
+    /// ([`ENTRY_OVERHEAD`](crate::ENTRY_OVERHEAD), [`TAG_OVERHEAD`](crate::TAG_OVERHEAD) per
+    /// tag). Past it moka evicts the least useful entries; an entry heavier than the whole
+    /// bound is not stored (`Stats::oversized`). Default `None`: the bound is `capacity`.
+    pub max_bytes: Option<u64>,
     /// Absolute time to live of an entry, counted from when it was stored. A backstop only:
     /// invalidations keep entries fresh. Default 5 minutes.
     pub ttl: Duration,
@@ -46,6 +54,7 @@ impl Default for CacheConfig {
     fn default() -> Self {
         Self {
             capacity: 100_000,
+            max_bytes: None,
             ttl: Duration::from_secs(300),
             tti: None,
             negative_ttl: Duration::from_secs(5),

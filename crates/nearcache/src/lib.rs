@@ -84,6 +84,7 @@ mod handler;
 mod monitor;
 mod removal;
 mod stats;
+mod weight;
 
 pub use cache::{Cache, Internals, Write};
 pub use config::CacheConfig;
@@ -93,6 +94,7 @@ pub use monitor::{Health, Monitor};
 pub use nearcache_source::{Exposition, MetricKind};
 pub use nearcache_store::{Fill, LoadError, Loader, Mode, RowKey, Store, Tag};
 pub use stats::{Metric, Stats};
+pub use weight::{ENTRY_OVERHEAD, TAG_OVERHEAD};
 
 #[cfg(test)]
 mod tests;

@@ -41,6 +41,18 @@ where
         for (name, help, value) in gauges {
             out.gauge(name, help, labels, value);
         }
+        if let Some(max) = config.max_bytes {
+            let help =
+                "What the entries weigh together, in bytes (values and the cache's overhead).";
+            out.gauge(
+                "nearcache_cache_bytes",
+                help,
+                labels,
+                self.weighted_size() as f64,
+            );
+            let help = "The most the entries may weigh, in bytes (max_bytes).";
+            out.gauge("nearcache_cache_max_bytes", help, labels, max as f64);
+        }
         for m in self.stats().metrics() {
             let name = format!("nearcache_cache_{}_total", m.name);
             out.counter(&name, m.help, labels, m.value);

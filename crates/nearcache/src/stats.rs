@@ -58,6 +58,7 @@ counters! {
     flushes: "Flushes, including those of entering bypass mode.",
     expired: "Entries that expired (TTL, time to idle).",
     evicted: "Entries evicted to respect the capacity.",
+    oversized: "Values not stored because they alone weigh more than the cache's max_bytes.",
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -75,11 +76,11 @@ mod tests {
         bump(&c.hits);
         bump(&c.evicted);
         let metrics = c.snapshot().metrics();
-        assert_eq!(metrics.len(), 13);
+        assert_eq!(metrics.len(), 14);
         let get = |name: &str| metrics.iter().find(|m| m.name == name).unwrap().value;
         assert_eq!((get("hits"), get("evicted"), get("loads")), (2.0, 1.0, 0.0));
         let mut names: Vec<&str> = metrics.iter().map(|m| m.name).collect();
         names.dedup();
-        assert_eq!(names.len(), 13);
+        assert_eq!(names.len(), 14);
     }
 }

@@ -13,7 +13,7 @@ pub(super) fn section(ctx: &Ctx, report: &mut String) -> Result<()> {
     let Ctx { args, .. } = ctx;
     let n: u64 = if args.quick { 100_000 } else { 1_000_000 };
     eprintln!("==> memory: {n} cached principals in a process of their own");
-    let m = measure(n)?;
+    let m = measure(n, None)?;
     writeln!(report, "\n## Memory per cached principal\n\n{n} principals (user + organization, their two rendered JSON bodies, two tags each, the tag index) in a nearcache `Cache` as the service fills it, in a process of its own (`crates/nearcache-http/examples/memory.rs`), with jemalloc as the server runs; resident set before and after.\n")?;
     writeln!(
             report,
@@ -29,6 +29,26 @@ pub(super) fn section(ctx: &Ctx, report: &mut String) -> Result<()> {
         m.json_bytes,
         per - (m.value_bytes + m.json_bytes) as f64
     )?;
+    // The same fill bounded in bytes, as `--cache-max-bytes` bounds the server's cache.
+    let bound: u64 = if args.quick { 64 << 20 } else { 512 << 20 };
+    eprintln!(
+        "==> memory: {n} principals into a cache of at most {} MiB",
+        bound >> 20
+    );
+    let b = measure(n, Some(bound))?;
+    let grown = b.rss_after.saturating_sub(b.rss_before);
+    writeln!(
+        report,
+        "\nThe same {n} principals into a cache bounded by `max_bytes` = {} MiB (`--cache-max-bytes`), in a process of its own: it kept {} of them, weighing {:.1} MB; the resident set grew by {:.1} MB, {:.1} % of the bound.",
+        bound >> 20,
+        b.kept,
+        b.weighted as f64 / 1e6,
+        grown as f64 / 1e6,
+        grown as f64 * 100.0 / bound as f64
+    )?;
+    if b.weighted > bound {
+        anyhow::bail!("the weighted size {} passed the bound {bound}", b.weighted);
+    }
     Ok(())
 }
 
@@ -39,6 +59,9 @@ struct Memory {
     rss_after: u64,
     value_bytes: u64,
     json_bytes: u64,
+    /// Entries the cache held at the end, and what they weighed (bytes with a bound).
+    kept: u64,
+    weighted: u64,
 }
 
 impl Memory {
@@ -47,7 +70,7 @@ impl Memory {
     }
 }
 
-fn measure(n: u64) -> Result<Memory> {
+fn measure(n: u64, max_bytes: Option<u64>) -> Result<Memory> {
     crate::check(
         crate::cargo().args([
             "build",
@@ -63,7 +86,10 @@ fn measure(n: u64) -> Result<Memory> {
         .join("release")
         .join("examples")
         .join("memory");
-    let out = Command::new(&binary).arg(n.to_string()).output()?;
+    let out = Command::new(&binary)
+        .arg(n.to_string())
+        .args(max_bytes.map(|b| b.to_string()))
+        .output()?;
     if !out.status.success() {
         bail!(
             "{} failed: {}",
@@ -83,5 +109,7 @@ fn measure(n: u64) -> Result<Memory> {
         rss_after: field("rss_after")?,
         value_bytes: field("value_bytes")?,
         json_bytes: field("json_bytes")?,
+        kept: field("kept")?,
+        weighted: field("weighted")?,
     })
 }

@@ -11,6 +11,7 @@ use crate::entry::{Cause, Entry};
 #[cfg(test)]
 use crate::explore::Step;
 use crate::stats::bump;
+use crate::weight::weight;
 use crate::{Fill, LoadError, Tag};
 
 /// What a load produced, as its waiters see it: the result, the ticket it was loaded under and
@@ -99,7 +100,10 @@ where
                 bump(&inner.counters.discarded_fills);
                 return false;
             }
-            self.insert_locked(&mut fence, key, value.clone(), tags.clone(), ttl)
+            match self.insert_locked(&mut fence, key, value.clone(), tags.clone(), ttl) {
+                Some(replaced) => replaced,
+                None => return false,
+            }
         };
         self.note_unwatched(&tags);
         self.after_write(key, value.as_ref(), replaced);
@@ -139,7 +143,9 @@ where
         }
     }
 
-    /// Stores an entry; the fence must be locked. Returns whether a live entry was replaced.
+    /// Stores an entry; the fence must be locked. Returns whether a live entry was replaced,
+    /// or `None` when the entry alone weighs more than `max_bytes`: then it is not stored, and
+    /// the key's entry, which it would have replaced, goes.
     pub(super) fn insert_locked(
         &self,
         fence: &mut Fenced<'_, K, V>,
@@ -147,23 +153,28 @@ where
         value: Option<V>,
         tags: Arc<[Tag]>,
         ttl: Duration,
-    ) -> bool {
+    ) -> Option<bool> {
         let inner = &*self.inner;
         let generation = inner.generation.load(Ordering::Acquire);
         let replaced = self.unflushed(key).is_some();
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-        fence.index(key, id, &tags);
-        inner.entries.insert(
-            key.clone(),
-            Arc::new(Entry {
-                value,
-                id,
-                tags,
-                ttl,
-                generation,
-            }),
-        );
-        replaced
+        let entry = Entry {
+            value,
+            id,
+            tags,
+            ttl,
+            generation,
+        };
+        if let Some(max) = inner.config.max_bytes {
+            if weight(inner.weigh.as_ref(), key, &entry) > max {
+                bump(&inner.counters.oversized);
+                inner.entries.invalidate(key);
+                return None;
+            }
+        }
+        fence.index(key, id, &entry.tags);
+        inner.entries.insert(key.clone(), Arc::new(entry));
+        Some(replaced)
     }
 
     pub(super) fn after_write(&self, key: &K, value: Option<&V>, replaced: bool) {

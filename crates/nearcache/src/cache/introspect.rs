@@ -88,6 +88,13 @@ where
         self.inner.counters.snapshot()
     }
 
+    /// What the entries weigh together, in bytes, with [`CacheConfig::max_bytes`] set (see
+    /// [`Cache::with_weigher`]); their number otherwise. Like [`len`](Self::len), it lags
+    /// behind writes until moka's pending tasks run.
+    pub fn weighted_size(&self) -> u64 {
+        self.inner.entries.weighted_size()
+    }
+
     /// The configuration the cache was made with.
     ///
     /// ```

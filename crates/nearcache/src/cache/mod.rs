@@ -25,6 +25,7 @@ use crate::fence::{Fence, Forgotten};
 use crate::flight::Flights;
 use crate::removal::{RemovalQueue, Removed};
 use crate::stats::{bump, Counters};
+use crate::weight::{weight, Weigh};
 use crate::{CacheConfig, LoadError, Loader, Mode, Store, Tag};
 
 /// A step boundary of the protocol, where the explorer of the tests may switch to another
@@ -82,6 +83,8 @@ struct Inner<K, V> {
     /// Tables already warned about: a fill tagged only with them can never be invalidated.
     warned: Mutex<std::collections::HashSet<String>>,
     callback: Option<Callback<K, V>>,
+    /// With `max_bytes`: the heap bytes a value owns.
+    weigh: Option<Weigh<K, V>>,
     config: CacheConfig,
     /// Test builds only: the explorer's hook, told of every step boundary of the protocol.
     #[cfg(test)]
@@ -112,7 +115,28 @@ where
     /// assert!(cache.is_empty());
     /// ```
     pub fn new(config: CacheConfig) -> Self {
-        Self::build(config, None)
+        Self::build(config, None, None)
+    }
+
+    /// A cache bounded in bytes ([`CacheConfig::max_bytes`]) whose values own heap memory:
+    /// `weigh` says how many bytes a value owns beyond its own size (its strings' and vectors'
+    /// capacities, what its `Arc`s point to). Without `max_bytes` the weigher is not used.
+    ///
+    /// ```
+    /// use nearcache::{Cache, CacheConfig};
+    /// let cache: Cache<u32, String> = Cache::with_weigher(
+    ///     CacheConfig { max_bytes: Some(64 * 1024 * 1024), ..CacheConfig::default() },
+    ///     |_key, name: &String| name.capacity(),
+    /// );
+    /// cache.put(1, "Ada".to_string());
+    /// cache.run_pending_tasks();
+    /// assert!(cache.weighted_size() > 3);
+    /// ```
+    pub fn with_weigher(
+        config: CacheConfig,
+        weigh: impl Fn(&K, &V) -> usize + Send + Sync + 'static,
+    ) -> Self {
+        Self::build(config, None, Some(Arc::new(weigh)))
     }
 
     /// A cache that calls `callback` after every modification (ConCache's callback). The
@@ -134,14 +158,29 @@ where
         config: CacheConfig,
         callback: impl Fn(&Change<'_, K, V>) + Send + Sync + 'static,
     ) -> Self {
-        Self::build(config, Some(Arc::new(callback)))
+        Self::build(config, Some(Arc::new(callback)), None)
     }
 
-    fn build(config: CacheConfig, callback: Option<Callback<K, V>>) -> Self {
+    fn build(
+        config: CacheConfig,
+        callback: Option<Callback<K, V>>,
+        weigh: Option<Weigh<K, V>>,
+    ) -> Self {
         let removals = Arc::new(RemovalQueue::new());
         let queue = removals.clone();
-        let entries = moka::sync::Cache::builder()
-            .max_capacity(config.capacity)
+        let mut builder = moka::sync::Cache::builder();
+        builder = match config.max_bytes {
+            Some(bytes) => {
+                let weigh = weigh.clone();
+                builder
+                    .max_capacity(bytes)
+                    .weigher(move |key: &K, entry: &Arc<Entry<V>>| {
+                        u32::try_from(weight(weigh.as_ref(), key, entry)).unwrap_or(u32::MAX)
+                    })
+            }
+            None => builder.max_capacity(config.capacity),
+        };
+        let entries = builder
             .expire_after(EntryExpiry { tti: config.tti })
             .eviction_listener(move |key: Arc<K>, entry, cause| {
                 queue.push(Removed {
@@ -169,6 +208,7 @@ where
                 watched: std::sync::RwLock::default(),
                 warned: Mutex::default(),
                 callback,
+                weigh,
                 config,
                 #[cfg(test)]
                 steps: std::sync::OnceLock::new(),

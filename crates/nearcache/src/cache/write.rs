@@ -20,6 +20,9 @@ pub enum Write {
     Missing,
     /// The cache is in bypass (its source cannot vouch for it): nothing is stored.
     Bypass,
+    /// The value alone weighs more than the cache's `max_bytes`: it is not stored, and the
+    /// key's earlier entry is gone.
+    TooLarge,
 }
 
 impl Write {
@@ -109,6 +112,10 @@ where
             fence.invalidate_key(&key);
             self.insert_locked(&mut fence, &key, Some(value.clone()), tags, ttl)
         };
+        let Some(replaced) = replaced else {
+            self.process_removals();
+            return Write::TooLarge;
+        };
         self.after_write(&key, Some(&value), replaced);
         Write::Stored
     }
@@ -196,6 +203,10 @@ where
         };
         // Callbacks run with no lock held, not even the key's, so they may update the key.
         drop(serial);
+        let Some(replaced) = replaced else {
+            self.process_removals();
+            return Ok(Write::TooLarge);
+        };
         self.after_write(&key, Some(&new), replaced);
         Ok(Write::Stored)
     }
