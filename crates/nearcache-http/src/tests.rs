@@ -194,7 +194,7 @@ async fn patch_invalidates_the_user_before_answering() {
     let id = UserId::new(Uuid::new_v4());
     let p = Arc::new(CachedPrincipal::new(principal(id, true)));
     let mut repo = MockUserRepo::new();
-    let updated = p.principal().user.clone();
+    let updated = principal(id, true).user;
     repo.expect_update_profile()
         .times(1)
         .returning(move |_, _| Ok(updated.clone()));

@@ -6,17 +6,20 @@
 //! flushes) and never by hits, so that checking the fence and storing the entry are one step
 //! that no invalidation can fall between.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::Hash;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::rows::Rows;
 use crate::Tag;
 
 /// State a flush forgot, dropped outside the lock.
 pub(crate) struct Forgotten<K> {
     _keys: HashMap<K, u64>,
     _tags: HashMap<Tag, u64>,
-    _index: HashMap<Tag, HashMap<K, u64>>,
+    _index: HashMap<Tag, Rows<K>>,
 }
 
 pub(crate) struct Fence<K> {
@@ -28,7 +31,7 @@ pub(crate) struct Fence<K> {
     keys: HashMap<K, u64>,
     tags: HashMap<Tag, u64>,
     /// Which entries (key and entry id) carry each tag.
-    index: HashMap<Tag, HashMap<K, u64>>,
+    index: HashMap<Tag, Rows<K>>,
     /// Rows of `index` in all (tag, entry pairs).
     index_rows: usize,
     memory: usize,
@@ -77,13 +80,13 @@ impl<K: Hash + Eq + Clone> Fence<K> {
     }
 
     /// Records an invalidation of `tag`; returns the entries that carried it.
-    pub(crate) fn invalidate_tag(&mut self, tag: &Tag) -> HashMap<K, u64> {
+    pub(crate) fn invalidate_tag(&mut self, tag: &Tag) -> Option<Rows<K>> {
         self.age(Instant::now());
         self.epoch += 1;
         self.tags.insert(tag.clone(), self.epoch);
         self.forget_if_full();
-        let carried = self.index.remove(tag).unwrap_or_default();
-        self.index_rows -= carried.len();
+        let carried = self.index.remove(tag);
+        self.index_rows -= carried.as_ref().map_or(0, Rows::len);
         carried
     }
 
@@ -100,16 +103,30 @@ impl<K: Hash + Eq + Clone> Fence<K> {
         }
     }
 
-    pub(crate) fn index(&mut self, key: &K, id: u64, tags: &[Tag]) {
-        for tag in tags {
-            let previous = self
-                .index
-                .entry(tag.clone())
-                .or_default()
-                .insert(key.clone(), id);
-            if previous.is_none() {
+    /// Records that entry `id` of `key` carries `tags`. A tag the index already holds is
+    /// shared: `tags` is made to point at the index's copy of its name, so that a tag many
+    /// entries carry (an organization's) is held once, not once per entry.
+    pub(crate) fn index(&mut self, key: &K, id: u64, tags: &mut Arc<[Tag]>) {
+        let mut shared: Option<Vec<Tag>> = None;
+        for (n, tag) in tags.iter().enumerate() {
+            let added = match self.index.entry(tag.clone()) {
+                Entry::Vacant(v) => {
+                    v.insert(Rows::One(key.clone(), id));
+                    true
+                }
+                Entry::Occupied(mut o) => {
+                    if !std::ptr::eq(o.key().as_str(), tag.as_str()) {
+                        shared.get_or_insert_with(|| tags.to_vec())[n] = o.key().clone();
+                    }
+                    o.get_mut().insert(key.clone(), id).is_none()
+                }
+            };
+            if added {
                 self.index_rows += 1;
             }
+        }
+        if let Some(shared) = shared {
+            *tags = Arc::from(shared);
         }
     }
 
@@ -117,10 +134,9 @@ impl<K: Hash + Eq + Clone> Fence<K> {
     pub(crate) fn unindex(&mut self, key: &K, id: u64, tags: &[Tag]) {
         for tag in tags {
             if let Some(entries) = self.index.get_mut(tag) {
-                if entries.get(key) == Some(&id) {
-                    entries.remove(key);
+                if entries.get(key) == Some(id) {
                     self.index_rows -= 1;
-                    if entries.is_empty() {
+                    if entries.remove(key) {
                         self.index.remove(tag);
                     }
                 }
@@ -133,7 +149,7 @@ impl<K: Hash + Eq + Clone> Fence<K> {
     pub(crate) fn sizes(&self) -> (usize, usize, usize) {
         debug_assert_eq!(
             self.index_rows,
-            self.index.values().map(HashMap::len).sum::<usize>()
+            self.index.values().map(Rows::len).sum::<usize>()
         );
         (
             self.index.len(),
@@ -250,10 +266,35 @@ mod tests {
     fn unindex_leaves_a_newer_entry() {
         let mut f = Fence::<u32>::new(10, WINDOW);
         let t = Tag::new("t");
-        f.index(&1, 10, std::slice::from_ref(&t));
-        f.index(&1, 11, std::slice::from_ref(&t));
+        let mut tags: Arc<[Tag]> = Arc::from([t.clone()]);
+        f.index(&1, 10, &mut tags);
+        f.index(&1, 11, &mut tags);
         f.unindex(&1, 10, std::slice::from_ref(&t));
-        assert_eq!(f.invalidate_tag(&t).get(&1), Some(&11));
+        assert_eq!(f.invalidate_tag(&t).unwrap().get(&1), Some(11));
         assert_eq!(f.indexed_tags(), 0);
+    }
+
+    #[test]
+    fn a_tag_several_entries_carry_is_held_once() {
+        let mut f = Fence::<u32>::new(10, WINDOW);
+        let (mut first, mut second): (Arc<[Tag]>, Arc<[Tag]>) = (
+            Arc::from([Tag::new("users:1"), Tag::new("organizations:7")]),
+            Arc::from([Tag::new("users:2"), Tag::new("organizations:7")]),
+        );
+        let before = second.clone();
+        f.index(&1, 10, &mut first);
+        f.index(&2, 11, &mut second);
+        assert_eq!(second, before, "the same names");
+        assert!(
+            std::ptr::eq(second[1].as_str(), first[1].as_str()),
+            "one copy"
+        );
+        assert!(!std::ptr::eq(second[1].as_str(), before[1].as_str()));
+        let mut again = first.clone();
+        f.index(&1, 12, &mut again);
+        assert!(
+            Arc::ptr_eq(&again, &first),
+            "nothing to share: no new slice"
+        );
     }
 }

@@ -83,6 +83,7 @@ mod flight;
 mod handler;
 mod monitor;
 mod removal;
+mod rows;
 mod stats;
 mod weight;
 

@@ -22,7 +22,7 @@ pub const ENTRY_OVERHEAD: usize = 370;
 /// What each tag of an entry costs beyond its name's bytes: the entry's `Tag` (an `Arc<str>`
 /// and its allocation) and the fence's index row for it. Measured as `ENTRY_OVERHEAD` is, with
 /// one and two tags.
-pub const TAG_OVERHEAD: usize = 280;
+pub const TAG_OVERHEAD: usize = 180;
 
 /// The weight of `entry` under `key`, in bytes.
 pub(crate) fn weight<K, V>(weigh: Option<&Weigh<K, V>>, key: &K, entry: &Entry<V>) -> u64 {

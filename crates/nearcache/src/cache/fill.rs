@@ -158,7 +158,7 @@ where
         let generation = inner.generation.load(Ordering::Acquire);
         let replaced = self.unflushed(key).is_some();
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let entry = Entry {
+        let mut entry = Entry {
             value,
             id,
             tags,
@@ -172,7 +172,7 @@ where
                 return None;
             }
         }
-        fence.index(key, id, &entry.tags);
+        fence.index(key, id, &mut entry.tags);
         inner.entries.insert(key.clone(), Arc::new(entry));
         Some(replaced)
     }

@@ -81,7 +81,8 @@ where
             let mut fence = self.fenced();
             fence
                 .invalidate_tag(tag)
-                .into_keys()
+                .into_iter()
+                .flat_map(crate::rows::Rows::into_keys)
                 .filter_map(|k| inner.entries.remove(&k).map(|e| (k, e)))
                 .collect()
         };
