@@ -5,6 +5,7 @@
 #[macro_use]
 mod support;
 
+mod audit;
 mod checker;
 mod cluster;
 mod coherence;

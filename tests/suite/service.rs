@@ -495,4 +495,13 @@ async fn a_cache_bounded_in_bytes_stays_under_its_bound() {
         "{bytes} bytes in {entries}"
     );
     assert!(value(&m, "nearcache_cache_evicted_total") > 0.0);
+
+    // The audit runs by default (2 a second) and finds nothing stale here.
+    wait_until(Duration::from_secs(10), "an audit in /healthz", || async {
+        app.get("/healthz", None).await.1["audit"]["checked"].as_u64() > Some(0)
+    })
+    .await;
+    let health = app.get("/healthz", None).await.1;
+    assert_eq!(health["audit"]["stale"], 0, "{health}");
+    assert!(value(&app.metrics().await, "nearcache_cache_audit_checked_total") > 0.0);
 }

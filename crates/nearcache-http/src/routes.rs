@@ -132,6 +132,9 @@ pub struct Health {
     pub source_error: Option<String>,
     /// The invalidation source in use (`wal`, `notify`), once chosen.
     pub source: Option<&'static str>,
+    /// The online audit so far, when it runs: entries checked, and of them stale (an
+    /// invalidation missed; each evicted).
+    pub audit: Option<(u64, u64)>,
 }
 
 /// What the composing binary tells the HTTP layer about the parts it cannot see.
@@ -325,6 +328,15 @@ fn healthz(state: &AppState) -> Response<Full<Bytes>> {
     }
     if let Some(source) = health.source {
         body["source"] = source.into();
+    }
+    if let Some((checked, stale)) = health.audit {
+        let ratio = if checked == 0 {
+            0.0
+        } else {
+            stale as f64 / checked as f64
+        };
+        body["audit"] =
+            serde_json::json!({"checked": checked, "stale": stale, "stale_ratio": ratio});
     }
     json(status, &body)
 }

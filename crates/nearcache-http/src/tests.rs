@@ -28,6 +28,7 @@ impl Probe for Ready {
             problem: None,
             source_error: None,
             source: None,
+            audit: None,
         }
     }
     fn render_metrics(&self, out: &mut String) {

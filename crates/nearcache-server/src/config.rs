@@ -165,6 +165,10 @@ pub struct Config {
     /// reading holds it back for the whole cluster; full, every notifying commit fails.
     #[arg(long, env = "NEARCACHE_NOTIFY_QUEUE_LIMIT", default_value_t = 0.5)]
     pub notify_queue_limit: f64,
+    /// Cached principals per second the audit loads again and compares (coherent mode; 0
+    /// turns it off): nearcache_cache_audit_*_total on /metrics, the ratio on /healthz.
+    #[arg(long, env = "NEARCACHE_AUDIT_RATE", default_value_t = 2.0)]
+    pub audit_rate: f64,
     /// Notification channel of the triggers (the database's `nearcache_channel()`).
     #[arg(long, env = "NEARCACHE_CHANNEL", default_value = "nearcache")]
     pub channel: String,
@@ -303,6 +307,8 @@ pub struct Settings {
     pub check_interval: Duration,
     /// How full the notification queue may be under LISTEN.
     pub notify_queue_limit: f64,
+    /// Principals audited per second (0: off).
+    pub audit_rate: f64,
     /// Notification channel.
     pub channel: String,
     /// Invalidation source of a coherent cache.
@@ -338,6 +344,7 @@ impl Settings {
             heartbeat_timeout: Duration::from_secs(3),
             check_interval: Duration::from_secs(10),
             notify_queue_limit: 0.5,
+            audit_rate: 2.0,
             channel: "nearcache".into(),
             source: SourceKind::Auto,
             nats: NatsSettings {
@@ -402,6 +409,7 @@ impl Config {
         settings.heartbeat_timeout = self.heartbeat_timeout;
         settings.check_interval = self.check_interval;
         settings.notify_queue_limit = self.notify_queue_limit;
+        settings.audit_rate = self.audit_rate;
         settings.channel = self.channel;
         settings.source = self.source;
         settings.nats = NatsSettings {

@@ -8,6 +8,7 @@
 //!
 //! Nothing depends on this crate but its binary and the cross-crate tests.
 
+mod audit;
 mod config;
 mod database;
 mod handler;
@@ -273,6 +274,18 @@ impl Application {
             ),
         ));
 
+        let audits = settings.cache == CacheMode::Coherent && settings.audit_rate > 0.0;
+        if let (Some(cache), true) = (&cache, audits) {
+            // A healthy source evicts a change within its heartbeat's interval and timeout,
+            // or bypasses.
+            let bound = settings.heartbeat_interval + settings.heartbeat_timeout;
+            let repo = PgUserRepo::with_replans(pool.clone(), replans.clone());
+            let rate = settings.audit_rate;
+            tasks.push((
+                "audit",
+                audit::spawn(cache.clone(), repo, rate, bound, &stop),
+            ));
+        }
         let store: PrincipalStore = match &cache {
             Some(c) => Arc::new(c.clone()),
             None => Arc::new(PassThrough::new()),
@@ -284,6 +297,7 @@ impl Application {
             chosen,
             db_ok,
             replans.clone(),
+            audits,
         ));
         let repo = Arc::new(PgUserRepo::with_replans(pool.clone(), replans));
         let state = AppState::new(store, repo, authenticator, probe);

@@ -25,6 +25,8 @@ pub(crate) struct ServerProbe {
     db_ok: Arc<AtomicBool>,
     /// The pool's statements made stale by migrations.
     replans: Replans,
+    /// Whether the audit runs (`--audit-rate` above 0, coherent mode).
+    audit: bool,
 }
 
 impl ServerProbe {
@@ -35,6 +37,7 @@ impl ServerProbe {
         source: Arc<OnceLock<SourceKind>>,
         db_ok: Arc<AtomicBool>,
         replans: Replans,
+        audit: bool,
     ) -> Self {
         let mut monitor = Monitor::new();
         if let Some(cache) = &cache {
@@ -51,6 +54,7 @@ impl ServerProbe {
             source,
             db_ok,
             replans,
+            audit,
         }
     }
 }
@@ -77,6 +81,12 @@ impl Probe for ServerProbe {
             problem: shared.problem,
             source_error: shared.source_error,
             source: self.source.get().map(|s| s.as_str()),
+            audit: self
+                .cache
+                .as_ref()
+                .filter(|_| self.audit)
+                .map(|c| c.stats())
+                .map(|s| (s.audit_checked, s.audit_stale)),
         }
     }
 

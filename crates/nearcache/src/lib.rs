@@ -87,7 +87,7 @@ mod rows;
 mod stats;
 mod weight;
 
-pub use cache::{Cache, Internals, Write};
+pub use cache::{Audit, Cache, Internals, Write};
 pub use config::CacheConfig;
 pub use entry::{Cause, Change};
 pub use handler::TableHandler;

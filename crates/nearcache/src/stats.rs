@@ -59,6 +59,9 @@ counters! {
     expired: "Entries that expired (TTL, time to idle).",
     evicted: "Entries evicted to respect the capacity.",
     oversized: "Values not stored because they alone weigh more than the cache's max_bytes.",
+    audit_checked: "Cached entries the audit loaded again and compared.",
+    audit_mismatched: "Audited entries that differed from the database when loaded (usually a change whose invalidation was on its way).",
+    audit_stale: "Audited entries still cached the source's bound after they differed: an invalidation was missed. Each is evicted.",
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -76,11 +79,11 @@ mod tests {
         bump(&c.hits);
         bump(&c.evicted);
         let metrics = c.snapshot().metrics();
-        assert_eq!(metrics.len(), 14);
+        assert_eq!(metrics.len(), 17);
         let get = |name: &str| metrics.iter().find(|m| m.name == name).unwrap().value;
         assert_eq!((get("hits"), get("evicted"), get("loads")), (2.0, 1.0, 0.0));
         let mut names: Vec<&str> = metrics.iter().map(|m| m.name).collect();
         names.dedup();
-        assert_eq!(names.len(), 14);
+        assert_eq!(names.len(), 17);
     }
 }

@@ -64,6 +64,9 @@ row! {
     errors: u64 => "errors", "{}";
     lag_ms: f64 => "heartbeat_rtt_ms", "{:.2}";
     bypass_s: f64 => "bypass_s", "{:.2}";
+    /// The instance's online audit so far (`--audit-rate`): entries checked, and found stale.
+    audit_checked: f64 => "audit_checked", "{}";
+    audit_stale: f64 => "audit_stale", "{}";
     /// Checked reads so far, all instances.
     checks: u64 => "checks", "{}";
     stale: u64 => "stale", "{}";
@@ -167,6 +170,8 @@ pub(super) async fn sample(
                 errors: traffic.errors,
                 lag_ms: v("nearcache_source_heartbeat_rtt_seconds") * 1000.0,
                 bypass_s: (bypass - last_bypass[i]) as f64 / 1000.0,
+                audit_checked: v("nearcache_cache_audit_checked_total"),
+                audit_stale: v("nearcache_cache_audit_stale_total"),
                 checks: shared.checks.load(Relaxed),
                 stale: shared.stale.load(Relaxed),
             };

@@ -54,6 +54,22 @@ pub(super) fn judge(
             args.heartbeat_timeout + Duration::from_secs(1)
         ),
     );
+    // Each instance's own audit (the server's default rate), as its last sample says.
+    let last = |i: usize| rows.iter().rev().find(|r| r.instance == i);
+    let audited: Vec<&Row> = (0..).map_while(last).collect();
+    let sum = |f: fn(&Row) -> f64| {
+        audited
+            .iter()
+            .map(|r| f(r))
+            .filter(|v| v.is_finite())
+            .sum::<f64>()
+    };
+    let (audit_checked, audit_stale) = (sum(|r| r.audit_checked), sum(|r| r.audit_stale));
+    check(
+        "the online audit found nothing stale",
+        audit_stale == 0.0 && audit_checked > 0.0,
+        format!("{audit_stale} stale of {audit_checked} entries audited (all instances)"),
+    );
     check(
         "the instances (and the relay) ran to the end",
         exits.iter().all(|(_, e)| e.is_none()),

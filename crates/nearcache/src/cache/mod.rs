@@ -7,6 +7,7 @@
 //! - `write.rs`: `put`, `insert`, `update` (writes that need no load);
 //! - `gate.rs`: invalidations, flushes and the coherence gate (what a source calls);
 //! - `introspect.rs`: sizes, counters, configuration;
+//! - `audit.rs`: the online audit (entries loaded again and compared);
 //! - this file: the shared state, the fence's lock (`Fenced`) and removals with callbacks.
 
 use std::hash::Hash;
@@ -37,12 +38,14 @@ macro_rules! step {
     };
 }
 
+mod audit;
 mod fill;
 mod gate;
 mod introspect;
 mod read;
 mod write;
 
+pub use audit::Audit;
 use fill::Outcome;
 pub use introspect::Internals;
 pub use write::Write;
