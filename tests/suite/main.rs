@@ -25,4 +25,5 @@ mod tls;
 mod values;
 mod visibility;
 mod wal;
+mod warm;
 mod writers;

@@ -52,6 +52,24 @@ impl CachedPrincipal {
         }
     }
 
+    /// The principal of `id` as the cache stores it, tagged with the rows it was built from
+    /// (a change of the user or of its organization evicts it), or a negative entry tagged
+    /// with the user's row: the one loader of the service, its audit and its warm start.
+    ///
+    /// # Errors
+    /// The repository's error, as a [`LoadError`] (downcast it to [`RepoError`]).
+    pub async fn load(repo: &dyn UserRepo, id: UserId) -> Result<Fill<Arc<Self>>, LoadError> {
+        match repo.principal(id).await {
+            Ok(Some(p)) => {
+                let tags = p.tags();
+                Ok(Fill::found(Arc::new(Self::new(p))).with_tags(tags))
+            }
+            // Remembered briefly, so a flood of tokens for a deleted user costs little.
+            Ok(None) => Ok(Fill::absent().with_tag(id.tag())),
+            Err(e) => Err(LoadError::new(e)),
+        }
+    }
+
     /// The user's id.
     pub fn id(&self) -> UserId {
         self.id
@@ -191,17 +209,7 @@ impl AppState {
     /// The principal of `id` through the store; 401 if missing or inactive.
     async fn principal(&self, id: UserId) -> Result<Arc<CachedPrincipal>, ApiError> {
         let repo = self.inner.repo.clone();
-        let loader = Box::pin(async move {
-            match repo.principal(id).await {
-                Ok(Some(p)) => {
-                    let tags = p.tags();
-                    Ok(Fill::found(Arc::new(CachedPrincipal::new(p))).with_tags(tags))
-                }
-                // Remembered briefly, so a flood of tokens for a deleted user costs little.
-                Ok(None) => Ok(Fill::absent().with_tag(id.tag())),
-                Err(e) => Err(LoadError::new(e)),
-            }
-        });
+        let loader = Box::pin(async move { CachedPrincipal::load(&*repo, id).await });
         match self.inner.store.get_or_store(id, loader).await {
             Ok(Some(p)) if p.active => Ok(p),
             Ok(_) => Err(ApiError::Unauthorized),

@@ -240,6 +240,15 @@ fn answer(path: &str, status: &RelayStatus) -> Response<Full<Bytes>> {
     };
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = code;
+    let content_type = if path == "/metrics" {
+        Exposition::CONTENT_TYPE
+    } else {
+        "application/json"
+    };
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static(content_type),
+    );
     response
 }
 

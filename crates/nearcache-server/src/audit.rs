@@ -5,9 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nearcache::{Audit, Cache, Fill, LoadError};
+use nearcache::{Audit, Cache};
 use nearcache_http::CachedPrincipal;
-use nearcache_pg::{PgUserRepo, UserId, UserRepo};
+use nearcache_pg::{PgUserRepo, UserId};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -23,12 +23,7 @@ pub(crate) fn spawn(
     tokio::spawn(async move {
         let load = |id: UserId| {
             let repo = repo.clone();
-            async move {
-                let principal = repo.principal(id).await.map_err(LoadError::new)?;
-                Ok(Fill::from_option(
-                    principal.map(|p| Arc::new(CachedPrincipal::new(p))),
-                ))
-            }
+            async move { CachedPrincipal::load(&repo, id).await }
         };
         let same = |a: &Arc<CachedPrincipal>, b: &Arc<CachedPrincipal>| a.me() == b.me();
         tokio::select! {

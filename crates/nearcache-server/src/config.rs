@@ -6,6 +6,8 @@ use std::time::Duration;
 use clap::{Parser, Subcommand, ValueEnum};
 use nearcache_http::{AuthConfig, Key};
 
+use crate::parse::{byte_size, duration, rate};
+
 /// How principals are cached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum CacheMode {
@@ -72,29 +74,6 @@ impl CacheMode {
             CacheMode::Off => "off",
         }
     }
-}
-
-fn duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 2s, 5m)"))
-}
-
-/// A size in bytes: `512MiB`, `2GiB`, `500MB`, `64KiB`, or a number of bytes.
-fn byte_size(s: &str) -> Result<u64, String> {
-    let wrong = || format!("{s}: not a size (examples: 512MiB, 2GiB, 500MB)");
-    let at = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (number, unit) = s.split_at(at);
-    let number: u64 = number.parse().map_err(|_| wrong())?;
-    let unit: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "kb" => 1_000,
-        "kib" => 1 << 10,
-        "mb" => 1_000_000,
-        "mib" => 1 << 20,
-        "gb" => 1_000_000_000,
-        "gib" => 1 << 30,
-        _ => return Err(wrong()),
-    };
-    number.checked_mul(unit).ok_or_else(wrong)
 }
 
 /// The flags of `nearcache-server`.
@@ -167,8 +146,15 @@ pub struct Config {
     pub notify_queue_limit: f64,
     /// Cached principals per second the audit loads again and compares (coherent mode; 0
     /// turns it off): nearcache_cache_audit_*_total on /metrics, the ratio on /healthz.
-    #[arg(long, env = "NEARCACHE_AUDIT_RATE", default_value_t = 2.0)]
+    #[arg(long, env = "NEARCACHE_AUDIT_RATE", default_value = "2", value_parser = rate)]
     pub audit_rate: f64,
+    /// A file for a warm start: the ids of the principals cached are written there at
+    /// shutdown and loaded again at start, once the source is coherent.
+    #[arg(long, env = "NEARCACHE_WARM_FILE")]
+    pub warm_file: Option<std::path::PathBuf>,
+    /// Principals per second loaded by a warm start.
+    #[arg(long, env = "NEARCACHE_WARM_RATE", default_value = "500", value_parser = rate)]
+    pub warm_rate: f64,
     /// Notification channel of the triggers (the database's `nearcache_channel()`).
     #[arg(long, env = "NEARCACHE_CHANNEL", default_value = "nearcache")]
     pub channel: String,
@@ -309,6 +295,10 @@ pub struct Settings {
     pub notify_queue_limit: f64,
     /// Principals audited per second (0: off).
     pub audit_rate: f64,
+    /// The warm start's file, if any.
+    pub warm_file: Option<std::path::PathBuf>,
+    /// Principals per second loaded by a warm start.
+    pub warm_rate: f64,
     /// Notification channel.
     pub channel: String,
     /// Invalidation source of a coherent cache.
@@ -345,6 +335,8 @@ impl Settings {
             check_interval: Duration::from_secs(10),
             notify_queue_limit: 0.5,
             audit_rate: 2.0,
+            warm_file: None,
+            warm_rate: 500.0,
             channel: "nearcache".into(),
             source: SourceKind::Auto,
             nats: NatsSettings {
@@ -410,6 +402,8 @@ impl Config {
         settings.check_interval = self.check_interval;
         settings.notify_queue_limit = self.notify_queue_limit;
         settings.audit_rate = self.audit_rate;
+        settings.warm_file = self.warm_file;
+        settings.warm_rate = self.warm_rate;
         settings.channel = self.channel;
         settings.source = self.source;
         settings.nats = NatsSettings {
@@ -432,18 +426,6 @@ impl Config {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn sizes_read_as_an_operator_writes_them() {
-        use super::byte_size;
-        assert_eq!(byte_size("512MiB"), Ok(512 << 20));
-        assert_eq!(byte_size("2GiB"), Ok(2 << 30));
-        assert_eq!(byte_size("500MB"), Ok(500_000_000));
-        assert_eq!(byte_size("4096"), Ok(4096));
-        for wrong in ["", "MiB", "1.5GiB", "12 parsecs", "99999999999999GiB"] {
-            assert!(byte_size(wrong).unwrap_err().contains("512MiB"), "{wrong}");
-        }
-    }
-
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Settings, String> {
@@ -500,7 +482,7 @@ mod tests {
 
     #[test]
     fn bad_configurations_are_refused_with_one_clear_line() {
-        let cases: [(&[&str], &str); 7] = [
+        let cases: [(&[&str], &str); 9] = [
             (&[], "give exactly one of --jwt-secret"),
             (
                 &["--jwt-secret", "s", "--jwt-public-key", "k"],
@@ -529,6 +511,8 @@ mod tests {
                 &["--jwt-secret", "s", "--heartbeat-timeout", "0s"],
                 "must be positive",
             ),
+            (&["--jwt-secret", "s", "--audit-rate=-1"], "not a rate"),
+            (&["--jwt-secret", "s", "--audit-rate", "NaN"], "not a rate"),
         ];
         for (args, want) in cases {
             let err = parse(args).unwrap_err();

@@ -12,8 +12,10 @@ mod audit;
 mod config;
 mod database;
 mod handler;
+mod parse;
 mod probe;
 mod source;
+mod warm;
 
 use std::future::Future;
 use std::sync::atomic::AtomicBool;
@@ -274,6 +276,15 @@ impl Application {
             ),
         ));
 
+        if let (Some(cache), Some(file)) = (&cache, &settings.warm_file) {
+            let ids = warm::read(file);
+            if !ids.is_empty() {
+                let repo = PgUserRepo::with_replans(pool.clone(), replans.clone());
+                let warming = warm::spawn(cache.clone(), repo, ids, settings.warm_rate, &stop);
+                tasks.push(("warm start", warming));
+            }
+        }
+        let kept = cache.clone().filter(|_| settings.warm_file.is_some());
         let audits = settings.cache == CacheMode::Coherent && settings.audit_rate > 0.0;
         if let (Some(cache), true) = (&cache, audits) {
             // A healthy source evicts a change within its heartbeat's interval and timeout,
@@ -313,8 +324,18 @@ impl Application {
         };
         let drained = nearcache_http::serve(listener, state, serve, shutdown).await;
 
+        // Before the source stops: stopping, it flushes the cache.
+        let ids = kept.map(|cache| warm::ids(&cache));
         stop.cancel();
         stop_tasks(tasks).await;
+        if let (Some(ids), Some(file)) = (ids, &settings.warm_file) {
+            match warm::write(file, &ids) {
+                Ok(n) => tracing::info!(file = %file.display(), ids = n, "warm start: ids kept"),
+                Err(e) => {
+                    tracing::warn!(file = %file.display(), error = %e, "warm start: cannot write the file")
+                }
+            }
+        }
         // A query abandoned at the shutdown timeout still holds its connection until Postgres
         // answers it (a lock may hold it for long): closing waits a little, not for that.
         if tokio::time::timeout(POOL_CLOSE_TIMEOUT, pool.close())

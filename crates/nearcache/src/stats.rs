@@ -62,6 +62,7 @@ counters! {
     audit_checked: "Cached entries the audit loaded again and compared.",
     audit_mismatched: "Audited entries that differed from the database when loaded (usually a change whose invalidation was on its way).",
     audit_stale: "Audited entries still cached the source's bound after they differed: an invalidation was missed. Each is evicted.",
+    warmed: "Loads made by a warm start (keys kept across a restart, loaded again once coherent).",
 }
 
 pub(crate) fn bump(counter: &AtomicU64) {
@@ -79,11 +80,11 @@ mod tests {
         bump(&c.hits);
         bump(&c.evicted);
         let metrics = c.snapshot().metrics();
-        assert_eq!(metrics.len(), 17);
+        assert_eq!(metrics.len(), 18);
         let get = |name: &str| metrics.iter().find(|m| m.name == name).unwrap().value;
         assert_eq!((get("hits"), get("evicted"), get("loads")), (2.0, 1.0, 0.0));
         let mut names: Vec<&str> = metrics.iter().map(|m| m.name).collect();
         names.dedup();
-        assert_eq!(names.len(), 17);
+        assert_eq!(names.len(), 18);
     }
 }

@@ -8,6 +8,7 @@
 //! - `gate.rs`: invalidations, flushes and the coherence gate (what a source calls);
 //! - `introspect.rs`: sizes, counters, configuration;
 //! - `audit.rs`: the online audit (entries loaded again and compared);
+//! - `warm.rs`: a warm start (the keys of what is cached, loaded again after a restart);
 //! - this file: the shared state, the fence's lock (`Fenced`) and removals with callbacks.
 
 use std::hash::Hash;
@@ -43,6 +44,7 @@ mod fill;
 mod gate;
 mod introspect;
 mod read;
+mod warm;
 mod write;
 
 pub use audit::Audit;
