@@ -33,7 +33,7 @@ pub(super) async fn http(
     let client = reqwest::Client::new();
     let mut runs = Vec::new();
     // (name, flags, cache mode, path, rotate tokens)
-    let plan: [(&str, &[&str], &str, &str, bool); 5] = [
+    let plan: [(&str, &[&str], &str, &str, bool); 6] = [
         ("GET /healthz (ceiling)", &[], "coherent", "/healthz", false),
         (
             "GET /healthz with rotating tokens (ceiling, same requests)",
@@ -42,7 +42,20 @@ pub(super) async fn http(
             "/healthz",
             true,
         ),
-        ("GET /me, cache coherent", &[], "coherent", "/me", true),
+        (
+            "GET /me, cache coherent (audit at its default, 2/s)",
+            &[],
+            "coherent",
+            "/me",
+            true,
+        ),
+        (
+            "GET /me, cache coherent, no audit (--audit-rate 0)",
+            &["--audit-rate", "0"],
+            "coherent",
+            "/me",
+            true,
+        ),
         (
             "GET /me, cache off",
             &["--cache", "off"],
