@@ -9,7 +9,7 @@ use nearcache_tests::app::{now, spawn_app, spawn_app_with, token, SECRET};
 use nearcache_tests::{wait_until, PrivateCluster, TestDb};
 use serde_json::json;
 
-use crate::support::{exec, seed, update};
+use crate::support::{exec, metric as value, seed, update};
 
 fn b64(v: &serde_json::Value) -> String {
     const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
@@ -465,14 +465,6 @@ async fn a_cache_bounded_in_bytes_stays_under_its_bound() {
     for u in &users {
         assert_eq!(app.get("/me", Some(&token(u.id, json!({})))).await.0, 200);
     }
-    let value = |metrics: &str, name: &str| -> f64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .unwrap_or_else(|| panic!("{name} in\n{metrics}"))
-            .parse()
-            .unwrap()
-    };
     wait_until(
         Duration::from_secs(5),
         "moka to apply the bound",

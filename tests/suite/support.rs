@@ -263,3 +263,13 @@ pub(crate) async fn terminate_source(pool: &PgPool, source: Source) -> i64 {
     .await
     .unwrap()
 }
+
+/// The value of the unlabelled sample `name` in a Prometheus exposition.
+pub(crate) fn metric(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} in\n{metrics}"))
+        .parse()
+        .unwrap()
+}

@@ -8,16 +8,7 @@ use nearcache_tests::app::{spawn_app_with, token};
 use nearcache_tests::{wait_until, TestDb};
 use serde_json::json;
 
-use crate::support::{exec, seed};
-
-fn value(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .unwrap_or_else(|| panic!("{name} in\n{metrics}"))
-        .parse()
-        .unwrap()
-}
+use crate::support::{exec, metric as value, seed};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_restart_with_a_warm_file_answers_its_first_requests_from_the_cache() {
