@@ -118,10 +118,10 @@ pub(super) fn judge(
             worst(|r| r.tokens),
         );
         let unread = mine.iter().any(|r| r.entries.is_nan());
-        // moka evicts past its capacity at its next maintenance: a fill at capacity is indexed
-        // before the entry it displaces is gone, so each fill under way (one per reading
-        // connection, and the writers') may hold two index rows beyond the bound for a moment.
-        let in_flight = (args.connections + 2) as f64;
+        // moka applies writes, and the evictions they cause, once 64 of them are logged (its
+        // WRITE_LOG_FLUSH_POINT) or at its next maintenance: until then the entries it has
+        // taken beyond its capacity are cached, and indexed, two rows each.
+        let in_flight = 64.0;
         check(
             &format!("#{i}: internal sizes within their capacities"),
             !unread
@@ -131,7 +131,7 @@ pub(super) fn judge(
                 && fence <= fence_memory
                 && tokens <= tokens_max,
             format!(
-                "at most: entries {entries:.0} (capacity {cap:.0}), index rows {rows_:.0} (≤ 2 tags × (capacity + {in_flight:.0} fills under way)), \
+                "at most: entries {entries:.0} (capacity {cap:.0}), index rows {rows_:.0} (≤ 2 tags × (capacity + {in_flight:.0} writes moka has yet to apply)), \
                  indexed tags {tags:.0}, fence {fence:.0} (memory {fence_memory}), tokens {tokens:.0} (≤ {tokens_max}){}",
                 if unread { "; some samples could not be scraped" } else { "" }
             ),
