@@ -24,12 +24,7 @@ pub(super) async fn http(
     binary: &std::path::PathBuf,
     args: &Args,
 ) -> Result<Vec<HttpRun>> {
-    let dir = crate::workspace_root().join("target").join("bench");
-    std::fs::create_dir_all(&dir)?;
-    let tokens = dir.join("tokens.txt");
-    let all: Vec<String> = (1..=seed::USERS).map(seed::token).collect();
-    std::fs::write(&tokens, all.join("\n"))?;
-    let script = |path: &str| rotate_script(&dir, &tokens, path);
+    let script = |path: &str| every_users_token(path);
     let client = reqwest::Client::new();
     let mut runs = Vec::new();
     // (name, flags, cache mode, path, rotate tokens)
@@ -144,6 +139,17 @@ pub(super) fn parse_wrk(name: &str, out: &str) -> Result<HttpRun> {
 
 /// A wrk script that sends `GET path` with the tokens of `tokens` (one per line) in order,
 /// from a random starting point, round and round.
+/// A wrk script sending `path` with every seeded user's token in turn (the tokens written to
+/// `target/bench/tokens.txt`).
+pub(super) fn every_users_token(path: &str) -> Result<String> {
+    let dir = crate::workspace_root().join("target").join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let tokens = dir.join("tokens.txt");
+    let all: Vec<String> = (1..=seed::USERS).map(seed::token).collect();
+    std::fs::write(&tokens, all.join("\n"))?;
+    rotate_script(&dir, &tokens, path)
+}
+
 pub(super) fn rotate_script(
     dir: &std::path::Path,
     tokens: &std::path::Path,

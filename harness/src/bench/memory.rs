@@ -7,6 +7,7 @@ use std::process::Command;
 use anyhow::{bail, Result};
 
 use super::Ctx;
+use crate::instance::Instance;
 
 /// Fills a cache with principals in a process of its own and writes the bytes per principal.
 pub(super) fn section(ctx: &Ctx, report: &mut String) -> Result<()> {
@@ -49,7 +50,54 @@ pub(super) fn section(ctx: &Ctx, report: &mut String) -> Result<()> {
     if b.weighted > bound {
         anyhow::bail!("the weighted size {} passed the bound {bound}", b.weighted);
     }
+    // The running server, as deployed: the release binary and its allocator, filled over HTTP.
+    eprintln!("==> memory: the release server filled over HTTP with every user's token");
+    let (entries, before, after) = ctx.rt.block_on(server_fill(ctx))?;
+    let per = after.saturating_sub(before) as f64 / entries.max(1.0);
+    writeln!(
+        report,
+        "\nThe release server (`nearcache-server`, jemalloc) filled over HTTP: `GET /me` with each of the {} seeded users' tokens in turn (wrk, {} connections, 3 s), {entries:.0} principals cached: resident set {:.1} MB before, {:.1} MB after, **{per:.0} B per principal** (the example above, {:.0} B, beside it; the server's figure also holds what serving took: hyper's and sqlx's buffers, the tokens it remembers).",
+        crate::seed::USERS,
+        args.connections,
+        before as f64 / 1e6,
+        after as f64 / 1e6,
+        m.per_entry()
+    )?;
     Ok(())
+}
+
+/// Starts the release server with room for every seeded user, sends `GET /me` with each
+/// user's token, and returns the principals cached and its resident set before and after.
+async fn server_fill(ctx: &Ctx) -> Result<(f64, u64, u64)> {
+    let client = reqwest::Client::new();
+    let port = crate::instance::port_near(0)?;
+    let capacity = (u64::from(crate::seed::USERS) * 2).to_string();
+    let flags = ["--cache-capacity", capacity.as_str(), "--audit-rate", "0"];
+    let mut inst = Instance::start(&ctx.binary, "bench-memory", &ctx.url, port, &flags)?;
+    inst.ready(&client, "coherent").await?;
+    let rss = |pid| crate::soak::process::look(pid, 0).map(|p| p.rss);
+    let before = rss(inst.pid())?;
+    let script = super::http::every_users_token("/me")?;
+    super::http::wrk(
+        &inst.url("/"),
+        &["-s".into(), script],
+        ctx.args.connections,
+        3,
+    )?;
+    let metrics = client
+        .get(inst.url("/metrics"))
+        .send()
+        .await?
+        .text()
+        .await?;
+    let entries = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("nearcache_cache_entries "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .ok_or_else(|| anyhow::anyhow!("no nearcache_cache_entries on /metrics"))?;
+    let after = rss(inst.pid())?;
+    inst.stop();
+    Ok((entries, before, after))
 }
 
 /// What the memory example printed.

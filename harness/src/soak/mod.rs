@@ -19,7 +19,7 @@ mod fleet;
 mod hist;
 mod load;
 mod metrics;
-mod process;
+pub(crate) mod process;
 mod sample;
 mod verdict;
 

@@ -7,16 +7,16 @@ use anyhow::{Context, Result};
 
 /// One look at a process.
 #[derive(Debug, Clone, Copy, Default)]
-pub(super) struct Process {
+pub(crate) struct Process {
     /// Resident set size, bytes.
-    pub(super) rss: u64,
+    pub(crate) rss: u64,
     /// Open file descriptors, the Postgres connections included.
     pub(super) fds: u64,
     /// TCP connections to the database's port.
     pub(super) pg_connections: u64,
 }
 
-pub(super) fn look(pid: u32, pg_port: u16) -> Result<Process> {
+pub(crate) fn look(pid: u32, pg_port: u16) -> Result<Process> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status (has the instance exited?)"))?;
     let rss = status
