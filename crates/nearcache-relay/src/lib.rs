@@ -14,5 +14,6 @@ mod forward;
 mod lease;
 mod publisher;
 mod relay;
+mod status;
 
 pub use relay::{run, RelayConfig, RelaySource, RelayStatus, Role};
