@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use nearcache_pgconn::{PgUrl, SslMode};
+use nearcache_pgconn::{ConnectError, Connected, Endpoint, PgUrl, SslMode};
 
 /// A configuration that cannot work.
 #[derive(Debug, thiserror::Error)]
@@ -152,5 +152,20 @@ impl WalConfig {
             return Err(ConfigError::CheckInterval);
         }
         Ok(())
+    }
+}
+
+impl WalConfig {
+    /// The ordinary connection, to the first host that takes writes, the connect timeout
+    /// holding for each host as libpq's does; `None` when the time ran out.
+    pub(crate) async fn connect_control(
+        &self,
+    ) -> Option<Result<(Connected, Option<Endpoint>), ConnectError>> {
+        let timeout = self.connect_timeout;
+        let hosts = u32::try_from(self.url.endpoints().len()).unwrap_or(u32::MAX);
+        let connecting = self.url.connect_primary(|pg| {
+            pg.connect_timeout(timeout);
+        });
+        tokio::time::timeout(timeout * hosts, connecting).await.ok()
     }
 }

@@ -129,14 +129,10 @@ impl Stream {
     async fn open(config: &WalConfig, status: &SourceStatus) -> Result<Self, SessionError> {
         let timeout = config.connect_timeout;
         // The first host that takes writes; the replication connection goes to the same one.
-        // The connect timeout holds for each host, as libpq's does.
-        let hosts = u32::try_from(config.url.endpoints().len()).unwrap_or(u32::MAX);
-        let connecting = config.url.connect_primary(|pg| {
-            pg.connect_timeout(timeout);
-        });
-        let ((control, connection), endpoint) = tokio::time::timeout(timeout * hosts, connecting)
+        let ((control, connection), endpoint) = config
+            .connect_control()
             .await
-            .map_err(|_| SessionError::Timeout("connecting"))?
+            .ok_or(SessionError::Timeout("connecting"))?
             .map_err(SessionError::Connect)?;
         let endpoint = endpoint.expect("WalConfig::new refuses settings without a TCP host");
         let control = Arc::new(control);

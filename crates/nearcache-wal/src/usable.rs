@@ -31,13 +31,10 @@ impl WalConfig {
     /// When the database cannot be asked; ask again later (a cache stays in bypass meanwhile).
     pub async fn decodable(&self) -> Result<Decodable, AskError> {
         let timeout = self.connect_timeout;
-        let hosts = u32::try_from(self.url.endpoints().len()).unwrap_or(u32::MAX);
-        let connecting = self.url.connect_primary(|pg| {
-            pg.connect_timeout(timeout);
-        });
-        let ((client, connection), _) = tokio::time::timeout(timeout * hosts, connecting)
+        let ((client, connection), _) = self
+            .connect_control()
             .await
-            .map_err(|_| ask_error("timed out connecting to the database"))?
+            .ok_or_else(|| ask_error("timed out connecting to the database"))?
             .map_err(ask_error)?;
         let driver = tokio::spawn(connection);
         let asked = tokio::time::timeout(
