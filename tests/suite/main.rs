@@ -17,6 +17,7 @@ mod migrations;
 mod property;
 mod queue;
 mod rechecks;
+mod refresh;
 mod relay;
 mod secured;
 mod service;

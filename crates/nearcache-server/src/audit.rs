@@ -21,10 +21,7 @@ pub(crate) fn spawn(
 ) -> JoinHandle<()> {
     let stop = stop.clone();
     tokio::spawn(async move {
-        let load = |id: UserId| {
-            let repo = repo.clone();
-            async move { CachedPrincipal::load(&repo, id).await }
-        };
+        let load = crate::handler::loader(repo);
         let same = |a: &Arc<CachedPrincipal>, b: &Arc<CachedPrincipal>| a.me() == b.me();
         tokio::select! {
             () = cache.audit(Audit { rate, bound }, load, same) => {}

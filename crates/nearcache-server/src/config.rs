@@ -122,6 +122,10 @@ pub struct Config {
     /// Time to idle of a cached principal (touch on read), capped by the TTL.
     #[arg(long, env = "NEARCACHE_CACHE_TTI", value_parser = duration)]
     pub cache_tti: Option<Duration>,
+    /// Refresh ahead of expiry: a cached principal read when older than this is served at
+    /// once and loaded again in the background (below --cache-ttl). Off unless set.
+    #[arg(long, env = "NEARCACHE_REFRESH_AFTER", value_parser = duration)]
+    pub refresh_after: Option<Duration>,
     /// Most principals cached.
     #[arg(long, env = "NEARCACHE_CACHE_CAPACITY", default_value_t = 100_000)]
     pub cache_capacity: u64,
@@ -281,6 +285,8 @@ pub struct Settings {
     pub cache_ttl: Duration,
     /// TTI.
     pub cache_tti: Option<Duration>,
+    /// Refresh ahead of expiry, if set.
+    pub refresh_after: Option<Duration>,
     /// Capacity.
     pub cache_capacity: u64,
     /// A bound in bytes, replacing the capacity.
@@ -328,6 +334,7 @@ impl Settings {
             cache: CacheMode::Coherent,
             cache_ttl: Duration::from_secs(300),
             cache_tti: None,
+            refresh_after: None,
             cache_capacity: 100_000,
             cache_max_bytes: None,
             heartbeat_interval: Duration::from_secs(1),
@@ -395,6 +402,7 @@ impl Config {
         settings.cache = self.cache;
         settings.cache_ttl = self.cache_ttl;
         settings.cache_tti = self.cache_tti;
+        settings.refresh_after = self.refresh_after;
         settings.cache_capacity = self.cache_capacity;
         settings.cache_max_bytes = self.cache_max_bytes;
         settings.heartbeat_interval = self.heartbeat_interval;
@@ -482,7 +490,7 @@ mod tests {
 
     #[test]
     fn bad_configurations_are_refused_with_one_clear_line() {
-        let cases: [(&[&str], &str); 9] = [
+        let cases: [(&[&str], &str); 10] = [
             (&[], "give exactly one of --jwt-secret"),
             (
                 &["--jwt-secret", "s", "--jwt-public-key", "k"],
@@ -510,6 +518,17 @@ mod tests {
             (
                 &["--jwt-secret", "s", "--heartbeat-timeout", "0s"],
                 "must be positive",
+            ),
+            (
+                &[
+                    "--jwt-secret",
+                    "s",
+                    "--cache-ttl",
+                    "1m",
+                    "--refresh-after",
+                    "2m",
+                ],
+                "--refresh-after must be positive and below --cache-ttl",
             ),
             (&["--jwt-secret", "s", "--audit-rate=-1"], "not a rate"),
             (&["--jwt-secret", "s", "--audit-rate", "NaN"], "not a rate"),

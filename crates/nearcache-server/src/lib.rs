@@ -14,6 +14,7 @@ mod database;
 mod handler;
 mod parse;
 mod probe;
+mod refresh;
 mod source;
 mod warm;
 
@@ -85,6 +86,14 @@ impl Application {
         if settings.cache_ttl.is_zero() || settings.cache_tti.is_some_and(|d| d.is_zero()) {
             return Err(ConfigError::Timing(
                 "--cache-ttl and --cache-tti must be positive",
+            ));
+        }
+        if settings
+            .refresh_after
+            .is_some_and(|after| after.is_zero() || after >= settings.cache_ttl)
+        {
+            return Err(ConfigError::Timing(
+                "--refresh-after must be positive and below --cache-ttl",
             ));
         }
         if settings.shutdown_timeout.is_zero() {
@@ -184,6 +193,7 @@ impl Application {
                     max_bytes: settings.cache_max_bytes,
                     ttl: settings.cache_ttl,
                     tti: settings.cache_tti,
+                    refresh_after: settings.refresh_after,
                     // With a listener, nothing is served until LISTEN is in place.
                     initial_mode: if mode == CacheMode::Coherent {
                         Mode::Bypass
@@ -296,6 +306,10 @@ impl Application {
                 "audit",
                 audit::spawn(cache.clone(), repo, rate, bound, &stop),
             ));
+        }
+        if let (Some(cache), Some(_)) = (&cache, settings.refresh_after) {
+            let repo = PgUserRepo::with_replans(pool.clone(), replans.clone());
+            tasks.push(("refresh", refresh::spawn(cache.clone(), repo, &stop)));
         }
         let store: PrincipalStore = match &cache {
             Some(c) => Arc::new(c.clone()),

@@ -72,10 +72,7 @@ pub(crate) fn spawn(
 ) -> JoinHandle<()> {
     let stop = stop.clone();
     tokio::spawn(async move {
-        let load = |id: UserId| {
-            let repo = repo.clone();
-            async move { CachedPrincipal::load(&repo, id).await }
-        };
+        let load = crate::handler::loader(repo);
         let n = ids.len();
         let started = std::time::Instant::now();
         tokio::select! {

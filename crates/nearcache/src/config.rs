@@ -21,6 +21,13 @@ pub struct CacheConfig {
     /// Absolute time to live of an entry, counted from when it was stored. A backstop only:
     /// invalidations keep entries fresh. Default 5 minutes.
     pub ttl: Duration,
+    /// Refresh ahead of expiry (Caffeine's `refreshAfterWrite`): a read of a value stored longer
+    /// ago than this is answered from the cache at once and queues the key for
+    /// [`Cache::refresh`](crate::Cache::refresh), which loads it again in the background
+    /// through the fence. So a hot key is replaced before its TTL ends and its callers never
+    /// wait for the database. Invalidated entries are never refreshed: they are gone. Needs a
+    /// refresher running; set it below `ttl`. Default `None`.
+    pub refresh_after: Option<Duration>,
     /// Time to idle (ConCache's touch-on-read): an entry not read for this long goes, but never
     /// outlives its TTL. Default `None`.
     pub tti: Option<Duration>,
@@ -56,6 +63,7 @@ impl Default for CacheConfig {
             capacity: 100_000,
             max_bytes: None,
             ttl: Duration::from_secs(300),
+            refresh_after: None,
             tti: None,
             negative_ttl: Duration::from_secs(5),
             fill_wait: Duration::from_secs(5),

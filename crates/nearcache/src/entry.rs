@@ -1,5 +1,6 @@
 //! What the cache stores, and what its modification callbacks are told.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,9 +12,28 @@ pub(crate) struct Entry<V> {
     /// Unique per stored entry, so that index rows of a replaced entry can be told apart.
     pub(crate) id: u64,
     pub(crate) tags: Arc<[Tag]>,
-    pub(crate) ttl: Duration,
+    /// The time to live in nanoseconds (saturated: 584 years is forever); see [`Entry::ttl`].
+    /// Eight bytes where a `Duration` takes sixteen, which pays for `refresh_at`.
+    pub(crate) ttl_nanos: u64,
+    /// When a read should queue a refresh of this entry, in milliseconds of the cache's clock
+    /// ([`NEVER`] when it never should, or one is already queued): see `cache/refresh.rs`.
+    pub(crate) refresh_at: AtomicU64,
     /// Entries of an older generation were flushed and are never served.
     pub(crate) generation: u64,
+}
+
+/// `Entry::refresh_at` of an entry that is not to be refreshed (again).
+pub(crate) const NEVER: u64 = u64::MAX;
+
+impl<V> Entry<V> {
+    pub(crate) fn ttl(&self) -> Duration {
+        Duration::from_nanos(self.ttl_nanos)
+    }
+}
+
+/// `ttl` in nanoseconds, saturated.
+pub(crate) fn nanos(ttl: Duration) -> u64 {
+    u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// Why a callback is called.

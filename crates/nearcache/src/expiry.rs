@@ -20,7 +20,7 @@ impl EntryExpiry {
 
 impl<K, V> Expiry<K, Arc<Entry<V>>> for EntryExpiry {
     fn expire_after_create(&self, _: &K, entry: &Arc<Entry<V>>, _: Instant) -> Option<Duration> {
-        Some(self.fresh(entry.ttl))
+        Some(self.fresh(entry.ttl()))
     }
 
     fn expire_after_read(
@@ -34,7 +34,10 @@ impl<K, V> Expiry<K, Arc<Entry<V>>> for EntryExpiry {
         match self.tti {
             // A read extends the idle timer, but never past the entry's absolute TTL.
             Some(tti) => {
-                let cap = (stored_at + entry.ttl).saturating_duration_since(read_at);
+                // A TTL past the clock's range (`Duration::MAX`) caps nothing.
+                let cap = stored_at
+                    .checked_add(entry.ttl())
+                    .map_or(tti, |end| end.saturating_duration_since(read_at));
                 Some(tti.min(cap))
             }
             None => remaining,
@@ -48,6 +51,6 @@ impl<K, V> Expiry<K, Arc<Entry<V>>> for EntryExpiry {
         _: Instant,
         _: Option<Duration>,
     ) -> Option<Duration> {
-        Some(self.fresh(entry.ttl))
+        Some(self.fresh(entry.ttl()))
     }
 }

@@ -62,6 +62,7 @@ counters! {
     audit_checked: "Cached entries the audit loaded again and compared.",
     audit_mismatched: "Audited entries that differed from the database when loaded (usually a change whose invalidation was on its way).",
     audit_stale: "Audited entries still cached the source's bound after they differed: an invalidation was missed. Each is evicted.",
+    refreshes: "Entries loaded again ahead of their expiry because a read found them older than refresh_after (counted in loads too).",
     warmed: "Loads made by a warm start (keys kept across a restart, loaded again once coherent).",
 }
 
@@ -80,11 +81,11 @@ mod tests {
         bump(&c.hits);
         bump(&c.evicted);
         let metrics = c.snapshot().metrics();
-        assert_eq!(metrics.len(), 18);
+        assert_eq!(metrics.len(), 19);
         let get = |name: &str| metrics.iter().find(|m| m.name == name).unwrap().value;
         assert_eq!((get("hits"), get("evicted"), get("loads")), (2.0, 1.0, 0.0));
         let mut names: Vec<&str> = metrics.iter().map(|m| m.name).collect();
         names.dedup();
-        assert_eq!(names.len(), 18);
+        assert_eq!(names.len(), 19);
     }
 }

@@ -2,12 +2,12 @@
 
 use std::future::Future;
 use std::hash::Hash;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{lock, Cache, Fenced};
-use crate::entry::{Cause, Entry};
+use crate::entry::{nanos, Cause, Entry};
 #[cfg(test)]
 use crate::explore::Step;
 use crate::stats::bump;
@@ -158,11 +158,13 @@ where
         let generation = inner.generation.load(Ordering::Acquire);
         let replaced = self.unflushed(key).is_some();
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let refresh_at = AtomicU64::new(self.refresh_deadline(value.is_some()));
         let mut entry = Entry {
             value,
             id,
             tags,
-            ttl,
+            ttl_nanos: nanos(ttl),
+            refresh_at,
             generation,
         };
         if let Some(max) = inner.config.max_bytes {

@@ -8,6 +8,7 @@
 //! - `gate.rs`: invalidations, flushes and the coherence gate (what a source calls);
 //! - `introspect.rs`: sizes, counters, configuration;
 //! - `audit.rs`: the online audit (entries loaded again and compared);
+//! - `refresh.rs`: refresh ahead of expiry (old entries served while loaded again);
 //! - `warm.rs`: a warm start (the keys of what is cached, loaded again after a restart);
 //! - this file: the shared state, the fence's lock (`Fenced`) and removals with callbacks.
 
@@ -44,6 +45,7 @@ mod fill;
 mod gate;
 mod introspect;
 mod read;
+mod refresh;
 mod warm;
 mod write;
 
@@ -90,6 +92,10 @@ struct Inner<K, V> {
     callback: Option<Callback<K, V>>,
     /// With `max_bytes`: the heap bytes a value owns.
     weigh: Option<Weigh<K, V>>,
+    /// The refresher's queue, while one runs ([`Cache::refresh`]).
+    refresher: Mutex<Option<tokio::sync::mpsc::Sender<K>>>,
+    /// The cache's clock for refresh deadlines (`Entry::refresh_at`).
+    origin: std::time::Instant,
     config: CacheConfig,
     /// Test builds only: the explorer's hook, told of every step boundary of the protocol.
     #[cfg(test)]
@@ -214,6 +220,8 @@ where
                 warned: Mutex::default(),
                 callback,
                 weigh,
+                refresher: Mutex::new(None),
+                origin: std::time::Instant::now(),
                 config,
                 #[cfg(test)]
                 steps: std::sync::OnceLock::new(),

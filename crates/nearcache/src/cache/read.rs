@@ -51,8 +51,9 @@ where
             return None;
         }
         let found = self.unflushed(key);
-        if found.is_none() {
-            bump(&inner.counters.misses);
+        match &found {
+            Some(entry) => self.refresh_if_due(key, entry),
+            None => bump(&inner.counters.misses),
         }
         found
     }
