@@ -16,6 +16,9 @@ pub(super) struct HttpRun {
     pub(super) rps: f64,
     pub(super) p50: String,
     pub(super) p99: String,
+    /// Per second during the run, from `/metrics`: requests that missed the cache, and
+    /// loads from the database (a miss's, a refresh's); `None` without a cache.
+    pub(super) misses_loads: Option<(f64, f64)>,
 }
 
 /// Every HTTP run, one instance at a time.
@@ -28,7 +31,7 @@ pub(super) async fn http(
     let client = reqwest::Client::new();
     let mut runs = Vec::new();
     // (name, flags, cache mode, path, rotate tokens)
-    let plan: [(&str, &[&str], &str, &str, bool); 6] = [
+    let plan: [(&str, &[&str], &str, &str, bool); 8] = [
         ("GET /healthz (ceiling)", &[], "coherent", "/healthz", false),
         (
             "GET /healthz with rotating tokens (ceiling, same requests)",
@@ -47,6 +50,20 @@ pub(super) async fn http(
         (
             "GET /me, cache coherent, no audit (--audit-rate 0)",
             &["--audit-rate", "0"],
+            "coherent",
+            "/me",
+            true,
+        ),
+        (
+            "GET /me, cache coherent, 5 s TTL",
+            &["--cache-ttl", "5s"],
+            "coherent",
+            "/me",
+            true,
+        ),
+        (
+            "GET /me, cache coherent, 5 s TTL, refreshed after 3 s (--refresh-after 3s)",
+            &["--cache-ttl", "5s", "--refresh-after", "3s"],
             "coherent",
             "/me",
             true,
@@ -77,8 +94,15 @@ pub(super) async fn http(
         };
         // Warm up (fills the cache where there is one), then measure.
         wrk(&target, &script_args, args.connections, 3)?;
+        let before = misses_loads(&client, &inst).await;
         let out = wrk(&target, &script_args, args.connections, args.seconds)?;
-        let run = parse_wrk(name, &out)?;
+        let after = misses_loads(&client, &inst).await;
+        let mut run = parse_wrk(name, &out)?;
+        #[allow(clippy::cast_precision_loss)]
+        let seconds = args.seconds as f64;
+        run.misses_loads = before
+            .zip(after)
+            .map(|(b, a)| ((a.0 - b.0) / seconds, (a.1 - b.1) / seconds));
         eprintln!(
             "    {name}: {:.0} requests/s, p50 {}, p99 {}",
             run.rps, run.p50, run.p99
@@ -87,6 +111,25 @@ pub(super) async fn http(
         inst.stop();
     }
     Ok(runs)
+}
+
+/// The instance's `nearcache_cache_misses_total` and `nearcache_cache_loads_total`, if it
+/// has a cache.
+async fn misses_loads(client: &reqwest::Client, inst: &Instance) -> Option<(f64, f64)> {
+    let text = client
+        .get(inst.url("/metrics"))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    let counter = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    counter("nearcache_cache_misses_total ").zip(counter("nearcache_cache_loads_total "))
 }
 
 pub(super) fn wrk(
@@ -134,6 +177,7 @@ pub(super) fn parse_wrk(name: &str, out: &str) -> Result<HttpRun> {
         rps,
         p50: pct("50%"),
         p99: pct("99%"),
+        misses_loads: None,
     })
 }
 
@@ -189,10 +233,10 @@ pub(super) fn section(ctx: &Ctx, report: &mut String) -> Result<()> {
         seed::USERS
     );
     let http = rt.block_on(http(url, binary, args))?;
-    writeln!(report, "## HTTP\n\nwrk, {} connections, 2 threads, {} s per run, tokens rotating over {} users; one instance at a time, on the same machine as wrk and Postgres. The second ceiling sends the same requests as the /me runs (a token header, built by the same wrk script, which costs wrk CPU on this shared machine).\n", args.connections, args.seconds, seed::USERS)?;
+    writeln!(report, "## HTTP\n\nwrk, {} connections, 2 threads, {} s per run, tokens rotating over {} users; one instance at a time, on the same machine as wrk and Postgres. The second ceiling sends the same requests as the /me runs (a token header, built by the same wrk script, which costs wrk CPU on this shared machine). In the 5 s TTL runs each user is read several times a second, so without refresh each one misses once per TTL (its requests wait for the database); with `--refresh-after` its entry is loaded again in the background instead (more loads, none waited for). Misses/s and loads/s are the cache's counters over the run (a coalesced caller counts as a miss; loads are misses' and refreshes', not the audit's).\n", args.connections, args.seconds, seed::USERS)?;
     writeln!(
             report,
-            "| run | requests/s | p50 | p99 | x ceiling | x ceiling, same requests | x cache off |\n|---|---|---|---|---|---|---|"
+            "| run | requests/s | p50 | p99 | x ceiling | x ceiling, same requests | x cache off | misses/s | loads/s |\n|---|---|---|---|---|---|---|---|---|"
         )?;
     plot::bars(
         &charts.join("http.svg"),
@@ -212,14 +256,18 @@ pub(super) fn section(ctx: &Ctx, report: &mut String) -> Result<()> {
     for r in &http {
         writeln!(
             report,
-            "| {} | {:.0} | {} | {} | {:.2} | {:.2} | {:.2} |",
+            "| {} | {:.0} | {} | {} | {:.2} | {:.2} | {:.2} | {} | {} |",
             r.name,
             r.rps,
             r.p50,
             r.p99,
             r.rps / ceiling,
             r.rps / same,
-            r.rps / off
+            r.rps / off,
+            r.misses_loads
+                .map_or_else(|| "-".to_string(), |(m, _)| format!("{m:.0}")),
+            r.misses_loads
+                .map_or_else(|| "-".to_string(), |(_, l)| format!("{l:.0}"))
         )?;
     }
     writeln!(report, "\n![HTTP throughput](bench/http.svg)")?;

@@ -32,6 +32,7 @@ mod latency;
 mod memory;
 pub(crate) mod plot;
 mod report;
+mod restart;
 mod sweep;
 mod writes;
 
@@ -58,7 +59,7 @@ pub(crate) struct Args {
     /// Skip the criterion benchmark of the cache core.
     #[arg(long)]
     no_criterion: bool,
-    /// Run only these parts (http, sweep, latency, writes, fleet, wal-level, core,
+    /// Run only these parts (http, restart, sweep, latency, writes, fleet, wal-level, core,
     /// instructions, memory); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -106,8 +107,9 @@ struct Ctx {
 type Part = fn(&Ctx, &mut String) -> Result<()>;
 
 /// The parts, by the name `--only` knows them by, in the report's order.
-const PARTS: [(&str, Part); 9] = [
+const PARTS: [(&str, Part); 10] = [
     ("http", http::section),
+    ("restart", restart::section),
     ("sweep", sweep::section),
     ("latency", latency::section),
     ("writes", writes_sections),

@@ -32,7 +32,7 @@ where
 {
     /// Refreshes entries ahead of their expiry until the returned future is dropped: each key
     /// that a read found older than [`CacheConfig::refresh_after`](crate::CacheConfig) is
-    /// loaded again through `load`, one at a time, and stored if the fence admits it (no
+    /// loaded again through `load`, up to four at a time, and stored if the fence admits it (no
     /// invalidation of the key or its tags since the refresh began). Values are refreshed,
     /// negative entries are not. Counted in [`Stats`](crate::Stats) as `refreshes` (and as
     /// `loads`). A cache has one refresher: while one runs, a second returns at once.
@@ -61,7 +61,7 @@ where
         L: Fn(K) -> Fut,
         Fut: Future<Output = Result<Fill<V>, LoadError>>,
     {
-        let (tx, mut rx) = mpsc::channel(QUEUE);
+        let (tx, rx) = mpsc::channel(QUEUE);
         {
             let mut refresher = lock(&self.inner.refresher);
             if refresher.as_ref().is_some_and(|r| !r.is_closed()) {
@@ -72,9 +72,19 @@ where
             }
             *refresher = Some(tx);
         }
-        while let Some(key) = rx.recv().await {
-            self.refresh_one(key, &load).await;
-        }
+        // A few loads at once, so that a burst of due keys (a TTL shorter than the time a
+        // busy instance takes to read every key) is refreshed at the database's pace, not
+        // one round trip at a time.
+        let queue = tokio::sync::Mutex::new(rx);
+        let worker = || async {
+            loop {
+                let Some(key) = queue.lock().await.recv().await else {
+                    return;
+                };
+                self.refresh_one(key, &load).await;
+            }
+        };
+        tokio::join!(worker(), worker(), worker(), worker());
     }
 
     async fn refresh_one<L, Fut>(&self, key: K, load: &L)
