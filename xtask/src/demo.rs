@@ -52,13 +52,24 @@ fn demo(url: &str, args: &Args) -> Result<()> {
             relay = Some(r);
             flags = vec!["--source", "nats", "--nats-url", &nats];
         }
-        let mut a = Instance::start(&binary, "a", url, instance::port_near(8081)?, &flags)?;
-        let mut b = Instance::start(&binary, "b", url, instance::port_near(8082)?, &flags)?;
-        let mut c = if args.fleet {
-            Some(Instance::start(&binary, "c", url, instance::port_near(8083)?, &flags)?)
-        } else {
-            None
+        // Each instance keeps its cached ids for the next demo's warm start, and refreshes a
+        // busy user's entry a minute before its TTL (5 minutes) ends.
+        let dir = xtask::workspace_root().join("target").join("instances");
+        std::fs::create_dir_all(&dir)?;
+        let start = |name: &str, port: u16| {
+            let warm = dir.join(format!("{name}.warm")).to_string_lossy().to_string();
+            let kept = std::fs::read_to_string(&warm).map_or(0, |ids| ids.lines().count());
+            let mut all = flags.clone();
+            all.extend(["--warm-file", &warm, "--refresh-after", "4m"]);
+            let started = Instance::start(&binary, name, url, instance::port_near(port)?, &all);
+            if kept > 0 {
+                println!("==> instance {name}: a warm start, {kept} ids kept by the last demo (--warm-file {warm})");
+            }
+            started
         };
+        let mut a = start("a", 8081)?;
+        let mut b = start("b", 8082)?;
+        let mut c = if args.fleet { Some(start("c", 8083)?) } else { None };
         a.ready(&client, "coherent").await?;
         b.ready(&client, "coherent").await?;
         if let Some(c) = c.as_mut() {
@@ -124,6 +135,11 @@ fn demo(url: &str, args: &Args) -> Result<()> {
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
+        let health: serde_json::Value = client.get(b.url("/healthz")).send().await?.json().await?;
+        println!(
+            "\n==> B's online audit so far (--audit-rate 2): {} cached principals loaded again and compared, {} stale",
+            health["audit"]["checked"], health["audit"]["stale"]
+        );
         if args.exit {
             println!("\n==> stopping (--exit)");
         } else {
