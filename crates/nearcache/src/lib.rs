@@ -47,7 +47,8 @@
 //!
 //! The unit tests check this invariant under every interleaving of the protocol's steps for
 //! small scenarios (two loads and an invalidation of their tag; a load, a flush and a
-//! Bypass/Coherent round trip; a load and a put; a load and a delete), with an explorer that
+//! Bypass/Coherent round trip; a load and a put; a load and a delete; a refresh ahead of expiry
+//! and an invalidation of its key or its tag), with an explorer that
 //! pauses the cache at each step boundary (`src/explore.rs`, compiled into test builds only).
 //!
 //! The staleness bound is therefore the delay between a commit and its invalidation: with

@@ -17,6 +17,8 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 
 use super::{lock, Cache};
 use crate::entry::{Entry, NEVER};
+#[cfg(test)]
+use crate::explore::Step;
 use crate::flight::Role;
 use crate::stats::bump;
 use crate::{Fill, LoadError};
@@ -87,7 +89,9 @@ where
         tokio::join!(worker(), worker(), worker(), worker());
     }
 
-    async fn refresh_one<L, Fut>(&self, key: K, load: &L)
+    /// One key's refresh: a fenced load, the same steps as a miss's (the explorer runs it
+    /// against invalidations and loads in every order).
+    pub(crate) async fn refresh_one<L, Fut>(&self, key: K, load: &L)
     where
         L: Fn(K) -> Fut,
         Fut: Future<Output = Result<Fill<V>, LoadError>>,
@@ -96,6 +100,7 @@ where
         let Role::Leader(lead) = self.inner.flights.join_or_lead(&key) else {
             return;
         };
+        step!(self, Step::Led);
         // Only what is still cached is refreshed: an invalidated entry is gone, and the next
         // read loads.
         if self.servable(&key).is_none() {
@@ -106,6 +111,8 @@ where
         // A caller that missed the key meanwhile (a flush) shares the refresh, as it would any
         // load, after checking it against the fence.
         lead.hand_over(outcome);
+        step!(self, Step::HandedOver);
+        drop(lead);
     }
 
     /// When an entry stored now should be refreshed: [`NEVER`] without `refresh_after`, or for

@@ -89,6 +89,26 @@ impl Run {
         })
     }
 
+    /// A refresh of the key (what the refresher does with a key a read found due), loading
+    /// as `load` does.
+    fn refresh(&self) -> Op {
+        let run = self.clone();
+        Box::pin(async move {
+            let (db, loads) = (run.db.clone(), run.loads.clone());
+            let loader = move |_key: u32| {
+                let (db, loads) = (db.clone(), loads.clone());
+                async move {
+                    loads.fetch_add(1, SeqCst);
+                    let version = db.load(SeqCst);
+                    Ok(Fill::found(version)
+                        .with_tag(Tag::row("users", KEY))
+                        .with_tag(org()))
+                }
+            };
+            run.cache.refresh_one(KEY, &loader).await;
+        })
+    }
+
     /// A plain `get`, one step.
     fn get(&self, op: &'static str) -> Op {
         let run = self.clone();
@@ -256,4 +276,42 @@ fn a_load_and_a_delete() {
         check,
     );
     report("load + delete + load + get", &explored);
+}
+
+#[test]
+fn a_refresh_an_invalidation_and_a_load() {
+    let explored = explore(
+        |w| {
+            let run = Run::new(w);
+            // Cached before the scenario begins: the version the refresh replaces.
+            run.cache.put(KEY, 1);
+            let ops = vec![
+                run.refresh(),
+                run.write("invalidate", |c, _| c.invalidate(&KEY)),
+                run.load("load B"),
+                run.get("get"),
+            ];
+            (ops, run)
+        },
+        check,
+    );
+    report("refresh + invalidate + load + get", &explored);
+}
+
+#[test]
+fn a_refresh_and_an_invalidation_of_its_tag() {
+    let explored = explore(
+        |w| {
+            let run = Run::new(w);
+            let ops = vec![
+                run.load("load A"),
+                run.refresh(),
+                run.write("invalidate_tag", |c, _| c.invalidate_tag(&org())),
+                run.get("get"),
+            ];
+            (ops, run)
+        },
+        check,
+    );
+    report("load + refresh + invalidate_tag + get", &explored);
 }
