@@ -136,6 +136,18 @@ async fn updates_by_sql_of_either_table_are_seen_on_the_next_request() {
         "served from the cache"
     );
 
+    // The audit: the cached account loaded again and compared; nothing stale.
+    let audit = {
+        let (caches, conn) = (caches.clone(), conn.clone());
+        tokio::spawn(async move { caches.audit(conn, 20.0).await })
+    };
+    wait_until(Duration::from_secs(10), "the audit to check", || {
+        std::future::ready(caches.accounts.stats().audit_checked >= 3)
+    })
+    .await;
+    audit.abort();
+    assert_eq!(caches.accounts.stats().audit_stale, 0);
+
     let (status, metrics) = get("/metrics", None).await;
     let metrics = metrics.as_str().unwrap_or_default().to_string();
     assert_eq!(status, 200);
@@ -144,6 +156,7 @@ async fn updates_by_sql_of_either_table_are_seen_on_the_next_request() {
         "nearcache_cache_entries{cache=\"products\"} 2",
         "nearcache_cache_entries{cache=\"accounts\"} 1",
         "nearcache_source_listening 1",
+        "nearcache_cache_audit_stale_total{cache=\"accounts\"} 0",
     ] {
         assert!(metrics.lines().any(|l| l == line), "{line} in\n{metrics}");
     }

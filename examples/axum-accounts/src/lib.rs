@@ -10,12 +10,13 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Extension, Json, Router};
-use nearcache::{Cache, CacheConfig, Fill, Monitor, Store, TableHandler, Tag};
+use nearcache::{Audit, Cache, CacheConfig, Fill, LoadError, Monitor, Store, TableHandler, Tag};
 use nearcache_listener::ListenerConfig;
 use nearcache_source::{Handlers, SourceStatus};
 use nearcache_sql::sqlx::Replans;
@@ -30,7 +31,7 @@ pub const ACCOUNTS: &str = "accounts";
 pub const PRODUCTS: &str = "products";
 
 /// A row of `accounts`, what handlers receive for the token's subject.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+#[derive(Debug, Clone, PartialEq, Serialize, sqlx::FromRow)]
 pub struct Account {
     /// Key; the token's `sub`.
     pub id: i64,
@@ -149,6 +150,19 @@ impl Caches {
         Ok(())
     }
 
+    /// Checks the accounts cache against the database until dropped: `rate` cached accounts a
+    /// second loaded again and compared, a mismatch still cached after the source's bound (4 s:
+    /// the WAL's and LISTEN's heartbeat interval plus timeout) counted as stale and evicted.
+    /// Its counters are on `/metrics` (`nearcache_cache_audit_*_total{cache="accounts"}`).
+    pub async fn audit(&self, db: Db, rate: f64) {
+        let audit = Audit {
+            rate,
+            bound: Duration::from_secs(4),
+        };
+        let load = |id: i64| load_account(db.clone(), id);
+        self.accounts.audit(audit, load, |a, b| a == b).await;
+    }
+
     /// `/healthz`, `/livez` and `/metrics` for both caches and the source.
     pub fn health(&self) -> HealthRoutes {
         let monitor = Monitor::new()
@@ -170,18 +184,7 @@ impl Default for Caches {
 pub fn router(caches: &Caches, db: Db, auth: Authenticator<i64>) -> Router {
     let store: Arc<dyn Store<i64, Arc<Account>>> = Arc::new(caches.accounts.clone());
     let accounts = db.clone();
-    let auth = AuthLayer::through_store(auth, store, move |id: i64| {
-        let Db { pool, replans } = accounts.clone();
-        async move {
-            let query = "SELECT id, name, plan FROM accounts WHERE id = $1";
-            let row: Option<Account> = replans
-                .retry(|| sqlx::query_as(query).bind(id).fetch_optional(&pool))
-                .await?; // sqlx::Error into LoadError
-            let fill = Fill::from_option(row.map(Arc::new));
-            // Tagged with its row: an UPDATE of `accounts` row `id` evicts it.
-            Ok(fill.with_tag(Tag::row(ACCOUNTS, id)))
-        }
-    });
+    let auth = AuthLayer::through_store(auth, store, move |id| load_account(accounts.clone(), id));
     let health = caches.health();
     Router::new()
         .route("/account", get(account))
@@ -191,6 +194,17 @@ pub fn router(caches: &Caches, db: Db, auth: Authenticator<i64>) -> Router {
         .route_service("/healthz", health.clone())
         .route_service("/livez", health.clone())
         .route_service("/metrics", health)
+}
+
+/// The account `id`, as the accounts cache stores it.
+async fn load_account(Db { pool, replans }: Db, id: i64) -> Result<Fill<Arc<Account>>, LoadError> {
+    let query = "SELECT id, name, plan FROM accounts WHERE id = $1";
+    let row: Option<Account> = replans
+        .retry(|| sqlx::query_as(query).bind(id).fetch_optional(&pool))
+        .await?; // sqlx::Error into LoadError
+    let fill = Fill::from_option(row.map(Arc::new));
+    // Tagged with its row: an UPDATE of `accounts` row `id` evicts it.
+    Ok(fill.with_tag(Tag::row(ACCOUNTS, id)))
 }
 
 async fn account(Extension(account): Extension<Arc<Account>>) -> Json<Arc<Account>> {

@@ -20,6 +20,11 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(async move { caches.keep_coherent(&url, stopped).await })
     };
 
+    // Two cached accounts a second checked against the database (nearcache_cache_audit_*).
+    let audit = {
+        let (caches, db) = (caches.clone(), db.clone());
+        tokio::spawn(async move { caches.audit(db, 2.0).await })
+    };
     let app = example::router(&caches, db, auth);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
     tracing::info!("listening on http://127.0.0.1:3000");
@@ -29,6 +34,7 @@ async fn main() -> anyhow::Result<()> {
         })
         .await?;
     stop.cancel();
+    audit.abort();
     source.await??;
     Ok(())
 }
