@@ -2,16 +2,14 @@
 //! change (a handler that drops one row's invalidation on purpose) is caught by the audit
 //! within its rate and bound, and the stale entry is evicted, and nothing else is called stale.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use nearcache::{Audit, Cache, CacheConfig, Fill, LoadError, Mode, TableHandler, Tag};
-use nearcache_source::{Handler, SourceStatus};
+use nearcache::{Audit, Cache, CacheConfig, Fill, LoadError, TableHandler};
+use nearcache_source::Handler;
 use nearcache_tests::{wait_until, TestDb};
-use nearcache_wal::WalConfig;
 use sqlx::PgPool;
 
-use crate::support::{exec, seed};
+use crate::support::{exec, seed, user_name, UsersSource};
 
 /// Passes everything on but the invalidations of one key.
 struct Deaf {
@@ -43,12 +41,7 @@ impl Handler for Deaf {
 }
 
 async fn name(pool: &PgPool, id: String) -> Result<Fill<String>, LoadError> {
-    let row: Option<String> = sqlx::query_scalar("SELECT name FROM users WHERE id::text = $1")
-        .bind(&id)
-        .fetch_optional(pool)
-        .await
-        .map_err(LoadError::new)?;
-    Ok(Fill::from_option(row).with_tag(Tag::row("users", &id)))
+    user_name(pool, &id).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -62,21 +55,7 @@ async fn a_missed_invalidation_is_caught_by_the_audit_and_repaired() {
         inner: TableHandler::new(cache.clone(), ["users"]),
         deaf_to: ids[0].clone(),
     };
-    let mut config = WalConfig::new(db.url()).unwrap().with_tables(["users"]);
-    config.heartbeat_interval = Duration::from_millis(200);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let source = tokio::spawn(nearcache_wal::run(
-        config,
-        Arc::new(handler),
-        SourceStatus::default(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    wait_until(Duration::from_secs(10), "coherent", || async {
-        cache.mode() == Mode::Coherent
-    })
-    .await;
+    let source = UsersSource::start(db.url(), handler, &cache).await;
     for id in &ids {
         let p = pool.clone();
         cache
@@ -121,6 +100,5 @@ async fn a_missed_invalidation_is_caught_by_the_audit_and_repaired() {
         .unwrap()
         .unwrap();
     assert!(served.ends_with("(renamed)"), "{served}");
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), source).await;
+    source.stop().await;
 }

@@ -5,16 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use nearcache::{Cache, CacheConfig, Fill, LoadError, Mode, TableHandler, Tag};
-use nearcache_source::SourceStatus;
+use nearcache::{Cache, CacheConfig, TableHandler};
 use nearcache_tests::app::{spawn_app_with, token};
 use nearcache_tests::{wait_until, TestDb};
-use nearcache_wal::WalConfig;
 use serde_json::json;
-use sqlx::PgPool;
 use tokio::sync::Notify;
 
-use crate::support::{exec, metric, seed};
+use crate::support::{exec, metric, seed, user_name, UsersSource};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_busy_user_under_a_short_ttl_never_waits_for_the_database() {
@@ -55,15 +52,6 @@ async fn a_busy_user_under_a_short_ttl_never_waits_for_the_database() {
     app.stop().await.unwrap();
 }
 
-async fn name(pool: &PgPool, id: &str) -> Result<Fill<String>, LoadError> {
-    let row: Option<String> = sqlx::query_scalar("SELECT name FROM users WHERE id::text = $1")
-        .bind(id)
-        .fetch_optional(pool)
-        .await
-        .map_err(LoadError::new)?;
-    Ok(Fill::from_option(row).with_tag(Tag::row("users", id)))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_refresh_that_read_the_row_before_it_changed_is_discarded() {
     let db = TestDb::new().await;
@@ -74,24 +62,10 @@ async fn a_refresh_that_read_the_row_before_it_changed_is_discarded() {
         refresh_after: Some(Duration::from_millis(50)),
         ..CacheConfig::default()
     });
-    let mut config = WalConfig::new(db.url()).unwrap().with_tables(["users"]);
-    config.heartbeat_interval = Duration::from_millis(200);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let handler = TableHandler::new(cache.clone(), ["users"]);
-    let source = tokio::spawn(nearcache_wal::run(
-        config,
-        Arc::new(handler),
-        SourceStatus::default(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    wait_until(Duration::from_secs(10), "coherent", || async {
-        cache.mode() == Mode::Coherent
-    })
-    .await;
+    let source = UsersSource::start(db.url(), handler, &cache).await;
     let original = cache
-        .get_or_store(id.clone(), || name(&pool, &id))
+        .get_or_store(id.clone(), || user_name(&pool, &id))
         .await
         .unwrap()
         .unwrap();
@@ -103,7 +77,7 @@ async fn a_refresh_that_read_the_row_before_it_changed_is_discarded() {
     let load = move |id: String| {
         let (r, go, p) = (r.clone(), go.clone(), p.clone());
         async move {
-            let fill = name(&p, &id).await;
+            let fill = user_name(&p, &id).await;
             r.notify_one();
             go.notified().await;
             fill
@@ -134,10 +108,11 @@ async fn a_refresh_that_read_the_row_before_it_changed_is_discarded() {
     })
     .await;
     assert_eq!(cache.get(&id), None, "no old value stored");
-    let served = cache.get_or_store(id.clone(), || name(&pool, &id)).await;
+    let served = cache
+        .get_or_store(id.clone(), || user_name(&pool, &id))
+        .await;
     assert_eq!(served.unwrap().as_deref(), Some("Renamed"));
     assert_eq!(cache.stats().refreshes, 1);
     worker.abort();
-    let _ = stop.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(10), source).await;
+    source.stop().await;
 }

@@ -273,3 +273,62 @@ pub(crate) fn metric(metrics: &str, name: &str) -> f64 {
         .parse()
         .unwrap()
 }
+
+/// A user's name by id, tagged with the user's row: the loader of the tests that cache names
+/// beside a source of their own.
+pub(crate) async fn user_name(
+    pool: &PgPool,
+    id: &str,
+) -> Result<nearcache::Fill<String>, nearcache::LoadError> {
+    let row: Option<String> = sqlx::query_scalar("SELECT name FROM users WHERE id::text = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+        .map_err(nearcache::LoadError::new)?;
+    Ok(nearcache::Fill::from_option(row).with_tag(nearcache::Tag::row("users", id)))
+}
+
+/// A WAL source on `url`'s `users` (heartbeat every 200 ms) driving `handler`, until
+/// [`UsersSource::stop`].
+pub(crate) struct UsersSource {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl UsersSource {
+    /// Starts it, and waits until `cache` is coherent.
+    pub(crate) async fn start<K, V>(
+        url: &str,
+        handler: impl nearcache_source::Handler + 'static,
+        cache: &nearcache::Cache<K, V>,
+    ) -> Self
+    where
+        K: std::hash::Hash + Eq + Clone + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+    {
+        let mut config = nearcache_wal::WalConfig::new(url)
+            .unwrap()
+            .with_tables(["users"]);
+        config.heartbeat_interval = Duration::from_millis(200);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(nearcache_wal::run(
+            config,
+            std::sync::Arc::new(handler),
+            nearcache_source::SourceStatus::default(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        nearcache_tests::wait_until(Duration::from_secs(10), "coherent", || async {
+            cache.mode() == nearcache::Mode::Coherent
+        })
+        .await;
+        Self { stop, task }
+    }
+
+    /// Stops it and waits (10 s at most) for it to end.
+    pub(crate) async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.task).await;
+    }
+}

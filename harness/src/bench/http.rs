@@ -113,23 +113,24 @@ pub(super) async fn http(
     Ok(runs)
 }
 
+/// The instance's `/metrics`.
+pub(super) async fn scrape(client: &reqwest::Client, inst: &Instance) -> Result<String> {
+    let res = client.get(inst.url("/metrics")).send().await?;
+    Ok(res.error_for_status()?.text().await?)
+}
+
+/// The value of the unlabelled series `name` in an exposition, if it is there.
+pub(super) fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 /// The instance's `nearcache_cache_misses_total` and `nearcache_cache_loads_total`, if it
 /// has a cache.
 async fn misses_loads(client: &reqwest::Client, inst: &Instance) -> Option<(f64, f64)> {
-    let text = client
-        .get(inst.url("/metrics"))
-        .send()
-        .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    let counter = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse().ok())
-    };
-    counter("nearcache_cache_misses_total ").zip(counter("nearcache_cache_loads_total "))
+    let text = scrape(client, inst).await.ok()?;
+    sample(&text, "nearcache_cache_misses_total").zip(sample(&text, "nearcache_cache_loads_total"))
 }
 
 pub(super) fn wrk(

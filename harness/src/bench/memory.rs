@@ -84,16 +84,8 @@ async fn server_fill(ctx: &Ctx) -> Result<(f64, u64, u64)> {
         ctx.args.connections,
         3,
     )?;
-    let metrics = client
-        .get(inst.url("/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
-    let entries = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("nearcache_cache_entries "))
-        .and_then(|v| v.trim().parse::<f64>().ok())
+    let metrics = super::http::scrape(&client, &inst).await?;
+    let entries = super::http::sample(&metrics, "nearcache_cache_entries")
         .ok_or_else(|| anyhow::anyhow!("no nearcache_cache_entries on /metrics"))?;
     let after = rss(inst.pid())?;
     inst.stop();

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use anyhow::{Context, Result};
 
-use super::http::{every_users_token, parse_wrk, wrk};
+use super::http::{every_users_token, parse_wrk, sample, scrape, wrk};
 use super::Ctx;
 use crate::instance::Instance;
 use crate::seed;
@@ -22,19 +22,10 @@ struct Restart {
     warmed: f64,
 }
 
-/// Counters of the instance's cache, by name without the `nearcache_cache_` prefix.
+/// A counter of the instance's cache, by name without the `nearcache_cache_` prefix.
 async fn counter(client: &reqwest::Client, inst: &Instance, name: &str) -> Result<f64> {
-    let text = client
-        .get(inst.url("/metrics"))
-        .send()
-        .await?
-        .text()
-        .await?;
-    let line = format!("nearcache_cache_{name}_total ");
-    text.lines()
-        .find_map(|l| l.strip_prefix(&line))
-        .and_then(|v| v.trim().parse().ok())
-        .with_context(|| format!("no {line}in /metrics"))
+    let name = format!("nearcache_cache_{name}_total");
+    sample(&scrape(client, inst).await?, &name).with_context(|| format!("no {name} in /metrics"))
 }
 
 async fn restarts(ctx: &Ctx) -> Result<Vec<Restart>> {

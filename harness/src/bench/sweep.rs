@@ -29,10 +29,7 @@ pub(super) struct Point {
 const SEQUENCE: usize = 200_000;
 
 fn counter(metrics: &str, name: &str) -> f64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
+    super::http::sample(metrics, name).unwrap_or(0.0)
 }
 
 /// Every point; `sizes` are user counts (seeded up to the largest).
@@ -118,12 +115,7 @@ async fn measure(
     let script = vec!["-s".to_string(), rotate_script(dir, tokens, path)?];
     wrk(&inst.url("/"), &script, args.connections, 3)?;
     let metrics = || async {
-        let text = client
-            .get(inst.url("/metrics"))
-            .send()
-            .await?
-            .text()
-            .await?;
+        let text = super::http::scrape(client, inst).await?;
         anyhow::Ok((
             counter(&text, "nearcache_cache_hits_total"),
             counter(&text, "nearcache_cache_misses_total"),
