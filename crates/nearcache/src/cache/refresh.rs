@@ -273,7 +273,7 @@ mod tests {
 
     #[tokio::test]
     async fn negative_entries_and_entries_not_yet_due_are_not_refreshed() {
-        let cache = cache(Duration::from_secs(60), Duration::from_millis(50));
+        let cache = cache(Duration::from_secs(60), Duration::from_millis(300));
         let refresher = cache.clone();
         let load = |_key: u32| async { Ok(Fill::found(2)) };
         let worker = tokio::spawn(async move { refresher.refresh(load).await });
@@ -287,7 +287,7 @@ mod tests {
         );
         cache.put(2, 1);
         assert_eq!(cache.get(&2), Some(1), "not due yet");
-        tokio::time::sleep(Duration::from_millis(80)).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
         assert_eq!(
             cache
                 .get_or_store(1, || async { unreachable!() })
@@ -310,11 +310,11 @@ mod tests {
 
     #[tokio::test]
     async fn without_a_refresher_a_due_entry_expires_as_it_would_have() {
-        let cache = cache(Duration::from_millis(100), Duration::from_millis(10));
+        let cache = cache(Duration::from_millis(1_000), Duration::from_millis(10));
         cache.put(1, 1);
         tokio::time::sleep(Duration::from_millis(30)).await;
         assert_eq!(cache.get(&1), Some(1));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
         assert_eq!(cache.get(&1), None);
         assert_eq!(cache.stats().refreshes, 0);
     }
