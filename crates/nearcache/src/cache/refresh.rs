@@ -63,6 +63,18 @@ where
         L: Fn(K) -> Fut,
         Fut: Future<Output = Result<Fill<V>, LoadError>>,
     {
+        let config = &self.inner.config;
+        match config.refresh_after {
+            None => tracing::warn!(
+                "nearcache: a refresher runs but CacheConfig::refresh_after is not set: no entry is ever due"
+            ),
+            Some(after) if after >= config.ttl => tracing::warn!(
+                ?after,
+                ttl = ?config.ttl,
+                "nearcache: refresh_after is not below the TTL: entries expire before they are due"
+            ),
+            Some(_) => {}
+        }
         let (tx, rx) = mpsc::channel(QUEUE);
         {
             let mut refresher = lock(&self.inner.refresher);
