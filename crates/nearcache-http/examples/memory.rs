@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use nearcache::{Cache, CacheConfig, Fill};
+use nearcache::{Cache, CacheConfig};
 use nearcache_http::CachedPrincipal;
 use nearcache_pg::{OrgId, Organization, Principal, User, UserId};
 use time::OffsetDateTime;
@@ -70,12 +70,10 @@ fn main() {
                 created_at: now,
                 updated_at: now,
             };
-            let principal = Principal { user, organization };
-            let tags = principal.tags();
-            let cached = CachedPrincipal::new(principal);
-            json_bytes += cached.json_len() as u64;
-            let id = cached.id();
-            let fill = Fill::found(Arc::new(cached)).with_tags(tags);
+            let id = user.id;
+            // Tagged as the service's loader tags it.
+            let fill = CachedPrincipal::fill(Principal { user, organization });
+            json_bytes += fill.value().map_or(0, |p| p.json_len() as u64);
             cache.get_or_store(id, || async { Ok(fill) }).await.unwrap();
         }
     });

@@ -52,22 +52,29 @@ impl CachedPrincipal {
         }
     }
 
-    /// The principal of `id` as the cache stores it, tagged with the rows it was built from
-    /// (a change of the user or of its organization evicts it), or a negative entry tagged
-    /// with the user's row: the one loader of the service, its audit and its warm start.
+    /// The principal of `id` as the cache stores it, tagged with its organization's row, or a
+    /// negative entry tagged with the user's row: the one loader of the service, its audit and
+    /// its warm start. A principal carries no tag for its own user's row, which is its key (a
+    /// tag and its index row cost about 200 bytes a principal): its cache's handler must be
+    /// keyed by `users` (`TableHandler::keyed_by`), as the server's is, so that a change of
+    /// the row invalidates the key.
     ///
     /// # Errors
     /// The repository's error, as a [`LoadError`] (downcast it to [`RepoError`]).
     pub async fn load(repo: &dyn UserRepo, id: UserId) -> Result<Fill<Arc<Self>>, LoadError> {
         match repo.principal(id).await {
-            Ok(Some(p)) => {
-                let tags = p.tags();
-                Ok(Fill::found(Arc::new(Self::new(p))).with_tags(tags))
-            }
+            Ok(Some(p)) => Ok(Self::fill(p)),
             // Remembered briefly, so a flood of tokens for a deleted user costs little.
             Ok(None) => Ok(Fill::absent().with_tag(id.tag())),
             Err(e) => Err(LoadError::new(e)),
         }
+    }
+
+    /// `principal` as the cache stores it: rendered, and tagged with its organization's row
+    /// (see [`CachedPrincipal::load`]).
+    pub fn fill(principal: Principal) -> Fill<Arc<Self>> {
+        let tag = principal.organization.id.tag();
+        Fill::found(Arc::new(Self::new(principal))).with_tag(tag)
     }
 
     /// The user's id.
@@ -423,7 +430,7 @@ where
     // Read-your-writes: forget the old principal before answering, whatever the outcome (a
     // write that reported an error may still have committed). The notification that follows
     // does the same, harmlessly.
-    state.inner.store.invalidate_tag(&id.tag());
+    state.inner.store.invalidate(&id);
     written.map_err(|e| ApiError::from_repo(&e))?;
     let principal = state.principal(id).await?;
     Ok(json_bytes(StatusCode::OK, principal.me.clone()))

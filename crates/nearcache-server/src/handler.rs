@@ -8,19 +8,20 @@ use std::sync::Arc;
 
 use nearcache::{Cache, Fill, LoadError, TableHandler};
 use nearcache_http::CachedPrincipal;
-use nearcache_pg::tags::PRINCIPAL_TABLES;
+use nearcache_pg::tags::{PRINCIPAL_TABLES, USERS};
 use nearcache_pg::{PgUserRepo, UserId};
 
 /// The tables whose rows principals are built from.
 pub(crate) const TABLES: [&str; 2] = PRINCIPAL_TABLES;
 
 /// Turns changes into invalidations: a row `table:key` is the tag of every principal built
-/// from it.
+/// from it, and a `users` row is also the key of its principal (which carries no tag for it:
+/// see [`CachedPrincipal::load`]).
 pub(crate) type CacheHandler = TableHandler<UserId, Arc<CachedPrincipal>>;
 
 /// The handler for the principal cache.
 pub(crate) fn handler(cache: Cache<UserId, Arc<CachedPrincipal>>) -> CacheHandler {
-    TableHandler::new(cache, TABLES)
+    TableHandler::new(cache, TABLES).keyed_by(USERS, |key| key.parse().ok())
 }
 
 /// A principal's load, as the background work on the cache calls it.

@@ -36,10 +36,24 @@ use crate::{Cache, Mode, Tag};
 /// assert!(!handler.invalidate("customers", &["1".to_string()]), "not cached here");
 /// # });
 /// ```
-#[derive(Debug)]
 pub struct TableHandler<K, V> {
     cache: Cache<K, V>,
     tables: Box<[String]>,
+    /// Tables whose rows are the cache's keys ([`TableHandler::keyed_by`]), with the parser of
+    /// a row's key.
+    keyed: Vec<(String, ParseKey<K>)>,
+}
+
+type ParseKey<K> = Box<dyn Fn(&str) -> Option<K> + Send + Sync>;
+
+impl<K, V> std::fmt::Debug for TableHandler<K, V> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keyed: Vec<&str> = self.keyed.iter().map(|(t, _)| t.as_str()).collect();
+        f.debug_struct("TableHandler")
+            .field("tables", &self.tables)
+            .field("keyed", &keyed)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<K, V> TableHandler<K, V>
@@ -57,7 +71,46 @@ where
         cache.set_mode(Mode::Bypass);
         let tables: Box<[String]> = tables.into_iter().map(Into::into).collect();
         cache.watch_tables(tables.iter());
-        Self { cache, tables }
+        Self {
+            cache,
+            tables,
+            keyed: Vec::new(),
+        }
+    }
+
+    /// Says that the rows of `table` (one of the handler's tables) are the cache's keys: a
+    /// change of row `key` also invalidates the cache's key `parse(key)`, so a value needs no
+    /// tag for its own row (a tag and its index row are about 200 bytes an entry). A key that
+    /// does not parse flushes the cache, since the entry it names cannot be found. Rows of
+    /// `table` are still invalidated as tags too, for the values that carry them.
+    ///
+    /// ```
+    /// use nearcache::{Cache, CacheConfig, Fill, TableHandler};
+    /// use nearcache_source::Handler;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// let cache: Cache<u64, String> = Cache::new(CacheConfig::default());
+    /// let handler = TableHandler::new(cache.clone(), ["invoices"]).keyed_by("invoices", |k| k.parse().ok());
+    /// handler.coherent();
+    /// // No tag: the entry's key is its row.
+    /// cache.get_or_store(42, || async { Ok(Fill::found("A-1".to_string())) }).await.unwrap();
+    /// assert!(handler.invalidate("invoices", &["42".to_string()]));
+    /// assert_eq!(cache.get(&42), None);
+    /// # });
+    /// ```
+    #[must_use]
+    pub fn keyed_by(
+        mut self,
+        table: impl Into<String>,
+        parse: impl Fn(&str) -> Option<K> + Send + Sync + 'static,
+    ) -> Self {
+        let table = table.into();
+        debug_assert!(
+            self.caches(&table),
+            "keyed_by({table}): not one of the handler's tables"
+        );
+        self.keyed.push((table, Box::new(parse)));
+        self
     }
 
     fn caches(&self, table: &str) -> bool {
@@ -86,7 +139,18 @@ where
         if !self.caches(table) {
             return false;
         }
+        let parse = self.keyed.iter().find(|(t, _)| t == table).map(|(_, p)| p);
         for key in keys {
+            if let Some(parse) = parse {
+                match parse(key) {
+                    Some(key) => self.cache.invalidate(&key),
+                    None => {
+                        tracing::warn!(table, key = %key, "nearcache: a changed row's key is not one of the cache's keys; flushing");
+                        self.cache.flush();
+                        return true;
+                    }
+                }
+            }
             self.cache.invalidate_tag(&Tag::row(table, key));
         }
         true
@@ -99,5 +163,49 @@ where
         // Entries carry row tags, not table tags: only a flush covers every row of a table.
         self.cache.flush();
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nearcache_source::Handler;
+
+    use crate::{Cache, CacheConfig, Fill, TableHandler, Tag};
+
+    fn keyed() -> (Cache<u64, String>, TableHandler<u64, String>) {
+        let cache = Cache::new(CacheConfig::default());
+        let handler = TableHandler::new(cache.clone(), ["users", "orgs"])
+            .keyed_by("users", |k| k.parse().ok());
+        handler.coherent();
+        (cache, handler)
+    }
+
+    #[tokio::test]
+    async fn a_keyed_row_evicts_its_key_and_still_its_tag() {
+        let (cache, handler) = keyed();
+        let untagged = || async { Ok(Fill::found("ada".to_string())) };
+        cache.get_or_store(1, untagged).await.unwrap();
+        // Another key built from user 1's row, tagged with it.
+        let tagged =
+            || async { Ok(Fill::found("team".to_string()).with_tag(Tag::row("users", 1))) };
+        cache.get_or_store(9, tagged).await.unwrap();
+        let other = || async { Ok(Fill::found("bob".to_string())) };
+        cache.get_or_store(2, other).await.unwrap();
+        assert!(handler.invalidate("users", &["1".to_string()]));
+        assert_eq!((cache.get(&1), cache.get(&9)), (None, None));
+        assert_eq!(cache.get(&2).as_deref(), Some("bob"));
+        // A row of a table that is not keyed names no key.
+        assert!(handler.invalidate("orgs", &["2".to_string()]));
+        assert_eq!(cache.get(&2).as_deref(), Some("bob"));
+    }
+
+    #[tokio::test]
+    async fn a_key_that_does_not_parse_flushes() {
+        let (cache, handler) = keyed();
+        cache.put(1, "ada".to_string());
+        let flushes = cache.stats().flushes;
+        assert!(handler.invalidate("users", &["not-a-number".to_string()]));
+        assert_eq!(cache.get(&1), None);
+        assert_eq!(cache.stats().flushes, flushes + 1);
     }
 }

@@ -15,7 +15,7 @@ pub(super) fn section(ctx: &Ctx, report: &mut String) -> Result<()> {
     let n: u64 = if args.quick { 100_000 } else { 1_000_000 };
     eprintln!("==> memory: {n} cached principals in a process of their own");
     let m = measure(n, None)?;
-    writeln!(report, "\n## Memory per cached principal\n\n{n} principals as the service caches them (their rendered JSON bodies, the user's id and active flag, two tags each, the tag index) in a nearcache `Cache`, in a process of its own (`crates/nearcache-http/examples/memory.rs`), with jemalloc as the server runs; resident set before and after.\n")?;
+    writeln!(report, "\n## Memory per cached principal\n\n{n} principals as the service caches them (their rendered JSON bodies, the user's id and active flag, the organization's tag, the tag index) in a nearcache `Cache`, in a process of its own (`crates/nearcache-http/examples/memory.rs`), with jemalloc as the server runs; resident set before and after.\n")?;
     writeln!(
             report,
             "| RSS empty | RSS with {n} | per principal | of which the value | of which its JSON | the rest (moka entry, tags, index, allocator) |\n|---|---|---|---|---|---|"

@@ -120,18 +120,19 @@ pub(super) fn judge(
         let unread = mine.iter().any(|r| r.entries.is_nan());
         // moka applies writes, and the evictions they cause, once 64 of them are logged (its
         // WRITE_LOG_FLUSH_POINT) or at its next maintenance: until then the entries it has
-        // taken beyond its capacity are cached, and indexed, two rows each.
+        // taken beyond its capacity are cached, and indexed, one row each (a principal carries
+        // its organization's tag, a negative entry its user's).
         let in_flight = 64.0;
         check(
             &format!("#{i}: internal sizes within their capacities"),
             !unread
                 && entries <= cap
-                && rows_ <= 2.0 * (cap + in_flight)
+                && rows_ <= cap + in_flight
                 && tags <= rows_.max(0.0)
                 && fence <= fence_memory
                 && tokens <= tokens_max,
             format!(
-                "at most: entries {entries:.0} (capacity {cap:.0}), index rows {rows_:.0} (≤ 2 tags × (capacity + {in_flight:.0} writes moka has yet to apply)), \
+                "at most: entries {entries:.0} (capacity {cap:.0}), index rows {rows_:.0} (≤ 1 tag × (capacity + {in_flight:.0} writes moka has yet to apply)), \
                  indexed tags {tags:.0}, fence {fence:.0} (memory {fence_memory}), tokens {tokens:.0} (≤ {tokens_max}){}",
                 if unread { "; some samples could not be scraped" } else { "" }
             ),
