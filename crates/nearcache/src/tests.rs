@@ -495,6 +495,19 @@ async fn reads_extend_time_to_idle_but_not_past_the_ttl() {
 }
 
 #[tokio::test]
+async fn a_ttl_past_the_clocks_range_is_forever_under_time_to_idle() {
+    // A read computed the TTL's end as an `Instant`, which panicked past the clock's range.
+    let c: Cache<u32, String> = Cache::new(CacheConfig {
+        tti: Some(Duration::from_secs(60)),
+        ..CacheConfig::default()
+    });
+    let forever = || async { Ok(Fill::found(s("kept")).with_ttl(Duration::MAX)) };
+    assert_eq!(c.get_or_store(1, forever).await.unwrap(), Some(s("kept")));
+    assert_eq!(c.get(&1), Some(s("kept")));
+    assert!(c.touch(&1));
+}
+
+#[tokio::test]
 async fn capacity_is_respected() {
     let evictions = Arc::new(AtomicUsize::new(0));
     let seen = evictions.clone();
