@@ -208,8 +208,8 @@ async fn patch_invalidates_the_user_before_answering() {
         .in_sequence(&mut seq)
         .returning(move |_, _| Ok(Some(p1.clone())));
     store
-        .expect_invalidate_tag()
-        .withf(move |t| t.as_str() == format!("users:{id}"))
+        .expect_invalidate()
+        .withf(move |key| *key == id)
         .times(1)
         .in_sequence(&mut seq)
         .return_const(());
