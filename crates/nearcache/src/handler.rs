@@ -38,7 +38,7 @@ use crate::{Cache, Mode, Tag};
 /// ```
 pub struct TableHandler<K, V> {
     cache: Cache<K, V>,
-    tables: Box<[String]>,
+    tables: Vec<String>,
     /// Tables whose rows are the cache's keys ([`TableHandler::keyed_by`]), with the parser of
     /// a row's key.
     keyed: Vec<(String, ParseKey<K>)>,
@@ -69,7 +69,7 @@ where
         S: Into<String>,
     {
         cache.set_mode(Mode::Bypass);
-        let tables: Box<[String]> = tables.into_iter().map(Into::into).collect();
+        let tables: Vec<String> = tables.into_iter().map(Into::into).collect();
         cache.watch_tables(tables.iter());
         Self {
             cache,
@@ -78,7 +78,8 @@ where
         }
     }
 
-    /// Says that the rows of `table` (one of the handler's tables) are the cache's keys: a
+    /// Says that the rows of `table` are the cache's keys (the table becomes one of the
+    /// handler's if it was not yet): a
     /// change of row `key` also invalidates the cache's key `parse(key)`, so a value needs no
     /// tag for its own row (a tag and its index row are about 200 bytes an entry). A key that
     /// does not parse flushes the cache, since the entry it names cannot be found. Rows of
@@ -105,10 +106,10 @@ where
         parse: impl Fn(&str) -> Option<K> + Send + Sync + 'static,
     ) -> Self {
         let table = table.into();
-        debug_assert!(
-            self.caches(&table),
-            "keyed_by({table}): not one of the handler's tables"
-        );
+        if !self.caches(&table) {
+            self.cache.watch_tables([&table]);
+            self.tables.push(table.clone());
+        }
         self.keyed.push((table, Box::new(parse)));
         self
     }
@@ -197,6 +198,17 @@ mod tests {
         // A row of a table that is not keyed names no key.
         assert!(handler.invalidate("orgs", &["2".to_string()]));
         assert_eq!(cache.get(&2).as_deref(), Some("bob"));
+    }
+
+    #[tokio::test]
+    async fn a_keyed_table_is_one_of_the_handlers_tables() {
+        let cache: Cache<u64, String> = Cache::new(CacheConfig::default());
+        let handler =
+            TableHandler::new(cache.clone(), ["orgs"]).keyed_by("users", |k| k.parse().ok());
+        handler.coherent();
+        cache.put(1, "ada".to_string());
+        assert!(handler.invalidate("users", &["1".to_string()]));
+        assert_eq!(cache.get(&1), None);
     }
 
     #[tokio::test]

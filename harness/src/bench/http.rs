@@ -182,8 +182,6 @@ pub(super) fn parse_wrk(name: &str, out: &str) -> Result<HttpRun> {
     })
 }
 
-/// A wrk script that sends `GET path` with the tokens of `tokens` (one per line) in order,
-/// from a random starting point, round and round.
 /// A wrk script sending `path` with every seeded user's token in turn (the tokens written to
 /// `target/bench/tokens.txt`).
 pub(super) fn every_users_token(path: &str) -> Result<String> {
@@ -195,6 +193,8 @@ pub(super) fn every_users_token(path: &str) -> Result<String> {
     rotate_script(&dir, &tokens, path)
 }
 
+/// A wrk script that sends `GET path` with the tokens of `tokens` (one per line) in order,
+/// from a random starting point, round and round.
 pub(super) fn rotate_script(
     dir: &std::path::Path,
     tokens: &std::path::Path,

@@ -22,10 +22,29 @@ struct Restart {
     warmed: f64,
 }
 
-/// A counter of the instance's cache, by name without the `nearcache_cache_` prefix.
-async fn counter(client: &reqwest::Client, inst: &Instance, name: &str) -> Result<f64> {
-    let name = format!("nearcache_cache_{name}_total");
-    sample(&scrape(client, inst).await?, &name).with_context(|| format!("no {name} in /metrics"))
+/// How long after a restart is measured.
+fn first_seconds(args: &super::Args) -> u64 {
+    if args.quick {
+        2
+    } else {
+        10
+    }
+}
+
+/// The named counters of the instance's cache, by name without the `nearcache_cache_` prefix,
+/// from one scrape.
+async fn counters<const N: usize>(
+    client: &reqwest::Client,
+    inst: &Instance,
+    names: [&str; N],
+) -> Result<[f64; N]> {
+    let metrics = scrape(client, inst).await?;
+    let mut values = [0.0; N];
+    for (value, name) in values.iter_mut().zip(names) {
+        let name = format!("nearcache_cache_{name}_total");
+        *value = sample(&metrics, &name).with_context(|| format!("no {name} in /metrics"))?;
+    }
+    Ok(values)
 }
 
 async fn restarts(ctx: &Ctx) -> Result<Vec<Restart>> {
@@ -36,7 +55,7 @@ async fn restarts(ctx: &Ctx) -> Result<Vec<Restart>> {
     let script = vec!["-s".to_string(), every_users_token("/me")?];
     let file = ctx.charts.join("warm.ids");
     let file = file.to_string_lossy().to_string();
-    let seconds = if args.quick { 2 } else { 10 };
+    let seconds = first_seconds(args);
     let plan: [(&str, &[&str]); 3] = [
         ("cold", &[]),
         (
@@ -66,9 +85,7 @@ async fn restarts(ctx: &Ctx) -> Result<Vec<Restart>> {
         inst.ready(&client, "coherent").await?;
         let out = wrk(&inst.url("/"), &script, args.connections, seconds)?;
         let run = parse_wrk(name, &out)?;
-        let hits = counter(&client, &inst, "hits").await?;
-        let misses = counter(&client, &inst, "misses").await?;
-        let warmed = counter(&client, &inst, "warmed").await?;
+        let [hits, misses, warmed] = counters(&client, &inst, ["hits", "misses", "warmed"]).await?;
         // Each principal the warm start loaded was one miss of its own, not a request's.
         let requests = hits + misses - warmed;
         let restart = Restart {
@@ -92,7 +109,7 @@ async fn restarts(ctx: &Ctx) -> Result<Vec<Restart>> {
 
 /// Measures the first seconds after a restart, warm beside cold, and writes their table.
 pub(super) fn section(ctx: &Ctx, report: &mut String) -> Result<()> {
-    let seconds = if ctx.args.quick { 2 } else { 10 };
+    let seconds = first_seconds(&ctx.args);
     eprintln!("==> restart: the first {seconds} s, warm beside cold");
     let runs = ctx.rt.block_on(restarts(ctx))?;
     writeln!(

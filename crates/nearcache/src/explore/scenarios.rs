@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 
 use super::{explore, Explored, Op, World};
-use crate::{Cache, CacheConfig, Fill, Mode, Tag};
+use crate::{Cache, CacheConfig, Fill, LoadError, Mode, Tag};
 
 const KEY: u32 = 1;
 
@@ -75,15 +75,9 @@ impl Run {
         let run = self.clone();
         Box::pin(async move {
             let began = run.world.now();
-            let (db, loads) = (run.db.clone(), run.loads.clone());
             // The loader reads in the step after the ticket, which ends as it returns.
-            let loader = move || async move {
-                loads.fetch_add(1, SeqCst);
-                let version = db.load(SeqCst);
-                Ok(Fill::found(version)
-                    .with_tag(Tag::row("users", KEY))
-                    .with_tag(org()))
-            };
+            let read = run.clone();
+            let loader = move || read.read_db();
             let value = run.cache.get_or_store(KEY, loader).await.unwrap();
             run.log.borrow_mut().reads.push(Read { op, began, value });
         })
@@ -94,19 +88,23 @@ impl Run {
     fn refresh(&self) -> Op {
         let run = self.clone();
         Box::pin(async move {
-            let (db, loads) = (run.db.clone(), run.loads.clone());
-            let loader = move |_key: u32| {
-                let (db, loads) = (db.clone(), loads.clone());
-                async move {
-                    loads.fetch_add(1, SeqCst);
-                    let version = db.load(SeqCst);
-                    Ok(Fill::found(version)
-                        .with_tag(Tag::row("users", KEY))
-                        .with_tag(org()))
-                }
-            };
+            let read = run.clone();
+            let loader = move |_key: u32| read.read_db();
             run.cache.refresh_one(KEY, &loader).await;
         })
+    }
+
+    /// What a loader of the key reads: the database's version, as a value that depends on
+    /// the key's row and on `org()`. Counts the load.
+    fn read_db(&self) -> impl std::future::Future<Output = Result<Fill<u64>, LoadError>> {
+        let (db, loads) = (self.db.clone(), self.loads.clone());
+        async move {
+            loads.fetch_add(1, SeqCst);
+            let version = db.load(SeqCst);
+            Ok(Fill::found(version)
+                .with_tag(Tag::row("users", KEY))
+                .with_tag(org()))
+        }
     }
 
     /// A plain `get`, one step.
