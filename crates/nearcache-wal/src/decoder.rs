@@ -130,9 +130,51 @@ impl Txn {
     }
 }
 
+/// What decoding a row of a relation needs, worked out when the relation arrives (and again
+/// when the rules change), not for every row.
+#[derive(Debug)]
+struct Shape {
+    /// The key column's position, if the relation has it.
+    column: Option<usize>,
+    /// Whether the key column is part of the replica identity (or the identity is FULL).
+    identity_has_key: bool,
+    /// The positions of the columns whose changes count, when the table ignores some; none
+    /// when every change counts (no digest is kept).
+    watched: Option<Vec<usize>>,
+}
+
+impl Shape {
+    fn of(r: &Relation, rules: &Rules) -> Self {
+        let rule = rules.get(&r.name);
+        let column = match rule {
+            // Attached: by the key column it was attached with.
+            Some(rule) => r.columns.iter().position(|c| c.name == rule.key),
+            // Published by hand: by its replica identity, if that is one column.
+            None => {
+                let identity: Vec<usize> =
+                    (0..r.columns.len()).filter(|&i| r.columns[i].key).collect();
+                match identity.as_slice() {
+                    [i] => Some(*i),
+                    _ => None,
+                }
+            }
+        };
+        let watched = rule.filter(|rule| !rule.ignored.is_empty()).map(|rule| {
+            (0..r.columns.len())
+                .filter(|&i| !rule.ignored.contains(&r.columns[i].name))
+                .collect()
+        });
+        Self {
+            column,
+            identity_has_key: column.is_some_and(|i| r.columns[i].key),
+            watched,
+        }
+    }
+}
+
 /// Decodes a session's stream.
 pub(crate) struct Decoder {
-    relations: HashMap<u32, Relation>,
+    relations: HashMap<u32, (Relation, Shape)>,
     rules: Rules,
     digests: Digests,
     /// The watched columns' hashes of the row being remembered (kept to spare an allocation).
@@ -170,6 +212,9 @@ impl Decoder {
             self.digests.forget_table(t);
         }
         self.rules = rules;
+        for (r, shape) in self.relations.values_mut() {
+            *shape = Shape::of(r, &self.rules);
+        }
         changed
     }
 
@@ -215,7 +260,8 @@ impl Decoder {
         use pgoutput::Change;
         match change {
             Change::Relation(r) => {
-                self.relations.insert(r.id, r);
+                let shape = Shape::of(&r, &self.rules);
+                self.relations.insert(r.id, (r, shape));
             }
             Change::Insert { relation, new } => {
                 let row = self.row(relation)?;
@@ -272,7 +318,7 @@ impl Decoder {
             }
             Change::Truncate { relations } => {
                 for id in relations {
-                    let table = self.relation(id)?.name.clone();
+                    let table = self.relation(id)?.0.name.clone();
                     self.digests.forget_table(&table);
                     self.txn.push(Evict::Table(table));
                 }
@@ -282,7 +328,7 @@ impl Decoder {
         Ok(())
     }
 
-    fn relation(&self, id: u32) -> Result<&Relation, pgoutput::DecodeError> {
+    fn relation(&self, id: u32) -> Result<&(Relation, Shape), pgoutput::DecodeError> {
         self.relations
             .get(&id)
             .ok_or_else(|| pgoutput::DecodeError(format!("change of unknown relation {id}")))
@@ -290,24 +336,11 @@ impl Decoder {
 
     /// How rows of `relation` are named.
     fn row(&self, relation: u32) -> Result<RowNames, pgoutput::DecodeError> {
-        let r = self.relation(relation)?;
-        let column = match self.rules.get(&r.name) {
-            // Attached: by the key column it was attached with.
-            Some(rule) => r.columns.iter().position(|c| c.name == rule.key),
-            // Published by hand: by its replica identity, if that is one column.
-            None => {
-                let identity: Vec<usize> =
-                    (0..r.columns.len()).filter(|&i| r.columns[i].key).collect();
-                match identity.as_slice() {
-                    [i] => Some(*i),
-                    _ => None,
-                }
-            }
-        };
+        let (r, shape) = self.relation(relation)?;
         Ok(RowNames {
             table: r.name.clone(),
-            column,
-            identity_has_key: column.is_some_and(|i| r.columns[i].key),
+            column: shape.column,
+            identity_has_key: shape.identity_has_key,
         })
     }
 
@@ -321,64 +354,31 @@ impl Decoder {
         new: &Tuple<'_>,
         old: Option<&Tuple<'_>>,
     ) -> bool {
-        let Some(r) = self.relations.get(&relation) else {
-            return true;
-        };
-        let Some(ignored) = self
-            .rules
-            .get(&r.name)
-            .map(|rule| &rule.ignored)
-            .filter(|i| !i.is_empty())
+        let Some((
+            r,
+            Shape {
+                watched: Some(watched),
+                ..
+            },
+        )) = self.relations.get(&relation)
         else {
             return true;
-        };
-        let watched = || {
-            r.columns
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| !ignored.contains(&c.name))
-                .map(|(i, _)| i)
         };
         // With a full replica identity the old row says what changed by itself. Values are
         // compared as stored (their text), not by the type's equality.
         if let Some(old) = old {
-            return watched().any(|i| {
+            return watched.iter().any(|&i| {
                 new.get(i).is_none_or(|n| *n != Value::Unchanged) && old.get(i) != new.get(i)
             });
         }
-        let mut hashes = std::mem::take(&mut self.hashes);
-        hashes.clear();
+        self.hashes.clear();
         // A tuple shorter than its relation (it should not happen) hashes as unknown.
-        hashes.extend(watched().map(|i| match new.get(i) {
-            None | Some(Value::Unchanged) => None,
-            Some(v) => Some(self.digests.hash(v)),
-        }));
-        // A digest of another shape (a column was added since) is as good as none.
-        let before = self
-            .digests
-            .get(&r.name, key)
-            .filter(|b| b.len() == hashes.len());
-        let changed = before.is_none_or(|b| {
-            hashes
-                .iter()
-                .zip(b)
-                .any(|(now, before)| now.is_some_and(|h| h != *before))
-        });
-        // An unchanged TOASTed column keeps its earlier hash; without one the row stays
-        // unknown rather than remembered with a guess.
-        let merged: Option<Box<[u64]>> = hashes
-            .iter()
-            .enumerate()
-            .map(|(i, h)| h.or_else(|| before.map(|b| b[i])))
-            .collect();
-        match merged {
-            Some(merged) => self.digests.insert(&r.name, key, &merged),
-            None => {
-                self.digests.remove(&r.name, key);
-            }
-        }
-        self.hashes = hashes;
-        changed
+        self.hashes
+            .extend(watched.iter().map(|&i| match new.get(i) {
+                None | Some(Value::Unchanged) => None,
+                Some(v) => Some(self.digests.hash(v)),
+            }));
+        self.digests.record(&r.name, key, &self.hashes)
     }
 }
 

@@ -6,11 +6,19 @@ use std::hash::{BuildHasher, RandomState};
 
 use crate::pgoutput::Value;
 
+/// The maps' hasher: foldhash, seeded at random, several times faster than SipHash on keys
+/// like a UUID's text. It only places rows in the map; what tells a value from another is
+/// [`Digests::hash`]'s keyed SipHash.
+type Fast = foldhash::quality::RandomState;
+
+/// One table's rows: a hash per watched column, by key.
+type Rows = HashMap<Box<str>, Box<[u64]>, Fast>;
+
 /// Per table and key, a hash of each watched column's value as last seen: at most `capacity`
 /// rows, all forgotten at once past it (forgetting is safe: a row without a digest counts as
 /// changed). Looked up by `&str`, so that a row that has one costs no allocation.
 pub(crate) struct Digests {
-    tables: HashMap<String, HashMap<Box<str>, Box<[u64]>>>,
+    tables: HashMap<String, Rows, Fast>,
     rows: usize,
     capacity: usize,
     /// Keyed at random per decoder, so that nobody can choose a new value whose hash equals
@@ -21,7 +29,7 @@ pub(crate) struct Digests {
 impl Digests {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
-            tables: HashMap::new(),
+            tables: HashMap::default(),
             rows: 0,
             capacity: capacity.max(1),
             hasher: RandomState::new(),
@@ -30,10 +38,6 @@ impl Digests {
 
     pub(crate) fn hash(&self, value: &Value<'_>) -> u64 {
         self.hasher.hash_one(value)
-    }
-
-    pub(crate) fn get(&self, table: &str, key: &str) -> Option<&[u64]> {
-        self.tables.get(table)?.get(key).map(|d| &**d)
     }
 
     pub(crate) fn insert(&mut self, table: &str, key: &str, digest: &[u64]) {
@@ -50,12 +54,39 @@ impl Digests {
             self.rows = 0;
         }
         if !self.tables.contains_key(table) {
-            self.tables.insert(table.to_string(), HashMap::new());
+            self.tables.insert(table.to_string(), Rows::default());
         }
         if let Some(t) = self.tables.get_mut(table) {
             t.insert(key.into(), digest.into());
             self.rows += 1;
         }
+    }
+
+    /// Records a row's watched columns as hashed now (`None`: an unchanged TOASTed value, not
+    /// sent) and returns whether they changed, or may have: a row without a digest of this
+    /// shape counts as changed. A column not sent keeps its earlier hash; a row with such a
+    /// column and no earlier digest is forgotten rather than remembered with a guess. One
+    /// lookup, and no allocation for a row already remembered.
+    pub(crate) fn record(&mut self, table: &str, key: &str, now: &[Option<u64>]) -> bool {
+        if let Some(before) = self.tables.get_mut(table).and_then(|t| t.get_mut(key)) {
+            if before.len() == now.len() {
+                let mut changed = false;
+                for (b, n) in before.iter_mut().zip(now) {
+                    if let Some(n) = *n {
+                        changed |= *b != n;
+                        *b = n;
+                    }
+                }
+                return changed;
+            }
+        }
+        match now.iter().copied().collect::<Option<Box<[u64]>>>() {
+            Some(digest) => self.insert(table, key, &digest),
+            None => {
+                self.remove(table, key);
+            }
+        }
+        true
     }
 
     /// Forgets a row's digest, and returns it.
@@ -69,5 +100,71 @@ impl Digests {
         if let Some(t) = self.tables.remove(table) {
             self.rows -= t.len();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_row_counts_as_changed_until_a_watched_hash_is_the_same_as_before() {
+        let mut d = Digests::new(10);
+        assert!(d.record("users", "a", &[Some(1), Some(2)]), "never seen");
+        assert!(
+            !d.record("users", "a", &[Some(1), Some(2)]),
+            "the same values"
+        );
+        assert!(
+            d.record("users", "a", &[Some(1), Some(3)]),
+            "one column changed"
+        );
+        assert!(
+            !d.record("users", "a", &[None, Some(3)]),
+            "a column not sent keeps its hash"
+        );
+        assert!(
+            d.record("users", "a", &[Some(9), None]),
+            "changed beside a column not sent"
+        );
+        assert!(
+            !d.record("users", "a", &[Some(9), Some(3)]),
+            "the hash kept was the last sent"
+        );
+        assert!(
+            d.record("users", "a", &[Some(9), Some(3), Some(4)]),
+            "a column was added"
+        );
+        assert!(
+            d.record("organizations", "a", &[Some(1), Some(2)]),
+            "another table's row is new"
+        );
+    }
+
+    #[test]
+    fn a_row_never_seen_with_a_column_not_sent_is_not_remembered() {
+        let mut d = Digests::new(10);
+        assert!(d.record("users", "a", &[None, Some(2)]));
+        assert!(
+            d.record("users", "a", &[Some(1), Some(2)]),
+            "nothing to compare with"
+        );
+        assert!(!d.record("users", "a", &[Some(1), Some(2)]));
+    }
+
+    #[test]
+    fn past_its_capacity_everything_is_forgotten_and_counts_as_changed() {
+        let mut d = Digests::new(2);
+        assert!(d.record("users", "a", &[Some(1)]));
+        assert!(d.record("users", "b", &[Some(1)]));
+        assert!(
+            d.record("users", "c", &[Some(1)]),
+            "a third row starts over"
+        );
+        assert!(d.record("users", "a", &[Some(1)]), "forgotten");
+        assert!(
+            !d.record("users", "c", &[Some(1)]),
+            "remembered after the start over"
+        );
     }
 }

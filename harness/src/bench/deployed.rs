@@ -25,6 +25,8 @@ pub(super) struct DeployedRow {
     pub(super) postgres_us: f64,
     /// The consumer's CPU per commit (none without one).
     pub(super) consumer_us: Option<f64>,
+    /// The WAL source's visibility polls per commit.
+    pub(super) polls: Option<f64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -255,7 +257,14 @@ pub(super) async fn deployed(url: &str, seconds: u64, clients: usize) -> Result<
         Arm::Recvlogical,
         Arm::None,
     ];
-    let mut sums: Vec<(Arm, f64, f64, Option<f64>)> = Vec::new();
+    struct Sum {
+        arm: Arm,
+        tps: f64,
+        postgres_us: f64,
+        consumer_us: Option<f64>,
+        polls: Option<f64>,
+    }
+    let mut sums: Vec<Sum> = Vec::new();
     for arm in order {
         crate::choose_source(url, arm.writes_for()).await?;
         let consumer = start(arm, &bin, &server, url, &client).await?;
@@ -272,6 +281,10 @@ pub(super) async fn deployed(url: &str, seconds: u64, clients: usize) -> Result<
         tokio::time::sleep(Duration::from_millis(300)).await;
         let c1 = consumer.as_ref().map(|c| ticks(c.pid(), false));
         let pg1 = postgres_ticks();
+        let polls = match &consumer {
+            Some(Consumer::Server(i)) if arm != Arm::Notify => visibility_polls(&client, i).await,
+            _ => None,
+        };
         let slot = match &consumer {
             Some(Consumer::Recvlogical(_, slot)) => Some(slot.clone()),
             _ => None,
@@ -283,21 +296,47 @@ pub(super) async fn deployed(url: &str, seconds: u64, clients: usize) -> Result<
         let commits = tps * seconds as f64;
         let us = |ticks: u64| ticks as f64 * 10_000.0 / commits.max(1.0);
         eprintln!("    {}: {tps:.0} tx/s", arm.name());
-        sums.push((arm, tps, us(pg1 - pg0), c0.zip(c1).map(|(a, b)| us(b - a))));
+        sums.push(Sum {
+            arm,
+            tps,
+            postgres_us: us(pg1 - pg0),
+            consumer_us: c0.zip(c1).map(|(a, b)| us(b - a)),
+            polls: polls.map(|p| p / commits.max(1.0)),
+        });
     }
     crate::choose_source(url, "both").await?;
     let mut rows = Vec::new();
     for arm in [Arm::None, Arm::Recvlogical, Arm::Wal, Arm::Notify] {
-        let runs: Vec<_> = sums.iter().filter(|s| s.0 == arm).collect();
+        let runs: Vec<_> = sums.iter().filter(|s| s.arm == arm).collect();
         let n = runs.len() as f64;
         rows.push(DeployedRow {
             arm: arm.name(),
-            tps: runs.iter().map(|r| r.1).sum::<f64>() / n,
-            postgres_us: runs.iter().map(|r| r.2).sum::<f64>() / n,
-            consumer_us: runs.iter().map(|r| r.3).sum::<Option<f64>>().map(|s| s / n),
+            tps: runs.iter().map(|r| r.tps).sum::<f64>() / n,
+            postgres_us: runs.iter().map(|r| r.postgres_us).sum::<f64>() / n,
+            consumer_us: runs
+                .iter()
+                .map(|r| r.consumer_us)
+                .sum::<Option<f64>>()
+                .map(|s| s / n),
+            polls: runs
+                .iter()
+                .map(|r| r.polls)
+                .sum::<Option<f64>>()
+                .map(|s| s / n),
         });
     }
     Ok(rows)
+}
+
+/// The visibility polls a WAL instance has taken, from its /metrics.
+async fn visibility_polls(client: &reqwest::Client, inst: &Instance) -> Option<f64> {
+    let text = super::http::scrape(client, inst).await.ok()?;
+    text.lines()
+        .find(|l| l.starts_with("nearcache_source_visibility_polls_total"))?
+        .rsplit(' ')
+        .next()?
+        .parse()
+        .ok()
 }
 
 async fn drop_slot(url: &str, slot: &str) -> Result<()> {
@@ -335,18 +374,19 @@ pub(super) fn section(ctx: &Ctx, report: &mut String) -> Result<()> {
     eprintln!("==> what writers pay as deployed: pgbench, the release server, pg_recvlogical");
     let rows = rt.block_on(deployed(url, args.write_seconds, 8))?;
     writeln!(report, "\n## What writers pay, as deployed\n\npgbench, 8 clients, prepared single-row UPDATEs of `users.name` (random users of {}), {} s per arm, arms run A-B-C-D-D-C-B-A and averaged, on the database as the migrations leave it (`wal_level = logical`: no trigger) and, for LISTEN, after `nearcache_set_source('notify')`. The consumer is the release `nearcache-server` (no HTTP load) or `pg_recvlogical` on the same publication, the least a logical-decoding consumer costs. CPU from /proc: every Postgres process (the WAL sender included), and the consumer's own.\n", seed::USERS, args.write_seconds)?;
-    writeln!(report, "| arm | tx/s | x no consumer | Postgres CPU per commit | consumer CPU per commit |\n|---|---|---|---|---|")?;
+    writeln!(report, "| arm | tx/s | x no consumer | Postgres CPU per commit | consumer CPU per commit | visibility polls per commit |\n|---|---|---|---|---|---|")?;
     let base = rows.first().map_or(1.0, |r| r.tps);
     for r in &rows {
         writeln!(
             report,
-            "| {} | {:.0} | {:.2} | {:.0} µs | {} |",
+            "| {} | {:.0} | {:.2} | {:.0} µs | {} | {} |",
             r.arm,
             r.tps,
             r.tps / base,
             r.postgres_us,
             r.consumer_us
-                .map_or("—".to_string(), |u| format!("{u:.1} µs"))
+                .map_or("—".to_string(), |u| format!("{u:.1} µs")),
+            r.polls.map_or("—".to_string(), |p| format!("{p:.3}"))
         )?;
     }
     if rows.iter().any(|r| r.tps <= 0.0) {
