@@ -90,6 +90,27 @@ impl<K: Hash + Eq + Clone> Fence<K> {
         carried
     }
 
+    /// Records an invalidation of every key and tag given, as one: one epoch for all. Returns
+    /// the entries that carried the tags.
+    pub(crate) fn invalidate_all(&mut self, keys: &[K], tags: &[Tag]) -> Vec<Rows<K>> {
+        self.age(Instant::now());
+        self.epoch += 1;
+        let epoch = self.epoch;
+        for key in keys {
+            self.keys.insert(key.clone(), epoch);
+        }
+        let mut carried = Vec::new();
+        for tag in tags {
+            self.tags.insert(tag.clone(), epoch);
+            if let Some(rows) = self.index.remove(tag) {
+                self.index_rows -= rows.len();
+                carried.push(rows);
+            }
+        }
+        self.forget_if_full();
+        carried
+    }
+
     /// Records a flush: every ticket taken so far is stale. Returns the forgotten state, for
     /// the caller to drop once the lock is released, so that a flush holds the lock for O(1).
     pub(crate) fn flush(&mut self) -> Forgotten<K> {

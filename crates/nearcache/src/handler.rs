@@ -44,6 +44,9 @@ pub struct TableHandler<K, V> {
     keyed: Vec<(String, ParseKey<K>)>,
 }
 
+/// The most keys a table's changes invalidate in one step of the cache.
+const INVALIDATION_CHUNK: usize = 512;
+
 type ParseKey<K> = Box<dyn Fn(&str) -> Option<K> + Send + Sync>;
 
 impl<K, V> std::fmt::Debug for TableHandler<K, V> {
@@ -141,18 +144,25 @@ where
             return false;
         }
         let parse = self.keyed.iter().find(|(t, _)| t == table).map(|(_, p)| p);
-        for key in keys {
+        // A chunk at a time, each one step under the fence's lock: a bulk commit's keys do not
+        // hold it for long.
+        for chunk in keys.chunks(INVALIDATION_CHUNK) {
+            let mut parsed = Vec::new();
             if let Some(parse) = parse {
-                match parse(key) {
-                    Some(key) => self.cache.invalidate(&key),
-                    None => {
-                        tracing::warn!(table, key = %key, "nearcache: a changed row's key is not one of the cache's keys; flushing");
-                        self.cache.flush();
-                        return true;
+                parsed.reserve(chunk.len());
+                for key in chunk {
+                    match parse(key) {
+                        Some(k) => parsed.push(k),
+                        None => {
+                            tracing::warn!(table, key = %key, "nearcache: a changed row's key is not one of the cache's keys; flushing");
+                            self.cache.flush();
+                            return true;
+                        }
                     }
                 }
             }
-            self.cache.invalidate_tag(&Tag::row(table, key));
+            let tags: Vec<Tag> = chunk.iter().map(|k| Tag::row(table, k)).collect();
+            self.cache.invalidate_all(&parsed, &tags);
         }
         true
     }

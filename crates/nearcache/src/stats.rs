@@ -53,7 +53,7 @@ counters! {
     coalesced: "Callers of get_or_store served by another caller's load.",
     unwatched_fills: "Loaded values stored with no tag of a table the cache's source watches (the tables its TableHandler was made with): no change can evict them, only their TTL.",
     discarded_fills: "Loads returned but not stored, because an invalidation or a flush happened after their ticket (or the cache went to bypass).",
-    invalidations: "Calls of invalidate and invalidate_tag.",
+    invalidations: "Keys and tags invalidated (invalidate, invalidate_tag, and each of invalidate_all's).",
     invalidated_entries: "Entries removed by invalidations.",
     flushes: "Flushes, including those of entering bypass mode.",
     expired: "Entries that expired (TTL, time to idle).",

@@ -184,7 +184,7 @@ fn gated_loader(
 
 #[tokio::test]
 async fn an_invalidation_during_a_load_keeps_the_stale_value_out() {
-    for how in ["key", "tag", "flush", "bypass"] {
+    for how in ["key", "tag", "all: key", "all: tag", "flush", "bypass"] {
         let c = cache();
         let org = Tag::row("orgs", 7);
         let (loader, started, go) = gated_loader(vec![org.clone()]);
@@ -197,6 +197,8 @@ async fn an_invalidation_during_a_load_keeps_the_stale_value_out() {
         match how {
             "key" => c.invalidate(&1),
             "tag" => c.invalidate_tag(&org),
+            "all: key" => c.invalidate_all(&[1], &[Tag::row("users", 1)]),
+            "all: tag" => c.invalidate_all(&[2], std::slice::from_ref(&org)),
             "flush" => c.flush(),
             _ => {
                 c.set_mode(Mode::Bypass);
@@ -386,6 +388,27 @@ async fn tags_evict_every_dependent_entry() {
     assert_eq!(c.get(&3), Some(s("user3")));
     let st = c.stats();
     assert_eq!((st.invalidations, st.invalidated_entries), (1, 2));
+}
+
+#[tokio::test]
+async fn invalidate_all_removes_by_key_and_by_tag_and_counts_each() {
+    let c = cache();
+    let (a, b) = (Tag::row("orgs", 1), Tag::row("orgs", 2));
+    for (key, tag) in [(1, &a), (2, &a), (3, &b)] {
+        let fill = Fill::found(format!("user{key}")).with_tag(tag.clone());
+        c.get_or_store(key, || async move { Ok(fill) })
+            .await
+            .unwrap();
+    }
+    c.put(4, s("four"));
+    c.put(5, s("five"));
+    c.invalidate_all(&[4, 6], std::slice::from_ref(&a));
+    assert_eq!((c.get(&1), c.get(&2), c.get(&4)), (None, None, None));
+    assert_eq!((c.get(&3), c.get(&5)), (Some(s("user3")), Some(s("five"))));
+    let st = c.stats();
+    assert_eq!((st.invalidations, st.invalidated_entries), (3, 3));
+    c.invalidate_all(&[], &[]);
+    assert_eq!(c.stats().invalidations, 3, "nothing given, nothing counted");
 }
 
 #[tokio::test]

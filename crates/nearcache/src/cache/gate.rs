@@ -93,6 +93,51 @@ where
         }
     }
 
+    /// Invalidates `keys` and `tags` as one step: what [`Cache::invalidate`] of each key and
+    /// [`Cache::invalidate_tag`] of each tag do, under one lock of the fence instead of one
+    /// each. A source hands over a commit's changed rows of a table together.
+    ///
+    /// ```
+    /// use nearcache::{Cache, CacheConfig, Fill, Tag};
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let cache: Cache<u32, String> = Cache::new(CacheConfig::default());
+    /// cache.put(1, "Ada".to_string());
+    /// let org = || async { Ok(Fill::found("Bob at Acme".to_string()).with_tag(Tag::row("organizations", 7))) };
+    /// cache.get_or_store(2, org).await.unwrap();
+    /// cache.invalidate_all(&[1], &[Tag::row("organizations", 7)]);
+    /// assert_eq!((cache.get(&1), cache.get(&2)), (None, None));
+    /// assert_eq!(cache.stats().invalidations, 2);
+    /// # });
+    /// ```
+    pub fn invalidate_all(&self, keys: &[K], tags: &[Tag]) {
+        if keys.is_empty() && tags.is_empty() {
+            return;
+        }
+        let inner = &*self.inner;
+        let count = u64::try_from(keys.len() + tags.len()).unwrap_or(u64::MAX);
+        inner
+            .counters
+            .invalidations
+            .fetch_add(count, Ordering::Relaxed);
+        let removed: Vec<(K, Arc<Entry<V>>)> = {
+            let mut fence = self.fenced();
+            let carried = fence.invalidate_all(keys, tags);
+            let by_key = keys
+                .iter()
+                .filter_map(|k| inner.entries.remove(k).map(|e| (k.clone(), e)));
+            let by_tag = carried
+                .into_iter()
+                .flat_map(crate::rows::Rows::into_keys)
+                .filter_map(|k| inner.entries.remove(&k).map(|e| (k, e)));
+            by_key.chain(by_tag).collect()
+        };
+        self.process_removals();
+        for (key, entry) in removed.iter().filter(|(_, e)| self.is_current(e)) {
+            bump(&inner.counters.invalidated_entries);
+            self.notify(Cause::Invalidation, Some(key), entry.value.as_ref());
+        }
+    }
+
     /// Empties the cache in O(1) and keeps every load in flight from storing.
     ///
     /// ```

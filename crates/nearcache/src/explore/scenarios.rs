@@ -313,3 +313,49 @@ fn a_refresh_and_an_invalidation_of_its_tag() {
     );
     report("load + refresh + invalidate_tag + get", &explored);
 }
+
+#[test]
+fn two_loads_and_an_invalidation_of_their_tag_with_another_key_in_one_step() {
+    let explored = explore(
+        |w| {
+            let run = Run::new(w);
+            let ops = vec![
+                run.load("load A"),
+                run.load("load B"),
+                run.write("invalidate_all", |c, _| {
+                    c.invalidate_all(&[KEY + 1], &[org()])
+                }),
+                run.get("get"),
+            ];
+            (ops, run)
+        },
+        check,
+    );
+    report(
+        "2 loads + invalidate_all (another key, their tag) + get",
+        &explored,
+    );
+}
+
+#[test]
+fn a_load_and_an_invalidation_of_its_key_in_one_step() {
+    let explored = explore(
+        |w| {
+            let run = Run::new(w);
+            let ops = vec![
+                run.load("load A"),
+                run.write("invalidate_all", |c, _| {
+                    c.invalidate_all(&[KEY], &[Tag::row("users", KEY)]);
+                }),
+                run.load("load B"),
+                run.get("get"),
+            ];
+            (ops, run)
+        },
+        check,
+    );
+    report(
+        "load + invalidate_all (its key, a tag it lacks) + load + get",
+        &explored,
+    );
+}
