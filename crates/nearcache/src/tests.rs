@@ -373,8 +373,8 @@ async fn a_waiter_that_arrived_after_an_invalidation_does_not_take_the_older_loa
     assert_eq!(follower.await.unwrap().unwrap(), Some(s("new")));
 }
 
-#[tokio::test]
-async fn tags_evict_every_dependent_entry() {
+/// Users 1 and 2 of the organization whose tag is returned, user 3 of another.
+async fn users_of_two_orgs() -> (Cache<u32, String>, Tag) {
     let c = cache();
     let (a, b) = (Tag::row("orgs", 1), Tag::row("orgs", 2));
     for (key, tag) in [(1, &a), (2, &a), (3, &b)] {
@@ -383,6 +383,12 @@ async fn tags_evict_every_dependent_entry() {
             .await
             .unwrap();
     }
+    (c, a)
+}
+
+#[tokio::test]
+async fn tags_evict_every_dependent_entry() {
+    let (c, a) = users_of_two_orgs().await;
     c.invalidate_tag(&a);
     assert_eq!((c.get(&1), c.get(&2)), (None, None));
     assert_eq!(c.get(&3), Some(s("user3")));
@@ -392,14 +398,7 @@ async fn tags_evict_every_dependent_entry() {
 
 #[tokio::test]
 async fn invalidate_all_removes_by_key_and_by_tag_and_counts_each() {
-    let c = cache();
-    let (a, b) = (Tag::row("orgs", 1), Tag::row("orgs", 2));
-    for (key, tag) in [(1, &a), (2, &a), (3, &b)] {
-        let fill = Fill::found(format!("user{key}")).with_tag(tag.clone());
-        c.get_or_store(key, || async move { Ok(fill) })
-            .await
-            .unwrap();
-    }
+    let (c, a) = users_of_two_orgs().await;
     c.put(4, s("four"));
     c.put(5, s("five"));
     c.invalidate_all(&[4, 6], std::slice::from_ref(&a));
