@@ -73,21 +73,13 @@ impl<K: Hash + Eq + Clone> Fence<K> {
 
     /// Records a write or invalidation of `key`.
     pub(crate) fn invalidate_key(&mut self, key: &K) {
-        self.age(Instant::now());
-        self.epoch += 1;
-        self.keys.insert(key.clone(), self.epoch);
-        self.forget_if_full();
+        self.invalidate_all(std::slice::from_ref(key), &[]);
     }
 
     /// Records an invalidation of `tag`; returns the entries that carried it.
+    #[cfg(test)]
     pub(crate) fn invalidate_tag(&mut self, tag: &Tag) -> Option<Rows<K>> {
-        self.age(Instant::now());
-        self.epoch += 1;
-        self.tags.insert(tag.clone(), self.epoch);
-        self.forget_if_full();
-        let carried = self.index.remove(tag);
-        self.index_rows -= carried.as_ref().map_or(0, Rows::len);
-        carried
+        self.invalidate_all(&[], std::slice::from_ref(tag)).pop()
     }
 
     /// Records an invalidation of every key and tag given, as one: one epoch for all. Returns

@@ -257,14 +257,7 @@ pub(super) async fn deployed(url: &str, seconds: u64, clients: usize) -> Result<
         Arm::Recvlogical,
         Arm::None,
     ];
-    struct Sum {
-        arm: Arm,
-        tps: f64,
-        postgres_us: f64,
-        consumer_us: Option<f64>,
-        polls: Option<f64>,
-    }
-    let mut sums: Vec<Sum> = Vec::new();
+    let mut runs: Vec<(Arm, DeployedRow)> = Vec::new();
     for arm in order {
         crate::choose_source(url, arm.writes_for()).await?;
         let consumer = start(arm, &bin, &server, url, &client).await?;
@@ -296,33 +289,35 @@ pub(super) async fn deployed(url: &str, seconds: u64, clients: usize) -> Result<
         let commits = tps * seconds as f64;
         let us = |ticks: u64| ticks as f64 * 10_000.0 / commits.max(1.0);
         eprintln!("    {}: {tps:.0} tx/s", arm.name());
-        sums.push(Sum {
+        runs.push((
             arm,
-            tps,
-            postgres_us: us(pg1 - pg0),
-            consumer_us: c0.zip(c1).map(|(a, b)| us(b - a)),
-            polls: polls.map(|p| p / commits.max(1.0)),
-        });
+            DeployedRow {
+                arm: arm.name(),
+                tps,
+                postgres_us: us(pg1 - pg0),
+                consumer_us: c0.zip(c1).map(|(a, b)| us(b - a)),
+                polls: polls.map(|p| p / commits.max(1.0)),
+            },
+        ));
     }
     crate::choose_source(url, "both").await?;
     let mut rows = Vec::new();
     for arm in [Arm::None, Arm::Recvlogical, Arm::Wal, Arm::Notify] {
-        let runs: Vec<_> = sums.iter().filter(|s| s.arm == arm).collect();
-        let n = runs.len() as f64;
+        let of_arm: Vec<&DeployedRow> = runs.iter().filter(|r| r.0 == arm).map(|r| &r.1).collect();
+        let n = of_arm.len() as f64;
+        let mean = |f: fn(&DeployedRow) -> Option<f64>| {
+            of_arm
+                .iter()
+                .map(|r| f(r))
+                .sum::<Option<f64>>()
+                .map(|s| s / n)
+        };
         rows.push(DeployedRow {
             arm: arm.name(),
-            tps: runs.iter().map(|r| r.tps).sum::<f64>() / n,
-            postgres_us: runs.iter().map(|r| r.postgres_us).sum::<f64>() / n,
-            consumer_us: runs
-                .iter()
-                .map(|r| r.consumer_us)
-                .sum::<Option<f64>>()
-                .map(|s| s / n),
-            polls: runs
-                .iter()
-                .map(|r| r.polls)
-                .sum::<Option<f64>>()
-                .map(|s| s / n),
+            tps: mean(|r| Some(r.tps)).unwrap_or(0.0),
+            postgres_us: mean(|r| Some(r.postgres_us)).unwrap_or(0.0),
+            consumer_us: mean(|r| r.consumer_us),
+            polls: mean(|r| r.polls),
         });
     }
     Ok(rows)

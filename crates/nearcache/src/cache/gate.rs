@@ -75,22 +75,7 @@ where
     /// # });
     /// ```
     pub fn invalidate_tag(&self, tag: &Tag) {
-        let inner = &*self.inner;
-        bump(&inner.counters.invalidations);
-        let removed: Vec<(K, Arc<Entry<V>>)> = {
-            let mut fence = self.fenced();
-            fence
-                .invalidate_tag(tag)
-                .into_iter()
-                .flat_map(crate::rows::Rows::into_keys)
-                .filter_map(|k| inner.entries.remove(&k).map(|e| (k, e)))
-                .collect()
-        };
-        self.process_removals();
-        for (key, entry) in removed.iter().filter(|(_, e)| self.is_current(e)) {
-            bump(&inner.counters.invalidated_entries);
-            self.notify(Cause::Invalidation, Some(key), entry.value.as_ref());
-        }
+        self.invalidate_all(&[], std::slice::from_ref(tag));
     }
 
     /// Invalidates `keys` and `tags` as one step: what [`Cache::invalidate`] of each key and
