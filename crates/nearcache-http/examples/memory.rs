@@ -1,6 +1,6 @@
 //! What a cached principal costs in memory: `memory <n>` fills a nearcache `Cache` with `n`
-//! principals as the service caches them (the domain value, its two rendered JSON bodies, its
-//! two tags, the tag index), and prints one JSON line with the process's resident set before
+//! principals as the service caches them (its rendered JSON bodies, the user's id and active
+//! flag, its organization's tag, the tag index), and prints one JSON line with the process's resident set before
 //! and after, and the average sizes of the value and of the JSON. `memory <n> <max_bytes>`
 //! bounds the cache in bytes as `--cache-max-bytes` does, and prints what it kept. Run in a
 //! process of its own by `cargo xtask bench`, so that no earlier allocation is reused.
@@ -43,7 +43,11 @@ fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .unwrap();
+    // In microseconds, as Postgres keeps a `timestamptz` and the repository reads it back.
     let now = OffsetDateTime::now_utc();
+    let now = now
+        .replace_microsecond(now.microsecond())
+        .expect("a microsecond of a valid time");
     // Organizations of 1000 users, as the bench's seed makes them.
     let orgs: Vec<Organization> = (0..n.div_ceil(1000))
         .map(|i| Organization {
