@@ -498,7 +498,11 @@ mod cached_tests {
         let alone = serde_json::to_vec(&organization).unwrap();
         let cached = CachedPrincipal::new(Principal { user, organization });
         assert_eq!(&cached.organization()[..], &alone[..]);
-        assert_eq!(cached.json_len(), cached.me().len(), "one copy of the bytes");
+        assert_eq!(
+            cached.json_len(),
+            cached.me().len(),
+            "one copy of the bytes"
+        );
         let me: serde_json::Value = serde_json::from_slice(&cached.me()).unwrap();
         assert_eq!(me["organization"]["name"], "Acme \"quoted\" — ünïcode");
     }

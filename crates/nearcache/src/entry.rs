@@ -4,14 +4,14 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::Tag;
+use crate::tags::Tags;
 
 /// A stored entry: a value or a negative entry, with what it depends on.
 pub(crate) struct Entry<V> {
     pub(crate) value: Option<V>,
     /// Unique per stored entry, so that index rows of a replaced entry can be told apart.
     pub(crate) id: u64,
-    pub(crate) tags: Arc<[Tag]>,
+    pub(crate) tags: Tags,
     /// The time to live in nanoseconds (saturated: 584 years is forever); see [`Entry::ttl`].
     /// Eight bytes where a `Duration` takes sixteen, which pays for `refresh_at`.
     pub(crate) ttl_nanos: u64,

@@ -9,10 +9,10 @@
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::rows::Rows;
+use crate::tags::Tags;
 use crate::Tag;
 
 /// State a flush forgot, dropped outside the lock.
@@ -119,17 +119,16 @@ impl<K: Hash + Eq + Clone> Fence<K> {
     /// Records that entry `id` of `key` carries `tags`. A tag the index already holds is
     /// shared: `tags` is made to point at the index's copy of its name, so that a tag many
     /// entries carry (an organization's) is held once, not once per entry.
-    pub(crate) fn index(&mut self, key: &K, id: u64, tags: &mut Arc<[Tag]>) {
-        let mut shared: Option<Vec<Tag>> = None;
-        for (n, tag) in tags.iter().enumerate() {
-            let added = match self.index.entry(tag.clone()) {
+    pub(crate) fn index(&mut self, key: &K, id: u64, tags: &mut Tags) {
+        for n in 0..tags.len() {
+            let added = match self.index.entry(tags[n].clone()) {
                 Entry::Vacant(v) => {
                     v.insert(Rows::One(key.clone(), id));
                     true
                 }
                 Entry::Occupied(mut o) => {
-                    if !std::ptr::eq(o.key().as_str(), tag.as_str()) {
-                        shared.get_or_insert_with(|| tags.to_vec())[n] = o.key().clone();
+                    if !std::ptr::eq(o.key().as_str(), tags[n].as_str()) {
+                        tags.share(n, o.key());
                     }
                     o.get_mut().insert(key.clone(), id).is_none()
                 }
@@ -137,9 +136,6 @@ impl<K: Hash + Eq + Clone> Fence<K> {
             if added {
                 self.index_rows += 1;
             }
-        }
-        if let Some(shared) = shared {
-            *tags = Arc::from(shared);
         }
     }
 
@@ -215,6 +211,7 @@ impl<K: Hash + Eq + Clone> Fence<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     const WINDOW: Duration = Duration::from_secs(10);
 
@@ -279,7 +276,7 @@ mod tests {
     fn unindex_leaves_a_newer_entry() {
         let mut f = Fence::<u32>::new(10, WINDOW);
         let t = Tag::new("t");
-        let mut tags: Arc<[Tag]> = Arc::from([t.clone()]);
+        let mut tags = Tags::from(vec![t.clone()]);
         f.index(&1, 10, &mut tags);
         f.index(&1, 11, &mut tags);
         f.unindex(&1, 10, std::slice::from_ref(&t));
@@ -290,9 +287,9 @@ mod tests {
     #[test]
     fn a_tag_several_entries_carry_is_held_once() {
         let mut f = Fence::<u32>::new(10, WINDOW);
-        let (mut first, mut second): (Arc<[Tag]>, Arc<[Tag]>) = (
-            Arc::from([Tag::new("users:1"), Tag::new("organizations:7")]),
-            Arc::from([Tag::new("users:2"), Tag::new("organizations:7")]),
+        let (mut first, mut second) = (
+            Tags::from(vec![Tag::new("users:1"), Tag::new("organizations:7")]),
+            Tags::from(vec![Tag::new("users:2"), Tag::new("organizations:7")]),
         );
         let before = second.clone();
         f.index(&1, 10, &mut first);
@@ -303,8 +300,15 @@ mod tests {
             "one copy"
         );
         assert!(!std::ptr::eq(second[1].as_str(), before[1].as_str()));
+        // An entry with the one tag, as a principal carries its organization's.
+        let mut third = Tags::from(vec![Tag::new("organizations:7")]);
+        f.index(&3, 13, &mut third);
+        assert!(std::ptr::eq(third[0].as_str(), first[1].as_str()));
         let mut again = first.clone();
         f.index(&1, 12, &mut again);
+        let (Tags::Many(again), Tags::Many(first)) = (again, first) else {
+            panic!("two tags are held behind an Arc");
+        };
         assert!(
             Arc::ptr_eq(&again, &first),
             "nothing to share: no new slice"

@@ -86,6 +86,7 @@ mod monitor;
 mod removal;
 mod rows;
 mod stats;
+mod tags;
 mod weight;
 
 pub use cache::{Audit, Cache, Internals, Write};

@@ -11,6 +11,7 @@ use crate::entry::{nanos, Cause, Entry};
 #[cfg(test)]
 use crate::explore::Step;
 use crate::stats::bump;
+use crate::tags::Tags;
 use crate::weight::weight;
 use crate::{Fill, LoadError, Tag};
 
@@ -20,7 +21,7 @@ use crate::{Fill, LoadError, Tag};
 pub(super) struct Outcome<V> {
     pub(super) result: Result<Option<V>, LoadError>,
     pub(super) ticket: u64,
-    pub(super) tags: Arc<[Tag]>,
+    pub(super) tags: Tags,
 }
 
 impl<K, V> Cache<K, V>
@@ -65,7 +66,7 @@ where
                 } else {
                     self.inner.config.negative_ttl
                 });
-                let tags: Arc<[Tag]> = tags.into();
+                let tags = Tags::from(tags);
                 self.store_fill(&key, value.clone(), tags.clone(), ttl, ticket);
                 step!(self, Step::Filled);
                 Outcome {
@@ -77,7 +78,7 @@ where
             Err(e) => Outcome {
                 result: Err(e),
                 ticket,
-                tags: Arc::from([]),
+                tags: Tags::None,
             },
         }
     }
@@ -86,7 +87,7 @@ where
         &self,
         key: &K,
         value: Option<V>,
-        tags: Arc<[Tag]>,
+        tags: Tags,
         ttl: Duration,
         ticket: u64,
     ) -> bool {
@@ -151,7 +152,7 @@ where
         fence: &mut Fenced<'_, K, V>,
         key: &K,
         value: Option<V>,
-        tags: Arc<[Tag]>,
+        tags: Tags,
         ttl: Duration,
     ) -> Option<bool> {
         let inner = &*self.inner;

@@ -3,11 +3,11 @@
 
 use std::hash::{BuildHasher, Hash};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::{lock, Cache};
 use crate::entry::Entry;
+use crate::tags::Tags;
 
 /// What a write through the cache did: stored, or why not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,7 +108,7 @@ where
             if verdict != Write::Stored {
                 return verdict;
             }
-            let tags = existing.map_or_else(|| Arc::from([]), |e| e.tags.clone());
+            let tags = existing.map_or_else(Tags::default, |e| e.tags.clone());
             fence.invalidate_key(&key);
             self.insert_locked(&mut fence, &key, Some(value.clone()), tags, ttl)
         };
@@ -193,9 +193,7 @@ where
             if !unchanged || !inner.coherent.load(Ordering::Acquire) {
                 continue;
             }
-            let tags = old
-                .as_ref()
-                .map_or_else(|| Arc::from([]), |e| e.tags.clone());
+            let tags = old.as_ref().map_or_else(Tags::default, |e| e.tags.clone());
             fence.invalidate_key(&key);
             let replaced =
                 self.insert_locked(&mut fence, &key, Some(new.clone()), tags, inner.config.ttl);
