@@ -334,7 +334,7 @@ async fn visibility_polls(client: &reqwest::Client, inst: &Instance) -> Option<f
         .ok()
 }
 
-async fn drop_slot(url: &str, slot: &str) -> Result<()> {
+pub(super) async fn drop_slot(url: &str, slot: &str) -> Result<()> {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect(url)
