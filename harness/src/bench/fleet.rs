@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use nearcache::{Cache, CacheConfig, Mode, TableHandler};
 use nearcache_listener::{ListenerConfig, ListenerStatus};
 use nearcache_nats::NatsConfig;
@@ -33,8 +33,9 @@ pub(super) struct Point {
     /// and flushed instead).
     pub(super) missed: usize,
     /// After an UPDATE of every seeded user in one statement, one user renamed: from that
-    /// commit to its eviction on every instance (`None`: not within 10 s).
-    pub(super) after_bulk: Option<Duration>,
+    /// commit to its eviction on every instance, one per round (`None`: some round's did not
+    /// come within 10 s).
+    pub(super) after_bulk: Option<Vec<Duration>>,
 }
 
 /// CPU time (user + system) of every process named `postgres`, from /proc.
@@ -67,7 +68,13 @@ fn nats_url() -> String {
 }
 
 /// Measures a fleet of `n` behind a relay (`relay == true`) or on direct LISTEN connections.
-pub(super) async fn fleet(url: &str, n: usize, relay: bool, updates: usize) -> Result<Point> {
+pub(super) async fn fleet(
+    url: &str,
+    n: usize,
+    relay: bool,
+    updates: usize,
+    bulk_rounds: usize,
+) -> Result<Point> {
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(2)
         .connect(url)
@@ -178,7 +185,15 @@ pub(super) async fn fleet(url: &str, n: usize, relay: bool, updates: usize) -> R
         }
     }
     let postgres_cpu = postgres_cpu().saturating_sub(cpu_before);
-    let after_bulk = after_bulk(&pool, &instances, run).await?;
+    let mut after = Some(Vec::with_capacity(bulk_rounds));
+    for round in 0..bulk_rounds {
+        // Another name each round, so that the bulk changes every row again.
+        let took = after_bulk(&pool, &instances, run.wrapping_add(round as u64)).await?;
+        after = after.zip(took).map(|(mut all, d)| {
+            all.push(d);
+            all
+        });
+    }
     let _ = stop_tx.send(true);
     tokio::time::sleep(Duration::from_millis(500)).await;
     if relay {
@@ -201,7 +216,7 @@ pub(super) async fn fleet(url: &str, n: usize, relay: bool, updates: usize) -> R
         postgres_cpu,
         updates,
         missed,
-        after_bulk,
+        after_bulk: after,
     })
 }
 
@@ -215,11 +230,11 @@ async fn after_bulk(
     run: u64,
 ) -> Result<Option<Duration>> {
     let key = seed::user_id(rand::rng().random_range(1..=seed::USERS));
-    bulk(pool, &key, run).await?;
+    super::bulk::bulk(pool, &key, run).await?;
     for h in instances {
         h.seen.lock().unwrap().remove(&key);
     }
-    rename(pool, &key, &format!("after the bulk {run:016x}")).await?;
+    super::bulk::rename(pool, &key, &format!("after the bulk {run:016x}")).await?;
     let committed = Instant::now();
     let deadline = committed + Duration::from_secs(10);
     let mut worst = Duration::ZERO;
@@ -232,118 +247,6 @@ async fn after_bulk(
     Ok(Some(worst))
 }
 
-/// Renames every seeded user but `key` in one statement.
-async fn bulk(pool: &sqlx::PgPool, key: &str, run: u64) -> Result<()> {
-    sqlx::query(
-        "UPDATE users SET name = 'bulk ' || $1 || ' ' || id
-          WHERE email LIKE '%@demo.example' AND id <> $2::uuid",
-    )
-    .bind(format!("{run:016x}"))
-    .bind(key)
-    .execute(pool)
-    .await?;
-    Ok(())
-}
-
-async fn rename(pool: &sqlx::PgPool, key: &str, name: &str) -> Result<()> {
-    sqlx::query("UPDATE users SET name = $2 WHERE id = $1::uuid")
-        .bind(key)
-        .bind(name)
-        .execute(pool)
-        .await?;
-    Ok(())
-}
-
-/// The floor under "one row after a bulk UPDATE" for anything fed by logical decoding, the
-/// relay included: `pg_recvlogical` on the nearcache publication, which decodes nothing. The
-/// same bulk, then the same rename; from the rename's commit to its new name in
-/// `pg_recvlogical`'s output, `rounds` times.
-async fn recvlogical_floor(url: &str, rounds: usize) -> Result<Vec<Duration>> {
-    use tokio::io::AsyncReadExt;
-    let bin = xtask::find_pg_bin().context("no PostgreSQL binaries (pg_recvlogical)")?;
-    let slot = "nearcache_bench_floor";
-    let mut child = tokio::process::Command::new(bin.join("pg_recvlogical"))
-        .args([
-            "-d",
-            url,
-            "--slot",
-            slot,
-            "--create-slot",
-            "--if-not-exists",
-        ])
-        .args(["-P", "pgoutput", "--start", "-f", "-"])
-        .args(["-o", "proto_version=1", "-o", "publication_names=nearcache"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting pg_recvlogical")?;
-    let mut out = child.stdout.take().context("pg_recvlogical's output")?;
-    // The name looked for, and when it was read.
-    let found: Arc<Mutex<(Vec<u8>, Option<Instant>)>> = Arc::default();
-    let reader = {
-        let found = found.clone();
-        tokio::spawn(async move {
-            let (mut window, mut chunk) = (Vec::new(), vec![0u8; 1 << 16]);
-            while let Ok(n @ 1..) = out.read(&mut chunk).await {
-                let at = Instant::now();
-                window.extend_from_slice(&chunk[..n]);
-                let mut f = found.lock().unwrap();
-                if f.1.is_none() && !f.0.is_empty() && window.windows(f.0.len()).any(|w| w == f.0) {
-                    f.1 = Some(at);
-                }
-                // Keep enough to find a name cut between two reads.
-                let keep = window.len().saturating_sub(128);
-                window.drain(..keep);
-            }
-        })
-    };
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .connect(url)
-        .await?;
-    let streaming = Instant::now() + Duration::from_secs(30);
-    while !sqlx::query_scalar::<_, bool>(
-        "SELECT coalesce(bool_or(active), false) FROM pg_replication_slots WHERE slot_name = $1",
-    )
-    .bind(slot)
-    .fetch_one(&pool)
-    .await?
-    {
-        if Instant::now() > streaming {
-            bail!("pg_recvlogical did not start streaming in 30 s");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let mut floor = Vec::with_capacity(rounds);
-    for _ in 0..rounds {
-        let run: u64 = rand::random();
-        let key = seed::user_id(rand::rng().random_range(1..=seed::USERS));
-        bulk(&pool, &key, run).await?;
-        let name = format!("floor {run:016x}");
-        *found.lock().unwrap() = (name.clone().into_bytes(), None);
-        rename(&pool, &key, &name).await?;
-        let committed = Instant::now();
-        let deadline = committed + Duration::from_secs(10);
-        loop {
-            if let Some(at) = found.lock().unwrap().1 {
-                floor.push(at.saturating_duration_since(committed));
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("pg_recvlogical did not show the rename within 10 s");
-            }
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        }
-    }
-    drop(child);
-    reader.abort();
-    pool.close().await;
-    super::deployed::drop_slot(url, slot).await?;
-    Ok(floor)
-}
-
 /// Measures fleets behind the relay and on direct LISTEN, and writes their table and chart.
 pub(super) fn section(ctx: &Ctx, report: &mut String) -> Result<()> {
     let Ctx {
@@ -354,10 +257,10 @@ pub(super) fn section(ctx: &Ctx, report: &mut String) -> Result<()> {
         ..
     } = ctx;
     let mut points = Vec::new();
-    let (sizes, updates): (&[usize], usize) = if args.quick {
-        (&[10], 100)
+    let (sizes, updates, rounds): (&[usize], usize, usize) = if args.quick {
+        (&[10], 100, 1)
     } else {
-        (&[10, 50, 200], 1000)
+        (&[10, 50, 200], 1000, 3)
     };
     for &n in sizes {
         for relay in [true, false] {
@@ -369,7 +272,7 @@ pub(super) fn section(ctx: &Ctx, report: &mut String) -> Result<()> {
                     "direct LISTEN"
                 }
             );
-            points.push(rt.block_on(fleet(url, n, relay, updates))?);
+            points.push(rt.block_on(fleet(url, n, relay, updates, rounds))?);
         }
     }
     let sweep = |arm: &str| -> Vec<(f64, f64)> {
@@ -394,7 +297,7 @@ pub(super) fn section(ctx: &Ctx, report: &mut String) -> Result<()> {
             .map(|a| (a.to_string(), sweep(a)))
             .collect::<Vec<_>>(),
     )?;
-    writeln!(report, "\n## Fleets\n\nLightweight in-process instances in the bench process: each a nearcache cache with its own source (behind the relay: its own NATS connection and ordered consumer; direct: its own LISTEN connection). The relay runs in-process too, on the WAL. {updates} updates of random users, one at a time; for each, from the UPDATE's return to the eviction on every instance. Postgres CPU: user + system time of all its processes during the updates. After the bulk: one statement renames all {} seeded users but one, then that one is renamed; from that commit to the eviction of its own key (not a flush) on every instance.\n", seed::USERS)?;
+    writeln!(report, "\n## Fleets\n\nLightweight in-process instances in the bench process: each a nearcache cache with its own source (behind the relay: its own NATS connection and ordered consumer; direct: its own LISTEN connection). The relay runs in-process too, on the WAL. {updates} updates of random users, one at a time; for each, from the UPDATE's return to the eviction on every instance. Postgres CPU: user + system time of all its processes during the updates. After the bulk: one statement renames all {} seeded users but one, then that one is renamed; from that commit to the eviction of its own key (not a flush) on every instance; the median of {rounds} rounds.\n", seed::USERS)?;
     writeln!(report, "| fleet | instances | Postgres connections for invalidation | commit → eviction on all: p50 | p99 | max | writer's commit p50 | p99 | Postgres CPU per update | updates missed (a source reconnected) | one row after a bulk UPDATE: on all |\n|---|---|---|---|---|---|---|---|---|---|---|")?;
     for p in &points {
         writeln!(
@@ -410,20 +313,26 @@ pub(super) fn section(ctx: &Ctx, report: &mut String) -> Result<()> {
             ms(pct(&p.commits, 99.0)),
             p.postgres_cpu.as_secs_f64() * 1e6 / p.updates as f64,
             p.missed,
-            p.after_bulk
-                .map_or_else(|| "not within 10 s".to_string(), ms)
+            p.after_bulk.as_deref().map_or_else(
+                || "not within 10 s".to_string(),
+                |all| format!(
+                    "{} (min {}, max {})",
+                    ms(pct(all, 50.0)),
+                    ms(pct(all, 0.0)),
+                    ms(pct(all, 100.0))
+                )
+            )
         )?;
     }
-    let rounds = if args.quick { 2 } else { 5 };
-    eprintln!("==> fleet: the floor under a bulk UPDATE, pg_recvlogical, {rounds} rounds");
-    let mut floor = rt.block_on(recvlogical_floor(url, rounds))?;
-    floor.sort();
+    let floor_rounds = if args.quick { 2 } else { 5 };
+    eprintln!("==> fleet: the floor under a bulk UPDATE, pg_recvlogical, {floor_rounds} rounds");
+    let floor = rt.block_on(super::bulk::recvlogical_floor(url, floor_rounds))?;
     writeln!(
         report,
-        "\nThe floor under the last column for anything fed by logical decoding, the relay included: `pg_recvlogical` on the nearcache publication (decoding nothing), the same bulk UPDATE then the same rename, from the rename's commit to its new name in `pg_recvlogical`'s output, no fleet running: median {}, min {}, max {} over {rounds} rounds.",
+        "\nThe floor under the last column for anything fed by logical decoding, the relay included: `pg_recvlogical` on the nearcache publication (decoding nothing), the same bulk UPDATE then the same rename, from the rename's commit to its new name in `pg_recvlogical`'s output, no fleet running: median {}, min {}, max {} over {floor_rounds} rounds.",
         ms(pct(&floor, 50.0)),
-        ms(floor[0]),
-        ms(floor[floor.len() - 1])
+        ms(pct(&floor, 0.0)),
+        ms(pct(&floor, 100.0))
     )?;
     writeln!(report, "\n![fleet p99 by instances](bench/fleet-p99.svg)")?;
     Ok(())

@@ -23,6 +23,7 @@
 //! of the report; this one runs the parts asked for, in order, and writes the report (`report`
 //! has its helpers, `plot` the charts).
 
+mod bulk;
 mod core;
 mod deployed;
 mod fleet;
