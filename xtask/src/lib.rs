@@ -5,6 +5,7 @@
 
 mod cluster;
 pub mod instance;
+pub mod proxy;
 pub mod seed;
 
 pub use cluster::{find_pg_bin, Cluster, ClusterError};

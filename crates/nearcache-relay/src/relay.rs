@@ -355,6 +355,9 @@ async fn epoch_of(
     if !matches!(ended, Ended::SourceDied(_)) {
         let _ = tokio::time::timeout(Duration::from_secs(5), &mut source.0).await;
     }
+    // The queue goes with its epoch: nothing it held waits any more (`nearcache_relay_queued`
+    // would otherwise show its last count while the relay stands by).
+    status.0.queued.store(0, Relaxed);
     ended
 }
 

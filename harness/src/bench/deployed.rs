@@ -142,12 +142,18 @@ impl Drop for Consumer {
     }
 }
 
-fn pg_tool(bin: &Path, name: &str) -> PathBuf {
+pub(super) fn pg_tool(bin: &Path, name: &str) -> PathBuf {
     bin.join(name)
 }
 
 /// Runs pgbench for `seconds` with `clients` against `url`; returns commits per second.
-fn pgbench(bin: &Path, url: &str, script: &Path, clients: usize, seconds: u64) -> Result<f64> {
+pub(super) fn pgbench(
+    bin: &Path,
+    url: &str,
+    script: &Path,
+    clients: usize,
+    seconds: u64,
+) -> Result<f64> {
     let out = Command::new(pg_tool(bin, "pgbench"))
         .args([
             "-n",
@@ -228,11 +234,8 @@ async fn start(
     })
 }
 
-/// Runs the arms; `seconds` each, `clients` pgbench clients.
-pub(super) async fn deployed(url: &str, seconds: u64, clients: usize) -> Result<Vec<DeployedRow>> {
-    let bin = xtask::find_pg_bin().context("no PostgreSQL binaries (pgbench, pg_recvlogical)")?;
-    let server = crate::instance::build_server(true)?;
-    let client = reqwest::Client::new();
+/// Writes pgbench's script: a single-row UPDATE of a random seeded user's name; its path.
+pub(super) fn users_script() -> Result<PathBuf> {
     let script = crate::workspace_root()
         .join("target")
         .join("bench")
@@ -247,6 +250,15 @@ pub(super) async fn deployed(url: &str, seconds: u64, clients: usize) -> Result<
             crate::seed::USERS
         ),
     )?;
+    Ok(script)
+}
+
+/// Runs the arms; `seconds` each, `clients` pgbench clients.
+pub(super) async fn deployed(url: &str, seconds: u64, clients: usize) -> Result<Vec<DeployedRow>> {
+    let bin = xtask::find_pg_bin().context("no PostgreSQL binaries (pgbench, pg_recvlogical)")?;
+    let server = crate::instance::build_server(true)?;
+    let client = reqwest::Client::new();
+    let script = users_script()?;
     let order = [
         Arm::None,
         Arm::Recvlogical,
@@ -326,12 +338,7 @@ pub(super) async fn deployed(url: &str, seconds: u64, clients: usize) -> Result<
 /// The visibility polls a WAL instance has taken, from its /metrics.
 async fn visibility_polls(client: &reqwest::Client, inst: &Instance) -> Option<f64> {
     let text = super::http::scrape(client, inst).await.ok()?;
-    text.lines()
-        .find(|l| l.starts_with("nearcache_source_visibility_polls_total"))?
-        .rsplit(' ')
-        .next()?
-        .parse()
-        .ok()
+    super::http::sample(&text, "nearcache_source_visibility_polls_total")
 }
 
 pub(super) async fn drop_slot(url: &str, slot: &str) -> Result<()> {

@@ -31,6 +31,7 @@ mod http;
 mod instructions;
 mod latency;
 mod memory;
+mod outage;
 pub(crate) mod plot;
 mod report;
 mod restart;
@@ -60,7 +61,7 @@ pub(crate) struct Args {
     /// Skip the criterion benchmark of the cache core.
     #[arg(long)]
     no_criterion: bool,
-    /// Run only these parts (http, restart, sweep, latency, writes, fleet, wal-level, core,
+    /// Run only these parts (http, restart, sweep, latency, writes, fleet, outage, wal-level, core,
     /// instructions, memory); all by default.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
@@ -108,13 +109,14 @@ struct Ctx {
 type Part = fn(&Ctx, &mut String) -> Result<()>;
 
 /// The parts, by the name `--only` knows them by, in the report's order.
-const PARTS: [(&str, Part); 10] = [
+const PARTS: [(&str, Part); 11] = [
     ("http", http::section),
     ("restart", restart::section),
     ("sweep", sweep::section),
     ("latency", latency::section),
     ("writes", writes_sections),
     ("fleet", fleet::section),
+    ("outage", outage::section),
     ("wal-level", writes::wal_level_section),
     ("core", core::section),
     ("instructions", instructions::section),
