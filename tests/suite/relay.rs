@@ -539,12 +539,18 @@ async fn instances_bypass_while_their_relay_is_behind_a_backlog() {
     relay.stop().await;
 }
 
-/// A relay cut off from NATS holds no more than its bound: past it, it drops what it holds,
-/// says it is in doubt and starts a new epoch (again while the outage lasts), so its memory
-/// does not grow with the writes. Once NATS is back, instances are coherent again and serve
-/// what changed meanwhile.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_relay_cut_off_from_nats_holds_no_more_than_its_bound() {
+/// A database with one user, and a relay on it whose NATS connection goes through a proxy the
+/// test can cut; `configure` changes the relay's configuration.
+struct CutOff {
+    db: TestDb,
+    pool: sqlx::PgPool,
+    users: Vec<nearcache_pg::User>,
+    channel: Channel,
+    proxy: nearcache_tests::fleet::Proxy,
+    relay: Relay,
+}
+
+async fn relay_behind_a_proxy(configure: impl FnOnce(&mut nearcache_relay::RelayConfig)) -> CutOff {
     let db = TestDb::new().await;
     let pool = db.pool().await;
     let (_, users) = seed(&pool, 1).await;
@@ -553,8 +559,32 @@ async fn a_relay_cut_off_from_nats_holds_no_more_than_its_bound() {
         nearcache_tests::fleet::Proxy::start(nats_url().trim_start_matches("nats://")).await;
     let relay = Relay::start_with(db.url(), &channel, |c| {
         c.nats_url = proxy.nats_url();
-        c.max_queued_keys = 300;
+        configure(c);
     });
+    CutOff {
+        db,
+        pool,
+        users,
+        channel,
+        proxy,
+        relay,
+    }
+}
+
+/// A relay cut off from NATS holds no more than its bound: past it, it drops what it holds,
+/// says it is in doubt and starts a new epoch (again while the outage lasts), so its memory
+/// does not grow with the writes. Once NATS is back, instances are coherent again and serve
+/// what changed meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_relay_cut_off_from_nats_holds_no_more_than_its_bound() {
+    let CutOff {
+        db,
+        pool,
+        users,
+        channel,
+        proxy,
+        relay,
+    } = relay_behind_a_proxy(|c| c.max_queued_keys = 300).await;
     let apps = instances(db.url(), &channel, 1).await;
     let t = token(users[0].id, json!({}));
     all_see(&apps, &t, "User 0").await;
@@ -600,16 +630,15 @@ async fn a_relay_cut_off_from_nats_holds_no_more_than_its_bound() {
 /// by the outage bench before this: 200 000 keys said queued by a relay standing by).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_relay_that_lost_its_lease_holds_no_queue() {
-    let db = TestDb::new().await;
-    let pool = db.pool().await;
-    let (_, users) = seed(&pool, 1).await;
-    let channel = Channel::new();
-    let proxy =
-        nearcache_tests::fleet::Proxy::start(nats_url().trim_start_matches("nats://")).await;
-    let relay = Relay::start_with(db.url(), &channel, |c| {
-        c.nats_url = proxy.nats_url();
-        c.lease_ttl = Some(Duration::from_secs(2));
-    });
+    // Every field bound: the database and the stream live until the test ends.
+    let CutOff {
+        db: _db,
+        pool,
+        users,
+        channel: _channel,
+        proxy,
+        relay,
+    } = relay_behind_a_proxy(|c| c.lease_ttl = Some(Duration::from_secs(2))).await;
     wait_until(BOUND, "the relay active", || async {
         relay.status.role() == Role::Active
     })
@@ -622,7 +651,8 @@ async fn a_relay_that_lost_its_lease_holds_no_queue() {
         most = most.max(relay.status.queued());
     }
     assert!(most > 0, "changes queued while NATS is away");
-    wait_until(BOUND, "the relay standing by", || async {
+    // A renewal waits for NATS' answer up to its timeout (5 s) before the lease counts as lost.
+    wait_until(Duration::from_secs(30), "the relay standing by", || async {
         relay.status.role() != Role::Active
     })
     .await;
