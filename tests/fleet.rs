@@ -7,12 +7,7 @@ use std::time::Duration;
 use nearcache_relay::{RelayConfig, RelaySource, RelayStatus};
 use nearcache_wal::WalConfig;
 use tokio::task::JoinHandle;
-pub use xtask::proxy::Proxy;
-
-/// The NATS server of the tests.
-pub fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
-}
+pub use xtask::proxy::{nats_url, Proxy};
 
 /// A stream and subject prefix of one test's own; the stream is deleted when the value is
 /// dropped.

@@ -41,7 +41,7 @@ fn demo(url: &str, args: &Args) -> Result<()> {
         println!("==> database {url}");
         println!("    migrated and seeded: {} organizations, {} users", seed::ORGS, seed::USERS);
         let client = reqwest::Client::new();
-        let nats = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        let nats = xtask::proxy::nats_url();
         let mut relay = None;
         let mut flags: Vec<&str> = Vec::new();
         if args.fleet {

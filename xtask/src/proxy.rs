@@ -11,6 +11,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// The NATS server of the tests and benches: `NATS_URL`, or the machine's on 127.0.0.1:4222.
+pub fn nats_url() -> String {
+    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
 /// A loopback TCP proxy to one address, whose open connections a test can cut.
 pub struct Proxy {
     /// Where clients connect.

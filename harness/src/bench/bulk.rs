@@ -39,23 +39,14 @@ pub(super) async fn recvlogical_floor(url: &str, rounds: usize) -> Result<Vec<Du
     use tokio::io::AsyncReadExt;
     let bin = xtask::find_pg_bin().context("no PostgreSQL binaries (pg_recvlogical)")?;
     let slot = "nearcache_bench_floor";
-    let mut child = tokio::process::Command::new(bin.join("pg_recvlogical"))
-        .args([
-            "-d",
-            url,
-            "--slot",
-            slot,
-            "--create-slot",
-            "--if-not-exists",
-        ])
-        .args(["-P", "pgoutput", "--start", "-f", "-"])
-        .args(["-o", "proto_version=1", "-o", "publication_names=nearcache"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting pg_recvlogical")?;
+    let mut child =
+        tokio::process::Command::from(super::deployed::recvlogical(&bin, url, slot, "-"))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting pg_recvlogical")?;
     let mut out = child.stdout.take().context("pg_recvlogical's output")?;
     // The name looked for, and when it was read.
     let found: Arc<Mutex<(Vec<u8>, Option<Instant>)>> = Arc::default();

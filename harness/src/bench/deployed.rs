@@ -146,6 +146,25 @@ pub(super) fn pg_tool(bin: &Path, name: &str) -> PathBuf {
     bin.join(name)
 }
 
+/// `pg_recvlogical` on the nearcache publication (pgoutput), creating `slot` if need be and
+/// writing what it receives to `to` (`-` for its standard output): the least a logical-decoding
+/// consumer costs, the floor the benches set the WAL source and the relay against.
+pub(super) fn recvlogical(bin: &Path, url: &str, slot: &str, to: &str) -> Command {
+    let mut command = Command::new(pg_tool(bin, "pg_recvlogical"));
+    command
+        .args([
+            "-d",
+            url,
+            "--slot",
+            slot,
+            "--create-slot",
+            "--if-not-exists",
+        ])
+        .args(["-P", "pgoutput", "--start", "-f", to])
+        .args(["-o", "proto_version=1", "-o", "publication_names=nearcache"]);
+    command
+}
+
 /// Runs pgbench for `seconds` with `clients` against `url`; returns commits per second.
 pub(super) fn pgbench(
     bin: &Path,
@@ -199,17 +218,7 @@ async fn start(
         Arm::None => None,
         Arm::Recvlogical => {
             let slot = "nearcache_bench_recvlogical".to_string();
-            let child = Command::new(pg_tool(bin, "pg_recvlogical"))
-                .args([
-                    "-d",
-                    url,
-                    "--slot",
-                    &slot,
-                    "--create-slot",
-                    "--if-not-exists",
-                ])
-                .args(["-P", "pgoutput", "--start", "-f", "/dev/null"])
-                .args(["-o", "proto_version=1", "-o", "publication_names=nearcache"])
+            let child = recvlogical(bin, url, &slot, "/dev/null")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())

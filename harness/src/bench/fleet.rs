@@ -14,6 +14,7 @@ use nearcache_nats::NatsConfig;
 use nearcache_relay::{RelayConfig, RelaySource, RelayStatus};
 use nearcache_wal::WalConfig;
 use rand::RngExt;
+use xtask::proxy::nats_url;
 
 use super::latency::Timed;
 use super::report::{ms, pct};
@@ -61,10 +62,6 @@ fn postgres_cpu() -> Duration {
         }
     }
     Duration::from_secs_f64(total as f64 / tick)
-}
-
-fn nats_url() -> String {
-    std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
 /// Measures a fleet of `n` behind a relay (`relay == true`) or on direct LISTEN connections.

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use xtask::proxy::Proxy;
 
-use super::http::sample;
+use super::http::{sample, scrape};
 use super::Ctx;
 use crate::instance::Instance;
 
@@ -25,11 +25,6 @@ struct Outage {
     back: Duration,
 }
 
-/// The relay's `/metrics`.
-async fn metrics(client: &reqwest::Client, relay: &Instance) -> Result<String> {
-    super::http::scrape(client, relay).await
-}
-
 fn rss(relay: &Instance) -> Result<u64> {
     Ok(crate::soak::process::look(relay.pid(), 0)?.rss)
 }
@@ -38,7 +33,7 @@ fn rss(relay: &Instance) -> Result<u64> {
 async fn until_active(client: &reqwest::Client, relay: &Instance) -> Result<Duration> {
     let start = Instant::now();
     loop {
-        let text = metrics(client, relay).await.unwrap_or_default();
+        let text = scrape(client, relay).await.unwrap_or_default();
         if sample(&text, "nearcache_relay_active") == Some(1.0) {
             return Ok(start.elapsed());
         }
@@ -56,7 +51,7 @@ async fn outage(url: &str, seconds: u64, clients: usize) -> Result<Outage> {
     let bin = xtask::find_pg_bin().context("no PostgreSQL binaries (pgbench)")?;
     let script = super::deployed::users_script()?;
     let relay_binary = crate::instance::build("nearcache-relay", true)?;
-    let nats = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+    let nats = xtask::proxy::nats_url();
     let proxy = Proxy::start(nats.trim_start_matches("nats://")).await;
     let id = format!("{:08x}", rand::random::<u32>());
     let (stream, prefix) = (format!("NC_BENCH_OUTAGE_{id}"), format!("ncoutage.{id}"));
@@ -93,7 +88,7 @@ async fn outage(url: &str, seconds: u64, clients: usize) -> Result<Outage> {
     let mut stood_by = None;
     while !writes.is_finished() {
         rss_most = rss_most.max(rss(&relay)?);
-        let text = metrics(&client, &relay).await.unwrap_or_default();
+        let text = scrape(&client, &relay).await.unwrap_or_default();
         queued_most = queued_most.max(sample(&text, "nearcache_relay_queued").unwrap_or(0.0));
         overflows =
             overflows.max(sample(&text, "nearcache_relay_queue_overflows_total").unwrap_or(0.0));

@@ -63,7 +63,7 @@ impl Fleet {
         let heartbeat_timeout = format!("{}ms", args.heartbeat_timeout.as_millis());
         let capacity = args.capacity.to_string();
         let pool_size = POOL_SIZE.to_string();
-        let nats = std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into());
+        let nats = xtask::proxy::nats_url();
         let mut relay = None;
         let mut source_flags = vec!["--source", args.source.as_str()];
         if args.source == "nats" {
