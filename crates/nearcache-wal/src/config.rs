@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use nearcache_pgconn::{ConnectError, Connected, Endpoint, PgUrl, SslMode};
+use nearcache_pgconn::{ConnectError, Connected, Endpoint, PgUrl};
 
 /// A configuration that cannot work.
 #[derive(Debug, thiserror::Error)]
@@ -110,33 +110,6 @@ impl WalConfig {
     {
         self.tables = tables.into_iter().map(Into::into).collect();
         self
-    }
-
-    /// The replication connection's TLS settings: the URL's `sslmode` and `sslrootcert`, as
-    /// the control connection uses them. With `verify-full` and an IP address for the host,
-    /// libpq checks the certificate's iPAddress names; pgwire-replication refuses the host
-    /// unless it is also given as the name to verify, which makes rustls check exactly that
-    /// (and send no SNI, as for any address).
-    pub(crate) fn replication_tls(&self, host: &str) -> pgwire_replication::TlsConfig {
-        use pgwire_replication::{SslMode as Mode, TlsConfig};
-        let tls = self.url.tls();
-        let root = tls.root_cert().map(std::path::Path::to_path_buf);
-        match tls.mode() {
-            SslMode::Disable => TlsConfig::disabled(),
-            SslMode::Prefer => TlsConfig {
-                mode: Mode::Prefer,
-                ..TlsConfig::disabled()
-            },
-            SslMode::Require => TlsConfig::require(),
-            SslMode::VerifyCa => TlsConfig::verify_ca(root),
-            SslMode::VerifyFull => TlsConfig {
-                sni_hostname: host
-                    .parse::<std::net::IpAddr>()
-                    .is_ok()
-                    .then(|| host.to_string()),
-                ..TlsConfig::verify_full(root)
-            },
-        }
     }
 
     /// Checks what [`run`](crate::run) needs.

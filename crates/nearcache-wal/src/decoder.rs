@@ -3,11 +3,10 @@
 
 use std::collections::HashMap;
 
-use pgwire_replication::{Lsn, ReplicationEvent};
-
 use crate::digests::Digests;
 use crate::gate::Commit;
-use crate::pgoutput::{self, Old, Relation, Tuple, Value};
+use crate::pgoutput::{self, Change, Old, Relation, Tuple, Value};
+use crate::replication::{Lsn, Message};
 
 /// The prefix of the source's heartbeat messages (`pg_logical_emit_message`).
 pub(crate) const HEARTBEAT_PREFIX: &str = "nearcache_hb";
@@ -226,38 +225,35 @@ impl Decoder {
     /// Handles one event; `heartbeat` is the message the session waits for, if any.
     pub(crate) fn event(
         &mut self,
-        event: ReplicationEvent,
+        message: Message<'_>,
         heartbeat: Option<&str>,
     ) -> Result<Decoded, pgoutput::DecodeError> {
-        match event {
-            ReplicationEvent::Begin { xid, .. } => self.txn = Txn::begin(xid),
-            ReplicationEvent::XLogData { data, .. } => self.change(pgoutput::decode(&data)?)?,
-            ReplicationEvent::Commit { end_lsn, .. } => {
-                let txn = std::mem::take(&mut self.txn);
-                return Ok(Decoded::Commit(txn.commit(end_lsn)));
+        let data = match message {
+            Message::XLogData(data) => data,
+            Message::KeepAlive { wal_end } if !self.in_transaction() => {
+                return Ok(Decoded::Position(wal_end))
             }
-            ReplicationEvent::Message {
-                prefix, content, ..
-            } => {
-                if prefix == HEARTBEAT_PREFIX
-                    && heartbeat.is_some_and(|h| h.as_bytes() == &content[..])
+            Message::KeepAlive { .. } => return Ok(Decoded::Nothing),
+        };
+        match pgoutput::decode(data)? {
+            Change::Begin { xid } => self.txn = Txn::begin(xid),
+            Change::Commit { end_lsn } => {
+                let txn = std::mem::take(&mut self.txn);
+                return Ok(Decoded::Commit(txn.commit(Lsn(end_lsn))));
+            }
+            Change::Message { prefix, content } => {
+                if prefix == HEARTBEAT_PREFIX.as_bytes()
+                    && heartbeat.is_some_and(|h| h.as_bytes() == content)
                 {
                     return Ok(Decoded::Heartbeat);
                 }
             }
-            ReplicationEvent::KeepAlive { wal_end, .. } => {
-                if !self.in_transaction() {
-                    return Ok(Decoded::Position(wal_end));
-                }
-            }
-            // Only bounded replays stop; ours never asks for one.
-            ReplicationEvent::StoppedAt { .. } => {}
+            change => self.change(change)?,
         }
         Ok(Decoded::Nothing)
     }
 
-    fn change(&mut self, change: pgoutput::Change<'_>) -> Result<(), pgoutput::DecodeError> {
-        use pgoutput::Change;
+    fn change(&mut self, change: Change<'_>) -> Result<(), pgoutput::DecodeError> {
         match change {
             Change::Relation(r) => {
                 let shape = Shape::of(&r, &self.rules);
@@ -323,7 +319,10 @@ impl Decoder {
                     self.txn.push(Evict::Table(table));
                 }
             }
-            Change::Skipped => {}
+            Change::Begin { .. }
+            | Change::Commit { .. }
+            | Change::Message { .. }
+            | Change::Skipped => {}
         }
         Ok(())
     }

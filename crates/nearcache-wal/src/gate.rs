@@ -18,7 +18,7 @@
 
 use std::collections::VecDeque;
 
-use pgwire_replication::Lsn;
+use crate::replication::Lsn;
 
 use crate::decoder::Evict;
 
@@ -254,7 +254,7 @@ mod tests {
     fn commit(xid: u32, lsn: u64, key: &str) -> Commit {
         Commit {
             xid,
-            end_lsn: Lsn::from_u64(lsn),
+            end_lsn: Lsn(lsn),
             changes: vec![Evict::Keys("users".into(), vec![key.into()])],
         }
     }
@@ -334,19 +334,19 @@ mod tests {
     #[test]
     fn the_slot_is_confirmed_only_up_to_the_oldest_waiting_commit() {
         let mut g = Gate::new(Vec::new());
-        g.keepalive(Lsn::from_u64(500));
+        g.keepalive(Lsn(500));
         g.admit(commit(101, 1000, "a"));
         g.admit(commit(102, 1100, "b"));
         g.admit(commit(103, 1200, "c"));
-        assert_eq!(g.confirmable(), Some(Lsn::from_u64(500)));
+        assert_eq!(g.confirmable(), Some(Lsn(500)));
         // 102 visible first: nothing more can be confirmed while 101 waits.
         g.decide(&snap("101:103:101"), g.horizon());
-        assert_eq!(g.confirmable(), Some(Lsn::from_u64(500)));
+        assert_eq!(g.confirmable(), Some(Lsn(500)));
         // 101 visible, 103 not: up to 102's end.
         g.decide(&snap("103:104:103"), g.horizon());
-        assert_eq!(g.confirmable(), Some(Lsn::from_u64(1100)));
+        assert_eq!(g.confirmable(), Some(Lsn(1100)));
         g.decide(&snap("104:104:"), g.horizon());
-        assert_eq!(g.confirmable(), Some(Lsn::from_u64(1200)));
+        assert_eq!(g.confirmable(), Some(Lsn(1200)));
     }
 
     #[test]
@@ -354,11 +354,11 @@ mod tests {
         let mut g = Gate::new(Vec::new());
         g.admit(Commit {
             xid: 7,
-            end_lsn: Lsn::from_u64(90),
+            end_lsn: Lsn(90),
             changes: Vec::new(),
         });
         assert!(!g.waiting());
-        assert_eq!(g.confirmable(), Some(Lsn::from_u64(90)));
+        assert_eq!(g.confirmable(), Some(Lsn(90)));
     }
 
     #[test]
@@ -385,7 +385,7 @@ mod tests {
         for xid in [1, 2] {
             g.admit(Commit {
                 xid,
-                end_lsn: Lsn::from_u64(u64::from(xid)),
+                end_lsn: Lsn(u64::from(xid)),
                 changes: vec![Evict::Keys("users".into(), keys.clone())],
             });
         }
@@ -404,7 +404,7 @@ mod tests {
         let mut g = Gate::new(Vec::new());
         g.admit(Commit {
             xid: 5,
-            end_lsn: Lsn::from_u64(1),
+            end_lsn: Lsn(1),
             changes: vec![
                 Evict::Keys("users".into(), vec!["a".into()]),
                 Evict::Keys("orgs".into(), vec!["b".into()]),

@@ -54,6 +54,7 @@ mod decoder;
 mod digests;
 mod gate;
 mod pgoutput;
+mod replication;
 mod source;
 mod usable;
 

@@ -1,12 +1,18 @@
-//! Decoding of the `pgoutput` change messages (protocol version 1) that name rows: Relation,
-//! Insert, Update, Delete, Truncate. Begin, Commit and logical messages are decoded by the
-//! replication client; Type and Origin messages carry nothing we need and are skipped.
+//! Decoding of the `pgoutput` messages (protocol version 1): Begin and Commit, those that name
+//! rows (Relation, Insert, Update, Delete, Truncate) and logical messages (the heartbeat). Type
+//! and Origin messages carry nothing we need and are skipped.
 
 use std::fmt;
 
 /// A decoded change message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Change<'a> {
+    /// A transaction's changes follow.
+    Begin { xid: u32 },
+    /// The transaction committed; `end_lsn` is the end of its commit record.
+    Commit { end_lsn: u64 },
+    /// A logical message (`pg_logical_emit_message`).
+    Message { prefix: &'a [u8], content: &'a [u8] },
     /// Describes a relation; sent before the first change of it in a session and after DDL.
     Relation(Relation),
     /// A row inserted.
@@ -127,15 +133,24 @@ impl<'a> Reader<'a> {
         Ok(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
     }
 
-    fn cstring(&mut self) -> Result<String, DecodeError> {
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        let b = self.take(8)?;
+        Ok(u64::from_be_bytes(b.try_into().expect("8 bytes")))
+    }
+
+    fn cbytes(&mut self) -> Result<&'a [u8], DecodeError> {
         let end = self
             .buf
             .iter()
             .position(|&b| b == 0)
             .ok_or_else(|| DecodeError("unterminated string".into()))?;
-        let s = String::from_utf8_lossy(&self.buf[..end]).into_owned();
-        self.buf = &self.buf[end + 1..];
+        let (s, rest) = (&self.buf[..end], &self.buf[end + 1..]);
+        self.buf = rest;
         Ok(s)
+    }
+
+    fn cstring(&mut self) -> Result<String, DecodeError> {
+        Ok(String::from_utf8_lossy(self.cbytes()?).into_owned())
     }
 
     fn tuple(&mut self) -> Result<Tuple<'a>, DecodeError> {
@@ -154,10 +169,30 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Decodes one change message.
+/// Decodes one message.
 pub(crate) fn decode(data: &[u8]) -> Result<Change<'_>, DecodeError> {
     let mut r = Reader { buf: data };
     match r.u8()? {
+        b'B' => {
+            let _final_lsn = r.u64()?;
+            let _commit_time = r.u64()?;
+            Ok(Change::Begin { xid: r.u32()? })
+        }
+        b'C' => {
+            let _flags = r.u8()?;
+            let _commit_lsn = r.u64()?;
+            Ok(Change::Commit { end_lsn: r.u64()? })
+        }
+        b'M' => {
+            let _flags = r.u8()?;
+            let _lsn = r.u64()?;
+            let prefix = r.cbytes()?;
+            let len = r.u32()? as usize;
+            Ok(Change::Message {
+                prefix,
+                content: r.take(len)?,
+            })
+        }
         b'R' => {
             let id = r.u32()?;
             let namespace = r.cstring()?;
@@ -312,9 +347,47 @@ mod tests {
     }
 
     #[test]
+    fn transactions_and_logical_messages_decode() {
+        let mut begin = vec![b'B'];
+        begin.extend(0x100u64.to_be_bytes());
+        begin.extend(7u64.to_be_bytes());
+        begin.extend(4242u32.to_be_bytes());
+        assert_eq!(decode(&begin).unwrap(), Change::Begin { xid: 4242 });
+
+        let mut commit = vec![b'C', 0];
+        commit.extend(0x100u64.to_be_bytes());
+        commit.extend(0x1_0000_0180u64.to_be_bytes());
+        commit.extend(7u64.to_be_bytes());
+        assert_eq!(
+            decode(&commit).unwrap(),
+            Change::Commit {
+                end_lsn: 0x1_0000_0180
+            }
+        );
+
+        let mut message = vec![b'M', 0];
+        message.extend(0x100u64.to_be_bytes());
+        message.extend(b"nearcache_hb\0");
+        message.extend(3u32.to_be_bytes());
+        message.extend(b"a:1");
+        assert_eq!(
+            decode(&message).unwrap(),
+            Change::Message {
+                prefix: b"nearcache_hb",
+                content: b"a:1"
+            }
+        );
+        message.truncate(message.len() - 1);
+        assert!(decode(&message).is_err(), "content shorter than said");
+    }
+
+    #[test]
     fn truncated_or_unknown_messages_are_errors_not_panics() {
         for bad in [
             &b""[..],
+            b"B\0\0",
+            b"C\0",
+            b"M\0\0\0\0\0\0\0\0\0prefix",
             b"Z",
             b"I\0\0",
             b"I\0\0\0\x01X",

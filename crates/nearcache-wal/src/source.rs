@@ -3,7 +3,8 @@
 //! through the WAL, and checks the database again on a timer.
 //!
 //! Which file to open: this one for the session and the heartbeat; `check.rs` for what the
-//! database must offer; `pgoutput.rs` for the wire format; `decoder.rs` for decoding (the
+//! database must offer; `replication.rs` for the replication connection; `pgoutput.rs` for the
+//! wire format; `decoder.rs` for decoding (the
 //! relation cache, the transaction buffer, rows named by their key); `digests.rs` for the
 //! stored values a change is compared by; `gate.rs` for the visibility gate; `apply.rs` for
 //! applying a commit once it is visible; `config.rs` for the settings.
@@ -16,13 +17,13 @@ use std::time::{Duration, Instant};
 use nearcache_source::{
     in_flight, sleep_until_opt, supervise, AbortOnDrop, Handler, SourceState, SourceStatus,
 };
-use pgwire_replication::{ReplicationClient, ReplicationConfig};
 
 use crate::apply::apply;
 use crate::check::{check, running_xids};
 use crate::decoder::{Decoded, Decoder, Rules, HEARTBEAT_PREFIX};
 use crate::gate::{Gate, Snapshot, SnapshotError};
 use crate::pgoutput;
+use crate::replication::{Replication, ReplicationError};
 use crate::WalConfig;
 
 /// Why a session ended.
@@ -37,9 +38,7 @@ pub(crate) enum SessionError {
     #[error("the database cannot be trusted to deliver: {0}")]
     Misconfigured(String),
     #[error("replication")]
-    Replication(#[source] pgwire_replication::PgWireError),
-    #[error("replication stream closed")]
-    Closed,
+    Replication(#[source] ReplicationError),
     #[error(transparent)]
     Decode(#[from] pgoutput::DecodeError),
     #[error("taking a snapshot to see which commits are visible")]
@@ -116,6 +115,7 @@ struct Stream {
     /// `pg_current_snapshot()`, prepared once: a poll is then one round trip.
     snapshot: tokio_postgres::Statement,
     _driver: AbortOnDrop,
+    /// The replication connection; the temporary slot goes when it closes.
     repl: Replication,
     slot: String,
     rules: Rules,
@@ -166,33 +166,28 @@ impl Stream {
         // A temporary slot belongs to the replication session that creates it: it goes when
         // the session ends, however it ends, and retains no WAL after that.
         let slot = format!("nearcache_{:016x}", rand::random::<u64>());
-        let repl_config = ReplicationConfig::new(
-            endpoint.host.clone(),
-            config.user.clone(),
-            config.password.clone(),
-            config.database.clone(),
-            slot.clone(),
-            config.publication.clone(),
+        let mut repl = tokio::time::timeout(
+            timeout,
+            Replication::connect(
+                &endpoint,
+                config.url.tls(),
+                &config.user,
+                &config.password,
+                &config.database,
+            ),
         )
-        .with_port(endpoint.port)
-        .with_tls(config.replication_tls(&endpoint.host))
-        .with_status_interval(Duration::from_secs(1))
-        .with_application_name("nearcache-wal");
-        let mut repl = Replication(
-            tokio::time::timeout(timeout, ReplicationClient::connect_gated(repl_config))
-                .await
-                .map_err(|_| SessionError::Timeout("connecting for replication"))?
-                .map_err(SessionError::Replication)?,
-        );
+        .await
+        .map_err(|_| SessionError::Timeout("connecting for replication"))?
+        .map_err(SessionError::Replication)?;
         let create =
             format!("CREATE_REPLICATION_SLOT {slot} TEMPORARY LOGICAL pgoutput NOEXPORT_SNAPSHOT");
-        match tokio::time::timeout(timeout, repl.0.simple_query(&create)).await {
-            Ok(Ok(_)) => {}
+        match tokio::time::timeout(timeout, repl.command(&create)).await {
+            Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 // The server refused: usually every slot is taken (max_replication_slots) or
                 // the role may not replicate, something an operator must fix, so it is shown,
                 // not just logged. Anything else (TLS, the network) is the session's error.
-                if let pgwire_replication::PgWireError::Server(_) = e {
+                if let ReplicationError::Server(_) = e {
                     status.set_problem(Some(format!(
                         "cannot create a replication slot: {e} (free slots: max_replication_slots, max_wal_senders; the role needs REPLICATION)"
                     )));
@@ -207,8 +202,7 @@ impl Stream {
         let running = tokio::time::timeout(timeout, running_xids(&control))
             .await
             .map_err(|_| SessionError::Timeout("listing running transactions"))??;
-        repl.0.start().await.map_err(SessionError::Replication)?;
-        tokio::time::timeout(timeout, repl.0.wait_started())
+        tokio::time::timeout(timeout, repl.start(&slot, &config.publication))
             .await
             .map_err(|_| SessionError::Timeout("starting replication"))?
             .map_err(SessionError::Replication)?;
@@ -305,49 +299,66 @@ impl Stream {
             let next_poll = due
                 .filter(|_| poll.is_none())
                 .map(tokio::time::Instant::from_std);
+            let status_due = self.repl.status_due();
             tokio::select! {
-                event = self.repl.0.recv() => {
-                    let event = match event {
-                        Ok(Some(event)) => event,
-                        Ok(None) => return SessionError::Closed,
-                        Err(e) => return SessionError::Replication(e),
-                    };
-                    let ours = heartbeat.as_ref().map(|h| h.message.as_str());
-                    match decoder.event(event, ours) {
-                        Err(e) => return e.into(),
-                        Ok(Decoded::Nothing) => {}
-                        Ok(Decoded::Commit(commit)) if config.apply_at_decoding => {
-                            let end = commit.end_lsn;
-                            apply(commit, handler, status);
-                            gate.keepalive(end);
-                            self.confirm(&gate);
-                        }
-                        Ok(Decoded::Commit(commit)) => {
-                            let applies = !commit.changes.is_empty();
-                            gate.admit(commit);
-                            if applies {
-                                // Usually visible by the time the snapshot is taken.
-                                due = Some(Instant::now());
-                                pause = POLL_MIN;
+                read = self.repl.fill() => {
+                    if let Err(e) = read {
+                        return SessionError::Replication(e);
+                    }
+                    // Every whole message read, decoded where it lies.
+                    loop {
+                        let ours = heartbeat.as_ref().map(|h| h.message.as_str());
+                        let decoded = match self.repl.next() {
+                            Ok(Some(message)) => decoder.event(message, ours),
+                            Ok(None) => break,
+                            Err(e) => return SessionError::Replication(e),
+                        };
+                        match decoded {
+                            Err(e) => return e.into(),
+                            Ok(Decoded::Nothing) => {}
+                            Ok(Decoded::Commit(commit)) if config.apply_at_decoding => {
+                                let end = commit.end_lsn;
+                                apply(commit, handler, status);
+                                gate.keepalive(end);
+                                self.confirm(&gate);
                             }
-                            self.confirm(&gate);
-                        }
-                        Ok(Decoded::Position(lsn)) => {
-                            gate.keepalive(lsn);
-                            self.confirm(&gate);
-                        }
-                        Ok(Decoded::Heartbeat) => {
-                            if let Some(h) = heartbeat.as_mut() {
-                                if gate.waiting() || poll.is_some() {
-                                    h.back = Some(begun + 1);
+                            Ok(Decoded::Commit(commit)) => {
+                                let applies = !commit.changes.is_empty();
+                                gate.admit(commit);
+                                if applies {
+                                    // Usually visible by the time the snapshot is taken.
                                     due = Some(Instant::now());
-                                } else {
-                                    let rtt = h.sent.elapsed();
-                                    status.heartbeat(micros(rtt));
-                                    heartbeat = None;
+                                    pause = POLL_MIN;
+                                }
+                                self.confirm(&gate);
+                            }
+                            Ok(Decoded::Position(lsn)) => {
+                                gate.keepalive(lsn);
+                                self.confirm(&gate);
+                            }
+                            Ok(Decoded::Heartbeat) => {
+                                if let Some(h) = heartbeat.as_mut() {
+                                    if gate.waiting() || poll.is_some() {
+                                        h.back = Some(begun + 1);
+                                        due = Some(Instant::now());
+                                    } else {
+                                        let rtt = h.sent.elapsed();
+                                        status.heartbeat(micros(rtt));
+                                        heartbeat = None;
+                                    }
                                 }
                             }
                         }
+                    }
+                    if self.repl.status_due() <= Instant::now() {
+                        if let Err(e) = self.send_status(config).await {
+                            return e;
+                        }
+                    }
+                }
+                () = tokio::time::sleep_until(status_due.into()) => {
+                    if let Err(e) = self.send_status(config).await {
+                        return e;
                     }
                 }
                 result = in_flight(&mut poll) => {
@@ -422,24 +433,25 @@ impl Stream {
         }
     }
 
-    /// Tells the server how far the slot may let WAL go: up to the oldest commit not applied.
-    fn confirm(&self, gate: &Gate) {
+    /// Lets the slot free WAL up to the oldest commit not applied; the server hears it with the
+    /// next status update.
+    fn confirm(&mut self, gate: &Gate) {
         if let Some(lsn) = gate.confirmable() {
-            self.repl.0.update_applied_lsn(lsn);
+            self.repl.confirm(lsn);
+        }
+    }
+
+    /// Sends a status update, within the heartbeat's timeout: a server that takes nothing more
+    /// ends the session.
+    async fn send_status(&mut self, config: &WalConfig) -> Result<(), SessionError> {
+        match tokio::time::timeout(config.heartbeat_timeout, self.repl.send_status()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(SessionError::Replication(e)),
+            Err(_) => Err(SessionError::Timeout("sending a status update")),
         }
     }
 }
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
-
-/// Stops the replication client when the session ends, so that its walsender (and with it the
-/// temporary slot) goes at once.
-struct Replication(ReplicationClient);
-
-impl Drop for Replication {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
