@@ -14,6 +14,7 @@ mod failover;
 mod handlers;
 mod listener;
 mod migrations;
+mod passwords;
 mod property;
 mod queue;
 mod rechecks;

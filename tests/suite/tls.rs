@@ -13,7 +13,7 @@ use serde_json::json;
 use crate::support::{seed, update, Source};
 
 /// A certificate authority of the test's own.
-fn authority(name: &str) -> CertifiedIssuer<'static, KeyPair> {
+pub(crate) fn authority(name: &str) -> CertifiedIssuer<'static, KeyPair> {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.distinguished_name.push(DnType::CommonName, name);
@@ -21,7 +21,7 @@ fn authority(name: &str) -> CertifiedIssuer<'static, KeyPair> {
 }
 
 /// A private cluster that accepts TLS only, with a certificate of `ca` naming `name`.
-fn serving_tls(ca: &CertifiedIssuer<'static, KeyPair>, name: &str) -> PrivateCluster {
+pub(crate) fn serving_tls(ca: &CertifiedIssuer<'static, KeyPair>, name: &str) -> PrivateCluster {
     let key = KeyPair::generate().unwrap();
     let cert = CertificateParams::new(vec![name.to_string()])
         .unwrap()

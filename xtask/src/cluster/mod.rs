@@ -200,8 +200,7 @@ impl Cluster {
         fs::write(&key, key_pem)?;
         // Postgres refuses a key others may read.
         fs::set_permissions(&key, fs::Permissions::from_mode(0o600))?;
-        fs::write(
-            data.join("pg_hba.conf"),
+        self.set_hba(
             "hostssl all all 127.0.0.1/32 trust\nhostssl replication all 127.0.0.1/32 trust\n",
         )?;
         if self.as_postgres {
@@ -209,7 +208,6 @@ impl Cluster {
                 .args(["postgres:postgres"])
                 .arg(data.join("server.crt"))
                 .arg(&key)
-                .arg(data.join("pg_hba.conf"))
                 .status()?;
             if !status.success() {
                 return Err(ClusterError::Command {
@@ -219,6 +217,29 @@ impl Cluster {
             }
         }
         self.configure("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'")
+    }
+
+    /// Replaces `pg_hba.conf` with `lines`: who may connect, and how they authenticate. Takes
+    /// effect at the next start or `SELECT pg_reload_conf()`.
+    ///
+    /// # Errors
+    /// When the file cannot be written or handed to the postgres user.
+    pub fn set_hba(&self, lines: &str) -> Result<(), ClusterError> {
+        let path = self.data().join("pg_hba.conf");
+        fs::write(&path, lines)?;
+        if self.as_postgres {
+            let status = Command::new("chown")
+                .args(["postgres:postgres"])
+                .arg(&path)
+                .status()?;
+            if !status.success() {
+                return Err(ClusterError::Command {
+                    what: "chown of pg_hba.conf to postgres".into(),
+                    detail: status.to_string(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Stops the server (fast shutdown) if it runs.
