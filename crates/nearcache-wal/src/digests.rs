@@ -2,7 +2,9 @@
 //! of ignored ones alone: a hash per watched column, per table and key, bounded.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hasher, RandomState};
+
+use siphasher::sip128::{Hasher128, SipHasher13};
 
 use crate::pgoutput::Value;
 
@@ -11,12 +13,18 @@ use crate::pgoutput::Value;
 /// [`Digests::hash`]'s keyed SipHash.
 type Fast = foldhash::quality::RandomState;
 
-/// One table's rows: a hash per watched column, by key.
-type Rows = HashMap<Box<str>, Box<[u64]>, Fast>;
+/// One table's rows: a hash per watched column, by the key's [`Digests::name`].
+type Rows = HashMap<u128, Box<[u64]>, Fast>;
 
 /// Per table and key, a hash of each watched column's value as last seen: at most `capacity`
 /// rows, all forgotten at once past it (forgetting is safe: a row without a digest counts as
-/// changed). Looked up by `&str`, so that a row that has one costs no allocation.
+/// changed).
+///
+/// A row is found by a 128-bit keyed hash of its key rather than by the key's text: the lookup
+/// then reads the map's slot and the digest, not a third allocation to compare the text with,
+/// and remembering a row allocates one thing, not two. Two keys of a table with one name would
+/// share a digest; with a random key per decoder that takes about 2^64 rows to happen by chance,
+/// and cannot be aimed at.
 pub(crate) struct Digests {
     tables: HashMap<String, Rows, Fast>,
     rows: usize,
@@ -24,6 +32,8 @@ pub(crate) struct Digests {
     /// Keyed at random per decoder, so that nobody can choose a new value whose hash equals
     /// the old one's and have its change ignored.
     hasher: RandomState,
+    /// The keys of [`Digests::name`]'s SipHash-1-3-128, at random per decoder.
+    names: (u64, u64),
 }
 
 impl Digests {
@@ -33,7 +43,15 @@ impl Digests {
             rows: 0,
             capacity: capacity.max(1),
             hasher: RandomState::new(),
+            names: (rand::random(), rand::random()),
         }
+    }
+
+    /// What a row is found by: its key's keyed 128-bit hash.
+    fn name(&self, key: &str) -> u128 {
+        let mut h = SipHasher13::new_with_keys(self.names.0, self.names.1);
+        h.write(key.as_bytes());
+        h.finish128().into()
     }
 
     pub(crate) fn hash(&self, value: &Value<'_>) -> u64 {
@@ -41,7 +59,11 @@ impl Digests {
     }
 
     pub(crate) fn insert(&mut self, table: &str, key: &str, digest: &[u64]) {
-        if let Some(d) = self.tables.get_mut(table).and_then(|t| t.get_mut(key)) {
+        self.insert_named(table, self.name(key), digest);
+    }
+
+    fn insert_named(&mut self, table: &str, key: u128, digest: &[u64]) {
+        if let Some(d) = self.tables.get_mut(table).and_then(|t| t.get_mut(&key)) {
             if d.len() == digest.len() {
                 d.copy_from_slice(digest);
             } else {
@@ -57,7 +79,7 @@ impl Digests {
             self.tables.insert(table.to_string(), Rows::default());
         }
         if let Some(t) = self.tables.get_mut(table) {
-            t.insert(key.into(), digest.into());
+            t.insert(key, digest.into());
             self.rows += 1;
         }
     }
@@ -68,7 +90,8 @@ impl Digests {
     /// column and no earlier digest is forgotten rather than remembered with a guess. One
     /// lookup, and no allocation for a row already remembered.
     pub(crate) fn record(&mut self, table: &str, key: &str, now: &[Option<u64>]) -> bool {
-        if let Some(before) = self.tables.get_mut(table).and_then(|t| t.get_mut(key)) {
+        let key = self.name(key);
+        if let Some(before) = self.tables.get_mut(table).and_then(|t| t.get_mut(&key)) {
             if before.len() == now.len() {
                 let mut changed = false;
                 for (b, n) in before.iter_mut().zip(now) {
@@ -81,9 +104,9 @@ impl Digests {
             }
         }
         match now.iter().copied().collect::<Option<Box<[u64]>>>() {
-            Some(digest) => self.insert(table, key, &digest),
+            Some(digest) => self.insert_named(table, key, &digest),
             None => {
-                self.remove(table, key);
+                self.remove_named(table, key);
             }
         }
         true
@@ -91,7 +114,11 @@ impl Digests {
 
     /// Forgets a row's digest, and returns it.
     pub(crate) fn remove(&mut self, table: &str, key: &str) -> Option<Box<[u64]>> {
-        let d = self.tables.get_mut(table)?.remove(key)?;
+        self.remove_named(table, self.name(key))
+    }
+
+    fn remove_named(&mut self, table: &str, key: u128) -> Option<Box<[u64]>> {
+        let d = self.tables.get_mut(table)?.remove(&key)?;
         self.rows -= 1;
         Some(d)
     }
