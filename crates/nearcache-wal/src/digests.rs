@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher, RandomState};
+use std::ops::{Deref, DerefMut};
 
 use siphasher::sip128::{Hasher128, SipHasher13};
 
@@ -14,7 +15,62 @@ use crate::pgoutput::Value;
 type Fast = foldhash::quality::RandomState;
 
 /// One table's rows: a hash per watched column, by the key's [`Digests::name`].
-type Rows = HashMap<u128, Box<[u64]>, Fast>;
+type Rows = HashMap<u128, Hashes, Fast>;
+
+/// How many columns' hashes a row keeps in the map's own slot.
+const INLINE: usize = 7;
+
+/// A row's hashes, one per watched column: in the map's slot up to [`INLINE`] columns, where
+/// the lookup that found the row has already read them; allocated past that.
+pub(crate) enum Hashes {
+    Inline(u8, [u64; INLINE]),
+    Heap(Box<[u64]>),
+}
+
+impl Hashes {
+    fn new(hashes: &[u64]) -> Self {
+        match u8::try_from(hashes.len()) {
+            Ok(len) if hashes.len() <= INLINE => {
+                let mut inline = [0; INLINE];
+                inline[..hashes.len()].copy_from_slice(hashes);
+                Hashes::Inline(len, inline)
+            }
+            _ => Hashes::Heap(hashes.into()),
+        }
+    }
+
+    /// Every column's hash, if each was sent.
+    fn sent(now: &[Option<u64>]) -> Option<Self> {
+        let mut inline = [0; INLINE];
+        if now.len() > INLINE {
+            return now.iter().copied().collect::<Option<_>>().map(Hashes::Heap);
+        }
+        for (slot, hash) in inline.iter_mut().zip(now) {
+            *slot = (*hash)?;
+        }
+        Some(Hashes::Inline(u8::try_from(now.len()).ok()?, inline))
+    }
+}
+
+impl Deref for Hashes {
+    type Target = [u64];
+
+    fn deref(&self) -> &[u64] {
+        match self {
+            Hashes::Inline(len, hashes) => &hashes[..usize::from(*len)],
+            Hashes::Heap(hashes) => hashes,
+        }
+    }
+}
+
+impl DerefMut for Hashes {
+    fn deref_mut(&mut self) -> &mut [u64] {
+        match self {
+            Hashes::Inline(len, hashes) => &mut hashes[..usize::from(*len)],
+            Hashes::Heap(hashes) => hashes,
+        }
+    }
+}
 
 /// Per table and key, a hash of each watched column's value as last seen: at most `capacity`
 /// rows, all forgotten at once past it (forgetting is safe: a row without a digest counts as
@@ -67,7 +123,7 @@ impl Digests {
             if d.len() == digest.len() {
                 d.copy_from_slice(digest);
             } else {
-                *d = digest.into();
+                *d = Hashes::new(digest);
             }
             return;
         }
@@ -79,7 +135,7 @@ impl Digests {
             self.tables.insert(table.to_string(), Rows::default());
         }
         if let Some(t) = self.tables.get_mut(table) {
-            t.insert(key, digest.into());
+            t.insert(key, Hashes::new(digest));
             self.rows += 1;
         }
     }
@@ -103,7 +159,7 @@ impl Digests {
                 return changed;
             }
         }
-        match now.iter().copied().collect::<Option<Box<[u64]>>>() {
+        match Hashes::sent(now) {
             Some(digest) => self.insert_named(table, key, &digest),
             None => {
                 self.remove_named(table, key);
@@ -113,11 +169,11 @@ impl Digests {
     }
 
     /// Forgets a row's digest, and returns it.
-    pub(crate) fn remove(&mut self, table: &str, key: &str) -> Option<Box<[u64]>> {
+    pub(crate) fn remove(&mut self, table: &str, key: &str) -> Option<Hashes> {
         self.remove_named(table, self.name(key))
     }
 
-    fn remove_named(&mut self, table: &str, key: u128) -> Option<Box<[u64]>> {
+    fn remove_named(&mut self, table: &str, key: u128) -> Option<Hashes> {
         let d = self.tables.get_mut(table)?.remove(&key)?;
         self.rows -= 1;
         Some(d)
@@ -177,6 +233,23 @@ mod tests {
             "nothing to compare with"
         );
         assert!(!d.record("users", "a", &[Some(1), Some(2)]));
+    }
+
+    #[test]
+    fn a_row_wider_than_the_slot_is_told_apart_the_same_way() {
+        let mut d = Digests::new(10);
+        let wide: Vec<Option<u64>> = (0..9).map(Some).collect();
+        assert!(d.record("t", "a", &wide), "never seen");
+        assert!(!d.record("t", "a", &wide), "the same values");
+        let mut changed = wide.clone();
+        changed[8] = Some(99);
+        assert!(d.record("t", "a", &changed), "the last column changed");
+        let mut unsent = changed.clone();
+        unsent[0] = None;
+        assert!(!d.record("t", "a", &unsent), "a column not sent keeps its hash");
+        assert!(d.record("t", "a", &wide[..3]), "narrower: another shape");
+        assert!(!d.record("t", "a", &wide[..3]), "held in the slot now");
+        assert!(d.record("t", "a", &wide), "wider again");
     }
 
     #[test]
