@@ -11,7 +11,7 @@ pub(crate) fn apply<H: Handler + ?Sized>(commit: Commit, handler: &H, status: &S
     if commit.changes.is_empty() {
         return;
     }
-    handler.at_commit(&commit.end_lsn.to_string());
+    handler.at_commit(commit.end_lsn.text(&mut [0; 17]));
     for change in commit.changes {
         status.notification();
         let cached = match change {

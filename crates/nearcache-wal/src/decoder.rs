@@ -274,15 +274,16 @@ impl Decoder {
                 let new_key = row
                     .key(&new)
                     .or_else(|| old.as_ref().and_then(|o| row.old_key(o.tuple())));
+                // The old key: `Same` as the new one, `Was` another, or `Unknown`.
                 let old_key = match &old {
-                    Some(old) => row.old_key(old.tuple()),
+                    Some(old) => row.old_key(old.tuple()).map_or(OldKey::Unknown, OldKey::Was),
                     // No old tuple: the replica identity did not change. That says the key
                     // did not either only if the identity carries the key.
-                    None if row.identity_has_key => new_key.clone(),
-                    None => None,
+                    None if row.identity_has_key => OldKey::Same,
+                    None => OldKey::Unknown,
                 };
                 match (old_key, new_key) {
-                    (Some(old_key), Some(new_key)) if old_key != new_key => {
+                    (OldKey::Was(old_key), Some(new_key)) if old_key != new_key => {
                         // The row keeps its digest under its new key: an unchanged TOASTed
                         // value in the new tuple is known from it, so that a later change of
                         // ignored columns alone is still told apart.
@@ -293,7 +294,7 @@ impl Decoder {
                         self.txn
                             .push(Evict::Keys(row.table, vec![old_key, new_key]));
                     }
-                    (Some(_), Some(key)) => {
+                    (OldKey::Same | OldKey::Was(_), Some(key)) => {
                         // Only a whole old row says what the other columns were.
                         if self.remember(relation, &key, &new, old.as_ref().and_then(Old::row)) {
                             self.txn.push(Evict::Keys(row.table, vec![key]));
@@ -379,6 +380,16 @@ impl Decoder {
             }));
         self.digests.record(&r.name, key, &self.hashes)
     }
+}
+
+/// What an UPDATE says of the row's key before it.
+enum OldKey {
+    /// The same as after it.
+    Same,
+    /// This one (which may still equal the new one).
+    Was(String),
+    /// Nothing to go by.
+    Unknown,
 }
 
 /// Where a relation's rows keep their key.

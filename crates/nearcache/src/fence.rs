@@ -8,7 +8,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-use std::hash::Hash;
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::time::{Duration, Instant};
 
 use crate::rows::Rows;
@@ -17,9 +17,35 @@ use crate::Tag;
 
 /// State a flush forgot, dropped outside the lock.
 pub(crate) struct Forgotten<K> {
-    _keys: HashMap<K, u64>,
-    _tags: HashMap<Tag, u64>,
+    _keys: Remembered,
+    _tags: Remembered,
     _index: HashMap<Tag, Rows<K>>,
+}
+
+/// The latest invalidation's epoch of each key (or tag), by a keyed 64-bit hash of it. Two that
+/// share a hash make each other's loads look invalidated: a load discarded, never a stale value
+/// stored. The hash's key is random per cache, so nobody can aim a collision. In exchange a
+/// record holds no copy of its key or tag, and finding one compares no text.
+type Remembered = HashMap<u64, u64, BuildHasherDefault<Prehashed>>;
+
+/// The hasher of a map whose keys are keyed hashes already.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
 }
 
 pub(crate) struct Fence<K> {
@@ -28,8 +54,10 @@ pub(crate) struct Fence<K> {
     /// Tickets below this are stale: a flush happened, or the fence forgot details.
     floor: u64,
     /// The epoch of the latest invalidation of each key and tag still remembered.
-    keys: HashMap<K, u64>,
-    tags: HashMap<Tag, u64>,
+    keys: Remembered,
+    tags: Remembered,
+    /// Keys [`Remembered`]'s hashes, at random per fence.
+    names: RandomState,
     /// Which entries (key and entry id) carry each tag.
     index: HashMap<Tag, Rows<K>>,
     /// Rows of `index` in all (tag, entry pairs).
@@ -47,8 +75,9 @@ impl<K: Hash + Eq + Clone> Fence<K> {
         Self {
             epoch: 0,
             floor: 0,
-            keys: HashMap::new(),
-            tags: HashMap::new(),
+            keys: Remembered::default(),
+            tags: Remembered::default(),
+            names: RandomState::new(),
             index: HashMap::new(),
             index_rows: 0,
             memory: memory.max(1),
@@ -65,10 +94,15 @@ impl<K: Hash + Eq + Clone> Fence<K> {
     /// Whether a value of `key` depending on `tags`, loaded under `ticket`, may be stored.
     pub(crate) fn admits(&self, key: &K, tags: &[Tag], ticket: u64) -> bool {
         ticket >= self.floor
-            && self.keys.get(key).is_none_or(|&e| e <= ticket)
-            && tags
-                .iter()
-                .all(|t| self.tags.get(t).is_none_or(|&e| e <= ticket))
+            && self
+                .keys
+                .get(&self.names.hash_one(key))
+                .is_none_or(|&e| e <= ticket)
+            && tags.iter().all(|t| {
+                self.tags
+                    .get(&self.names.hash_one(t))
+                    .is_none_or(|&e| e <= ticket)
+            })
     }
 
     /// Records a write or invalidation of `key`.
@@ -89,11 +123,11 @@ impl<K: Hash + Eq + Clone> Fence<K> {
         self.epoch += 1;
         let epoch = self.epoch;
         for key in keys {
-            self.keys.insert(key.clone(), epoch);
+            self.keys.insert(self.names.hash_one(key), epoch);
         }
         let mut carried = Vec::new();
         for tag in tags {
-            self.tags.insert(tag.clone(), epoch);
+            self.tags.insert(self.names.hash_one(tag), epoch);
             if let Some(rows) = self.index.remove(tag) {
                 self.index_rows -= rows.len();
                 carried.push(rows);
