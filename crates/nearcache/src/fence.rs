@@ -105,29 +105,50 @@ impl<K: Hash + Eq + Clone> Fence<K> {
             })
     }
 
-    /// Records a write or invalidation of `key`.
+    /// Records a write or invalidation of `key`, for a load that may be racing it.
+    #[cfg(test)]
     pub(crate) fn invalidate_key(&mut self, key: &K) {
-        self.invalidate_all(std::slice::from_ref(key), &[]);
+        self.advance();
+        self.invalidate_all(std::slice::from_ref(key), &[], true);
     }
 
-    /// Records an invalidation of `tag`; returns the entries that carried it.
+    /// Records an invalidation of `tag`, for a load that may be racing it; returns the entries
+    /// that carried it.
     #[cfg(test)]
     pub(crate) fn invalidate_tag(&mut self, tag: &Tag) -> Option<Rows<K>> {
-        self.invalidate_all(&[], std::slice::from_ref(tag)).pop()
+        self.advance();
+        self.invalidate_all(&[], std::slice::from_ref(tag), true).pop()
     }
 
-    /// Records an invalidation of every key and tag given, as one: one epoch for all. Returns
-    /// the entries that carried the tags.
-    pub(crate) fn invalidate_all(&mut self, keys: &[K], tags: &[Tag]) -> Vec<Rows<K>> {
+    /// Begins an invalidation: a new epoch, returned for the caller to publish.
+    pub(crate) fn advance(&mut self) -> u64 {
         self.age(Instant::now());
         self.epoch += 1;
+        self.epoch
+    }
+
+    /// Records an invalidation of every key and tag given, at the epoch [`Fence::advance`]
+    /// began (one for all), and returns the entries that carried the tags. With `remember`
+    /// false (no ticket is outstanding, so no load is racing it) the keys and tags are not
+    /// remembered: every ticket taken from now on is of this epoch or later, which they would
+    /// admit anyway.
+    pub(crate) fn invalidate_all(
+        &mut self,
+        keys: &[K],
+        tags: &[Tag],
+        remember: bool,
+    ) -> Vec<Rows<K>> {
         let epoch = self.epoch;
-        for key in keys {
-            self.keys.insert(self.names.hash_one(key), epoch);
+        if remember {
+            for key in keys {
+                self.keys.insert(self.names.hash_one(key), epoch);
+            }
         }
         let mut carried = Vec::new();
         for tag in tags {
-            self.tags.insert(self.names.hash_one(tag), epoch);
+            if remember {
+                self.tags.insert(self.names.hash_one(tag), epoch);
+            }
             if let Some(rows) = self.index.remove(tag) {
                 self.index_rows -= rows.len();
                 carried.push(rows);

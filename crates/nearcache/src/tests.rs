@@ -223,6 +223,32 @@ async fn an_invalidation_during_a_load_keeps_the_stale_value_out() {
 }
 
 #[tokio::test]
+async fn an_invalidation_no_load_can_be_racing_is_not_remembered() {
+    let c = cache();
+    let org = Tag::row("orgs", 7);
+    c.invalidate_all(&[1, 2], std::slice::from_ref(&org));
+    assert_eq!(c.internals().fence_remembered, 0, "no load under way");
+    // A load after it stores, tagged as it may be.
+    let fill = || async { Ok(Fill::found(s("new")).with_tag(Tag::row("orgs", 7))) };
+    assert_eq!(c.get_or_store(1, fill).await.unwrap(), Some(s("new")));
+    assert_eq!(c.get(&1), Some(s("new")));
+    // While one is under way, the same invalidation is remembered until its ticket is dropped.
+    let (loader, started, go) = gated_loader(vec![org.clone()]);
+    let task = {
+        let c = c.clone();
+        tokio::spawn(async move { c.get_or_store(2, loader).await })
+    };
+    started.await.unwrap();
+    c.invalidate_all(&[2], std::slice::from_ref(&org));
+    assert_eq!(c.internals().fence_remembered, 2, "a load under way");
+    go.send(s("old")).unwrap();
+    task.await.unwrap().unwrap();
+    assert_eq!(c.get(&2), None, "its value was refused");
+    c.invalidate(&3);
+    assert_eq!(c.internals().fence_remembered, 2, "nothing more once it is done");
+}
+
+#[tokio::test]
 async fn an_unrelated_invalidation_does_not_discard_a_fill() {
     let c = cache();
     let (loader, started, go) = gated_loader(vec![Tag::row("orgs", 7)]);

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 use std::hash::Hash;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,8 +20,26 @@ use crate::{Fill, LoadError, Tag};
 #[derive(Clone)]
 pub(super) struct Outcome<V> {
     pub(super) result: Result<Option<V>, LoadError>,
-    pub(super) ticket: u64,
+    pub(super) ticket: Ticket,
     pub(super) tags: Tags,
+}
+
+/// A load's ticket: the epoch it was taken at, and its place in the count of tickets
+/// outstanding, which it holds until its last copy (the leader's, a waiter's) is dropped: while
+/// a waiter may still check the outcome against the fence, invalidations are remembered for it.
+#[derive(Clone)]
+pub(super) struct Ticket {
+    pub(super) epoch: u64,
+    _held: Arc<Held>,
+}
+
+/// One ticket counted outstanding; uncounted when dropped.
+struct Held(Arc<AtomicUsize>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl<K, V> Cache<K, V>
@@ -53,8 +71,14 @@ where
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<Fill<V>, LoadError>>,
     {
-        // The ticket is taken before the loader reads anything.
-        let ticket = self.inner.epoch.load(Ordering::Acquire);
+        // The ticket is taken before the loader reads anything: counted first, then the epoch
+        // read (see `Fenced::invalidate` for why in this order).
+        self.inner.tickets.fetch_add(1, Ordering::SeqCst);
+        let held = Arc::new(Held(self.inner.tickets.clone()));
+        let ticket = Ticket {
+            epoch: self.inner.epoch.load(Ordering::SeqCst),
+            _held: held,
+        };
         step!(self, Step::TicketTaken);
         let loaded = self.load(loader).await;
         step!(self, Step::LoaderReturned);
@@ -67,7 +91,7 @@ where
                     self.inner.config.negative_ttl
                 });
                 let tags = Tags::from(tags);
-                self.store_fill(&key, value.clone(), tags.clone(), ttl, ticket);
+                self.store_fill(&key, value.clone(), tags.clone(), ttl, ticket.epoch);
                 step!(self, Step::Filled);
                 Outcome {
                     result: Ok(value),

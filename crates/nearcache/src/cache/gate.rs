@@ -48,7 +48,7 @@ where
         let inner = &*self.inner;
         let removed = {
             let mut fence = self.fenced();
-            fence.invalidate_key(key);
+            fence.invalidate(std::slice::from_ref(key), &[]);
             inner.entries.remove(key)
         };
         self.process_removals();
@@ -106,7 +106,7 @@ where
             .fetch_add(count, Ordering::Relaxed);
         let removed: Vec<(K, Arc<Entry<V>>)> = {
             let mut fence = self.fenced();
-            let carried = fence.invalidate_all(keys, tags);
+            let carried = fence.invalidate(keys, tags);
             let by_key = keys
                 .iter()
                 .filter_map(|k| inner.entries.remove(k).map(|e| (k.clone(), e)));

@@ -16,7 +16,8 @@ pub struct Internals {
     pub index_rows: usize,
     /// Keys and tags whose latest invalidation the fence remembers: those of the last one to two
     /// [`CacheConfig::fence_window`]s, and at most [`CacheConfig::fence_memory`] (past it the
-    /// fence forgets them all and fences every load under way instead).
+    /// fence forgets them all and fences every load under way instead). An invalidation made
+    /// while no load is under way is not remembered: no load can be racing it.
     pub fence_remembered: usize,
     /// Loads under way, one per key however many callers wait on it.
     pub loads_in_flight: usize,
@@ -116,12 +117,24 @@ where
     /// let (user, org) = (Tag::row("users", 1), Tag::row("organizations", 7));
     /// let fill = Fill::found("Ada").with_tag(user).with_tag(org.clone());
     /// cache.get_or_store(1, || async { Ok(fill) }).await.unwrap();
-    /// cache.invalidate(&2);
     /// let sizes = cache.internals();
-    /// assert_eq!((sizes.indexed_tags, sizes.index_rows, sizes.fence_remembered), (2, 2, 1));
+    /// assert_eq!((sizes.indexed_tags, sizes.index_rows), (2, 2));
     /// cache.invalidate_tag(&org); // the entry goes, and with it both its index rows
     /// let sizes = cache.internals();
-    /// assert_eq!((sizes.indexed_tags, sizes.index_rows, sizes.fence_remembered), (0, 0, 2));
+    /// assert_eq!((sizes.indexed_tags, sizes.index_rows), (0, 0));
+    /// // A load under way: invalidations are remembered for it, to refuse its value.
+    /// let racing = cache.get_or_store(2, || async {
+    ///     tokio::task::yield_now().await;
+    ///     Ok(Fill::found("Bob"))
+    /// });
+    /// let invalidate = async {
+    ///     cache.invalidate(&2);
+    ///     cache.invalidate_tag(&org);
+    ///     cache.internals().fence_remembered
+    /// };
+    /// let (_, remembered) = tokio::join!(racing, invalidate);
+    /// assert_eq!(remembered, 2);
+    /// assert_eq!(cache.get(&2), None, "loaded before the invalidation: not stored");
     /// # });
     /// ```
     pub fn internals(&self) -> Internals {

@@ -75,6 +75,10 @@ struct Inner<K, V> {
     /// Mirrors of fence state, read without the lock: the epoch for tickets, the generation
     /// and mode for hits. They change only while the fence is locked.
     epoch: AtomicU64,
+    /// Tickets outstanding: loads under way and outcomes their waiters may still check
+    /// ([`fill::Ticket`]). With none, no load can be racing an invalidation, and the fence
+    /// records nothing of it.
+    tickets: Arc<std::sync::atomic::AtomicUsize>,
     generation: AtomicU64,
     coherent: AtomicBool,
     next_id: AtomicU64,
@@ -208,6 +212,7 @@ where
                 entries,
                 fence: Mutex::new(Fence::new(config.fence_memory, config.fence_window)),
                 epoch: AtomicU64::new(0),
+                tickets: Arc::default(),
                 generation: AtomicU64::new(0),
                 coherent: AtomicBool::new(coherent),
                 next_id: AtomicU64::new(1),
@@ -342,6 +347,18 @@ where
         self.inner.entries.invalidate_all();
         bump(&self.inner.counters.flushes);
         forgotten
+    }
+
+    /// Records an invalidation of `keys` and `tags` (a new epoch) and returns the entries that
+    /// carried the tags. The epoch is published before the tickets are counted, and a ticket is
+    /// counted before it reads the epoch (both sequentially consistent): so either this sees a
+    /// ticket and remembers the invalidation for it, or that ticket sees the new epoch, and
+    /// with it no memory of this invalidation is needed to refuse its value.
+    fn invalidate(&mut self, keys: &[K], tags: &[Tag]) -> Vec<crate::rows::Rows<K>> {
+        let epoch = self.fence.advance();
+        self.inner.epoch.store(epoch, Ordering::SeqCst);
+        let racing = self.inner.tickets.load(Ordering::SeqCst) > 0;
+        self.fence.invalidate_all(keys, tags, racing)
     }
 
     /// Opens or closes the gate; returns whether it was open.

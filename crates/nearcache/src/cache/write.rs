@@ -109,7 +109,7 @@ where
                 return verdict;
             }
             let tags = existing.map_or_else(Tags::default, |e| e.tags.clone());
-            fence.invalidate_key(&key);
+            fence.invalidate(std::slice::from_ref(&key), &[]);
             self.insert_locked(&mut fence, &key, Some(value.clone()), tags, ttl)
         };
         let Some(replaced) = replaced else {
@@ -194,7 +194,7 @@ where
                 continue;
             }
             let tags = old.as_ref().map_or_else(Tags::default, |e| e.tags.clone());
-            fence.invalidate_key(&key);
+            fence.invalidate(std::slice::from_ref(&key), &[]);
             let replaced =
                 self.insert_locked(&mut fence, &key, Some(new.clone()), tags, inner.config.ttl);
             break (new, replaced);
