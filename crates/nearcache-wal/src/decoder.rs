@@ -276,7 +276,9 @@ impl Decoder {
                     .or_else(|| old.as_ref().and_then(|o| row.old_key(o.tuple())));
                 // The old key: `Same` as the new one, `Was` another, or `Unknown`.
                 let old_key = match &old {
-                    Some(old) => row.old_key(old.tuple()).map_or(OldKey::Unknown, OldKey::Was),
+                    Some(old) => row
+                        .old_key(old.tuple())
+                        .map_or(OldKey::Unknown, OldKey::Was),
                     // No old tuple: the replica identity did not change. That says the key
                     // did not either only if the identity carries the key.
                     None if row.identity_has_key => OldKey::Same,

@@ -246,7 +246,10 @@ mod tests {
         assert!(d.record("t", "a", &changed), "the last column changed");
         let mut unsent = changed.clone();
         unsent[0] = None;
-        assert!(!d.record("t", "a", &unsent), "a column not sent keeps its hash");
+        assert!(
+            !d.record("t", "a", &unsent),
+            "a column not sent keeps its hash"
+        );
         assert!(d.record("t", "a", &wide[..3]), "narrower: another shape");
         assert!(!d.record("t", "a", &wide[..3]), "held in the slot now");
         assert!(d.record("t", "a", &wide), "wider again");

@@ -117,7 +117,8 @@ impl<K: Hash + Eq + Clone> Fence<K> {
     #[cfg(test)]
     pub(crate) fn invalidate_tag(&mut self, tag: &Tag) -> Option<Rows<K>> {
         self.advance();
-        self.invalidate_all(&[], std::slice::from_ref(tag), true).pop()
+        self.invalidate_all(&[], std::slice::from_ref(tag), true)
+            .pop()
     }
 
     /// Begins an invalidation: a new epoch, returned for the caller to publish.

@@ -245,7 +245,11 @@ async fn an_invalidation_no_load_can_be_racing_is_not_remembered() {
     task.await.unwrap().unwrap();
     assert_eq!(c.get(&2), None, "its value was refused");
     c.invalidate(&3);
-    assert_eq!(c.internals().fence_remembered, 2, "nothing more once it is done");
+    assert_eq!(
+        c.internals().fence_remembered,
+        2,
+        "nothing more once it is done"
+    );
 }
 
 #[tokio::test]

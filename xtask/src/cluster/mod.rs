@@ -203,19 +203,7 @@ impl Cluster {
         self.set_hba(
             "hostssl all all 127.0.0.1/32 trust\nhostssl replication all 127.0.0.1/32 trust\n",
         )?;
-        if self.as_postgres {
-            let status = Command::new("chown")
-                .args(["postgres:postgres"])
-                .arg(data.join("server.crt"))
-                .arg(&key)
-                .status()?;
-            if !status.success() {
-                return Err(ClusterError::Command {
-                    what: "chown of the TLS files to postgres".into(),
-                    detail: status.to_string(),
-                });
-            }
-        }
+        self.give_to_postgres(false, &[&data.join("server.crt"), &key], "the TLS files")?;
         self.configure("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'")
     }
 
@@ -227,19 +215,7 @@ impl Cluster {
     pub fn set_hba(&self, lines: &str) -> Result<(), ClusterError> {
         let path = self.data().join("pg_hba.conf");
         fs::write(&path, lines)?;
-        if self.as_postgres {
-            let status = Command::new("chown")
-                .args(["postgres:postgres"])
-                .arg(&path)
-                .status()?;
-            if !status.success() {
-                return Err(ClusterError::Command {
-                    what: "chown of pg_hba.conf to postgres".into(),
-                    detail: status.to_string(),
-                });
-            }
-        }
-        Ok(())
+        self.give_to_postgres(false, &[&path], "pg_hba.conf")
     }
 
     /// Stops the server (fast shutdown) if it runs.
@@ -359,17 +335,29 @@ impl Cluster {
 
     /// As root, gives the folder to the `postgres` user, who runs the server binaries.
     fn chown(&self) -> Result<(), ClusterError> {
-        if self.as_postgres {
-            let status = Command::new("chown")
-                .args(["-R", "postgres:postgres"])
-                .arg(&self.dir)
-                .status()?;
-            if !status.success() {
-                return Err(ClusterError::Command {
-                    what: "chown of the cluster folder to postgres".into(),
-                    detail: status.to_string(),
-                });
-            }
+        self.give_to_postgres(true, &[&self.dir], "the cluster folder")
+    }
+
+    /// As root, gives `paths` (with `recursive`, their trees) to the `postgres` user.
+    fn give_to_postgres(
+        &self,
+        recursive: bool,
+        paths: &[&Path],
+        what: &str,
+    ) -> Result<(), ClusterError> {
+        if !self.as_postgres {
+            return Ok(());
+        }
+        let mut chown = Command::new("chown");
+        if recursive {
+            chown.arg("-R");
+        }
+        let status = chown.arg("postgres:postgres").args(paths).status()?;
+        if !status.success() {
+            return Err(ClusterError::Command {
+                what: format!("chown of {what} to postgres"),
+                detail: status.to_string(),
+            });
         }
         Ok(())
     }

@@ -122,7 +122,9 @@ where
                     // would be: nothing it depends on was invalidated after its ticket. The
                     // leader having stored it proves nothing, since an invalidation may have
                     // evicted it again before we joined. Errors are never stale.
-                    if outcome.result.is_err() || self.admits(&key, &outcome.tags, outcome.ticket.epoch) {
+                    if outcome.result.is_err()
+                        || self.admits(&key, &outcome.tags, outcome.ticket.epoch)
+                    {
                         bump(&self.inner.counters.coalesced);
                         step!(self, Step::TookOver);
                         return outcome.result;
