@@ -53,6 +53,7 @@ mod config;
 mod decoder;
 mod digests;
 mod gate;
+mod heartbeat;
 mod pgoutput;
 mod replication;
 mod source;

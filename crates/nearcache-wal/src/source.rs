@@ -2,12 +2,12 @@
 //! that routes the stream's events through the decoder and the visibility gate, heartbeats
 //! through the WAL, and checks the database again on a timer.
 //!
-//! Which file to open: this one for the session and the heartbeat; `check.rs` for what the
-//! database must offer; `replication.rs` for the replication connection; `pgoutput.rs` for the
-//! wire format; `decoder.rs` for decoding (the
-//! relation cache, the transaction buffer, rows named by their key); `digests.rs` for the
-//! stored values a change is compared by; `gate.rs` for the visibility gate; `apply.rs` for
-//! applying a commit once it is visible; `config.rs` for the settings.
+//! Which file to open: this one for the session; `heartbeat.rs` for the heartbeat; `check.rs`
+//! for what the database must offer; `replication.rs` for the replication connection;
+//! `pgoutput.rs` for the wire format; `decoder.rs` for decoding (the relation cache, the
+//! transaction buffer, rows named by their key); `digests.rs` for the stored values a change
+//! is compared by; `gate.rs` for the visibility gate; `apply.rs` for applying a commit once it
+//! is visible; `config.rs` for the settings.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -20,8 +20,9 @@ use nearcache_source::{
 
 use crate::apply::apply;
 use crate::check::{check, running_xids};
-use crate::decoder::{Decoded, Decoder, Rules, HEARTBEAT_PREFIX};
+use crate::decoder::{Decoded, Decoder, Rules};
 use crate::gate::{Gate, Snapshot, SnapshotError};
+use crate::heartbeat::Heartbeat;
 use crate::pgoutput;
 use crate::replication::{Replication, ReplicationError};
 use crate::WalConfig;
@@ -99,15 +100,6 @@ type Query<T> = Pin<Box<dyn Future<Output = Result<T, SessionError>> + Send>>;
 const POLL_MIN: Duration = Duration::from_millis(1);
 /// The longest pause between two polls while something waits.
 const POLL_MAX: Duration = Duration::from_millis(50);
-
-/// A heartbeat sent through the WAL.
-struct Heartbeat {
-    message: String,
-    sent: Instant,
-    /// Back through the slot; complete once the poll with this number (one that began after
-    /// it came back) has applied what was visible: heartbeats travel behind the gate.
-    back: Option<u64>,
-}
 
 /// A session's stream: the control connection, the replication connection and its slot.
 struct Stream {
@@ -237,23 +229,6 @@ impl Stream {
         let control = self.control.clone();
         let config = config.clone();
         Box::pin(async move { check(&control, &config).await })
-    }
-
-    /// Sends a heartbeat from a task of its own, so that a server that stops answering cannot
-    /// stall the loop; the heartbeat's deadline catches it.
-    fn send_heartbeat(&self, message: String) {
-        let control = self.control.clone();
-        tokio::spawn(async move {
-            if let Err(e) = control
-                .execute(
-                    "SELECT pg_logical_emit_message(false, $1, $2)",
-                    &[&HEARTBEAT_PREFIX, &message],
-                )
-                .await
-            {
-                tracing::debug!(error = %e, "wal source: heartbeat not sent");
-            }
-        });
     }
 
     /// Routes events until something ends the session: the stream to the decoder and the gate,
@@ -397,8 +372,7 @@ impl Stream {
                 _ = ticker.tick(), if heartbeat.is_none() => {
                     sequence += 1;
                     let message = format!("{nonce}:{sequence}");
-                    heartbeat = Some(Heartbeat { message: message.clone(), sent: Instant::now(), back: None });
-                    self.send_heartbeat(message);
+                    heartbeat = Some(Heartbeat::send(&self.control, message));
                 }
                 () = sleep_until_opt(deadline) => {
                     status.heartbeat_timeout();
