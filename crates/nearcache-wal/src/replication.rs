@@ -319,9 +319,13 @@ impl Replication {
         }
     }
 
-    /// Waits for more of the stream. Cancel-safe: a read that did not complete took nothing,
-    /// so this can be one branch of a `select!`.
+    /// Waits until a whole message is buffered (at once if one is: setup may have read past
+    /// its last message) or more of the stream is read. Cancel-safe: a read that did not
+    /// complete took nothing, so this can be one branch of a `select!`.
     pub(crate) async fn fill(&mut self) -> Result<(), ReplicationError> {
+        if whole(&self.buf[self.read..])?.is_some() {
+            return Ok(());
+        }
         if self.read > 0 {
             self.buf.advance(self.read);
             self.read = 0;
