@@ -60,9 +60,12 @@ enum Ty {
     Timestamptz,
     /// text stored out of line (TOAST), about 3 kB
     Big,
+    /// fixed-length types beside `Timestamptz`, which the WAL source digests together
+    Int8,
+    Bool,
 }
 
-const TYPES: [Ty; 12] = [
+const TYPES: [Ty; 14] = [
     Ty::NdText,
     Ty::Citext,
     Ty::Numeric,
@@ -75,6 +78,8 @@ const TYPES: [Ty; 12] = [
     Ty::Amount,
     Ty::Timestamptz,
     Ty::Big,
+    Ty::Int8,
+    Ty::Bool,
 ];
 
 impl Ty {
@@ -92,6 +97,8 @@ impl Ty {
             Ty::Amount => "nc_amount",
             Ty::Timestamptz => "timestamptz",
             Ty::Big => "text",
+            Ty::Int8 => "bigint",
+            Ty::Bool => "boolean",
         }
     }
 
@@ -121,6 +128,8 @@ impl Ty {
             Ty::Mood => format!("'{}'", ["sad", "ok", "happy"][rng.random_range(0..3)]),
             Ty::Timestamptz => format!("'2026-01-01 00:00:00+00'::timestamptz + interval '{n} s'"),
             Ty::Big => format!("repeat(md5('{n}'), 100)"),
+            Ty::Int8 => format!("{n}"),
+            Ty::Bool => ["true", "false"][usize::from(n.is_multiple_of(2))].to_string(),
         }
     }
 
@@ -146,6 +155,10 @@ impl Ty {
             Ty::Timestamptz => format!("({c} AT TIME ZONE 'Asia/Tokyo') AT TIME ZONE 'Asia/Tokyo'"),
             Ty::Big if other => format!("overlay({c} placing 'X' from 1500 for 1)"),
             Ty::Big => c.to_string(),
+            Ty::Int8 if other => format!("{c} + 1"),
+            Ty::Int8 => format!("{c} + 0"),
+            Ty::Bool if other => format!("NOT {c}"),
+            Ty::Bool => c.to_string(),
         }
     }
 }

@@ -15,4 +15,4 @@ mod supervise;
 pub use exposition::{Exposition, MetricKind};
 pub use handler::{Handler, Handlers};
 pub use status::{Metric, SourceState, SourceStatus, StatusSnapshot};
-pub use supervise::{explain, in_flight, sleep_until_opt, supervise, AbortOnDrop};
+pub use supervise::{explain, in_flight, sleep_until_opt, supervise, AbortOnDrop, Timer};

@@ -3,7 +3,7 @@
 
 use std::error::Error;
 use std::future::Future;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::time::Duration;
 
 use crate::{Handler, SourceState, SourceStatus};
@@ -81,6 +81,63 @@ pub async fn sleep_until_opt(deadline: Option<tokio::time::Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+/// A deadline a session's loop may set on every turn, armed anew only when it moves: a
+/// `select!` over [`sleep_until_opt`] registers (and drops) a timer each turn, which is most
+/// of what a turn costs when a stream wakes the loop thousands of times a second.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+/// use nearcache_source::Timer;
+/// use tokio::time::{Duration, Instant};
+/// let mut timer = Timer::default();
+/// timer.set(Some(Instant::now() + Duration::from_millis(5)));
+/// timer.wait().await; // elapses
+/// timer.set(None); // disarmed: wait() would never end
+/// # });
+/// ```
+#[derive(Debug)]
+pub struct Timer {
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    armed: bool,
+}
+
+impl Default for Timer {
+    fn default() -> Self {
+        // Far enough never to elapse unarmed; tokio caps a deadline at about two years.
+        let never = tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365);
+        Self {
+            sleep: Box::pin(tokio::time::sleep_until(never)),
+            armed: false,
+        }
+    }
+}
+
+impl Timer {
+    /// Sets the deadline (`None`: none); a deadline already set and unchanged stays armed
+    /// as it is.
+    pub fn set(&mut self, deadline: Option<tokio::time::Instant>) {
+        match deadline {
+            Some(d) => {
+                if !self.armed || self.sleep.deadline() != d {
+                    self.sleep.as_mut().reset(d);
+                }
+                self.armed = true;
+            }
+            None => self.armed = false,
+        }
+    }
+
+    /// Waits until the deadline, or forever without one: at once if it has passed, as
+    /// [`sleep_until_opt`] does.
+    pub async fn wait(&mut self) {
+        if self.armed {
+            self.sleep.as_mut().await;
+        } else {
+            std::future::pending().await
+        }
     }
 }
 

@@ -137,9 +137,18 @@ struct Shape {
     column: Option<usize>,
     /// Whether the key column is part of the replica identity (or the identity is FULL).
     identity_has_key: bool,
-    /// The positions of the columns whose changes count, when the table ignores some; none
-    /// when every change counts (no digest is kept).
-    watched: Option<Vec<usize>>,
+    /// The columns whose changes count, when the table ignores some; none when every change
+    /// counts (no digest is kept).
+    watched: Option<Watched>,
+}
+
+/// The positions of a table's watched columns: those of fixed-length types, always sent and
+/// digested together in one hash, and the others, each digested alone since an unchanged
+/// TOASTed value is not sent.
+#[derive(Debug)]
+struct Watched {
+    fixed: Vec<usize>,
+    varying: Vec<usize>,
 }
 
 impl Shape {
@@ -159,9 +168,10 @@ impl Shape {
             }
         };
         let watched = rule.filter(|rule| !rule.ignored.is_empty()).map(|rule| {
-            (0..r.columns.len())
+            let (fixed, varying) = (0..r.columns.len())
                 .filter(|&i| !rule.ignored.contains(&r.columns[i].name))
-                .collect()
+                .partition(|&i| r.columns[i].fixed);
+            Watched { fixed, varying }
         });
         Self {
             column,
@@ -369,14 +379,27 @@ impl Decoder {
         // With a full replica identity the old row says what changed by itself. Values are
         // compared as stored (their text), not by the type's equality.
         if let Some(old) = old {
-            return watched.iter().any(|&i| {
+            return watched.fixed.iter().chain(&watched.varying).any(|&i| {
                 new.get(i).is_none_or(|n| *n != Value::Unchanged) && old.get(i) != new.get(i)
             });
         }
         self.hashes.clear();
+        if !watched.fixed.is_empty() {
+            // A fixed-length value not sent (it should not happen) leaves nothing to compare.
+            match self
+                .digests
+                .hash_all(watched.fixed.iter().map(|&i| new.get(i)))
+            {
+                Some(h) => self.hashes.push(Some(h)),
+                None => {
+                    self.digests.remove(&r.name, key);
+                    return true;
+                }
+            }
+        }
         // A tuple shorter than its relation (it should not happen) hashes as unknown.
         self.hashes
-            .extend(watched.iter().map(|&i| match new.get(i) {
+            .extend(watched.varying.iter().map(|&i| match new.get(i) {
                 None | Some(Value::Unchanged) => None,
                 Some(v) => Some(self.digests.hash(v)),
             }));
@@ -451,6 +474,133 @@ mod tests {
                 keys("organizations", &["x"]),
                 Evict::Table("audit".into()),
             ]
+        );
+    }
+
+    /// pgoutput's Relation message: `(name, type oid)` per column, the first the key.
+    fn relation(columns: &[(&str, u32)]) -> Vec<u8> {
+        let mut m = vec![b'R'];
+        m.extend(1u32.to_be_bytes());
+        m.extend(b"public\0t\0d");
+        m.extend(u16::try_from(columns.len()).unwrap().to_be_bytes());
+        for (i, (name, oid)) in columns.iter().enumerate() {
+            m.push(u8::from(i == 0));
+            m.extend(name.as_bytes());
+            m.push(0);
+            m.extend(oid.to_be_bytes());
+            m.extend((-1i32).to_be_bytes());
+        }
+        m
+    }
+
+    /// An UPDATE of relation 1 with no old tuple: each value's text, `None` for unchanged
+    /// TOAST.
+    fn update(values: &[Option<&str>]) -> Vec<u8> {
+        let mut m = vec![b'U'];
+        m.extend(1u32.to_be_bytes());
+        m.push(b'N');
+        m.extend(u16::try_from(values.len()).unwrap().to_be_bytes());
+        for v in values {
+            match v {
+                None => m.push(b'u'),
+                Some(v) => {
+                    m.push(b't');
+                    m.extend(u32::try_from(v.len()).unwrap().to_be_bytes());
+                    m.extend(v.as_bytes());
+                }
+            }
+        }
+        m
+    }
+
+    /// The keys a transaction of `updates` evicts.
+    fn evicted(d: &mut Decoder, updates: &[Vec<u8>]) -> Vec<String> {
+        let mut begin = vec![b'B'];
+        begin.extend([0; 16]);
+        begin.extend(7u32.to_be_bytes());
+        let mut commit = vec![b'C', 0];
+        commit.extend([0; 24]);
+        let messages = std::iter::once(&begin).chain(updates).chain([&commit]);
+        let mut keys = Vec::new();
+        for m in messages {
+            if let Decoded::Commit(c) = d.event(Message::XLogData(m), None).unwrap() {
+                for change in c.changes {
+                    match change {
+                        Evict::Keys(_, k) => keys.extend(k),
+                        Evict::Table(t) => keys.push(format!("table {t}")),
+                    }
+                }
+            }
+        }
+        keys
+    }
+
+    #[test]
+    fn each_watched_column_counts_whether_it_is_digested_with_others_or_alone() {
+        let rules = Rules::from([(
+            "t".to_string(),
+            Rule {
+                key: "k".into(),
+                ignored: vec!["seen".into()],
+            },
+        )]);
+        let mut d = Decoder::new(rules, 100);
+        // int4, int8, bool, timestamptz: fixed length, one hash; text and the ignored column.
+        let columns = [
+            ("k", 23),
+            ("n", 20),
+            ("on", 16),
+            ("at", 1184),
+            ("body", 25),
+            ("seen", 23),
+        ];
+        d.event(Message::XLogData(&relation(&columns)), None)
+            .unwrap();
+        let row = ["1", "5", "t", "2026-01-01 00:00:00+00", "hello", "0"];
+        let with = |i: usize, v: &'static str| {
+            let mut r: Vec<Option<&str>> = row.iter().copied().map(Some).collect();
+            r[i] = Some(v);
+            update(&r)
+        };
+        assert_eq!(evicted(&mut d, &[with(5, "0")]), ["1"], "never seen");
+        assert!(evicted(&mut d, &[with(5, "1")]).is_empty(), "only ignored");
+        for (i, v) in [
+            (1, "6"),
+            (2, "f"),
+            (3, "2026-01-01 00:00:01+00"),
+            (4, "bye"),
+        ] {
+            assert_eq!(evicted(&mut d, &[with(i, v)]), ["1"], "column {i} changed");
+            assert_eq!(
+                evicted(&mut d, &[update(&row.map(Some))]),
+                ["1"],
+                "{i} back"
+            );
+        }
+        // Values that would run together without their lengths.
+        assert_eq!(evicted(&mut d, &[with(1, "52")]), ["1"]);
+        let mut shifted = row.map(Some);
+        shifted[1] = Some("5");
+        shifted[2] = Some("2t");
+        assert_eq!(
+            evicted(&mut d, &[update(&shifted)]),
+            ["1"],
+            "a shifted byte"
+        );
+        (shifted[1], shifted[2]) = (Some("5"), Some("x\u{2}y"));
+        assert_eq!(evicted(&mut d, &[update(&shifted)]), ["1"]);
+        (shifted[1], shifted[2]) = (Some("5\u{2}x"), Some("y"));
+        assert_eq!(
+            evicted(&mut d, &[update(&shifted)]),
+            ["1"],
+            "a shifted kind byte"
+        );
+        let mut unsent = row.map(Some);
+        unsent[4] = None;
+        assert_eq!(evicted(&mut d, &[update(&row.map(Some))]), ["1"]);
+        assert!(
+            evicted(&mut d, &[update(&unsent)]).is_empty(),
+            "an unchanged TOASTed value keeps its hash"
         );
     }
 

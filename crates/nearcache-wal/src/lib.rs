@@ -54,6 +54,7 @@ mod decoder;
 mod digests;
 mod gate;
 mod heartbeat;
+mod lsn;
 mod pgoutput;
 mod replication;
 mod source;

@@ -46,6 +46,33 @@ pub(crate) struct Column {
     pub(crate) name: String,
     /// Part of the replica identity (the primary key by default).
     pub(crate) key: bool,
+    /// Of a built-in fixed-length type: stored inline, never TOASTed, so never sent as
+    /// [`Value::Unchanged`].
+    pub(crate) fixed: bool,
+}
+
+/// Whether a column of type `oid` is of a built-in fixed-length type (bool, the integers,
+/// oid, the floats, money, the date and time types, uuid, pg_lsn). Any other type, a domain
+/// over one of these included, counts as one that may be TOASTed.
+fn fixed_length(oid: u32) -> bool {
+    matches!(
+        oid,
+        16 | 20
+            | 21
+            | 23
+            | 26
+            | 700
+            | 701
+            | 790
+            | 1082
+            | 1083
+            | 1114
+            | 1184
+            | 1186
+            | 1266
+            | 2950
+            | 3220
+    )
 }
 
 /// One column's value in a tuple, borrowed from the message it was decoded from (decoding a
@@ -155,17 +182,20 @@ impl<'a> Reader<'a> {
 
     fn tuple(&mut self) -> Result<Tuple<'a>, DecodeError> {
         let n = self.u16()?;
-        (0..n)
-            .map(|_| match self.u8()? {
-                b'n' => Ok(Value::Null),
-                b'u' => Ok(Value::Unchanged),
+        // Sized once: collecting through `Result` would grow the vector from four.
+        let mut values = Vec::with_capacity(usize::from(n));
+        for _ in 0..n {
+            values.push(match self.u8()? {
+                b'n' => Value::Null,
+                b'u' => Value::Unchanged,
                 b't' | b'b' => {
                     let len = self.u32()? as usize;
-                    Ok(Value::Data(self.take(len)?))
+                    Value::Data(self.take(len)?)
                 }
-                k => Err(DecodeError(format!("unknown column kind {k:#x}"))),
-            })
-            .collect()
+                k => return Err(DecodeError(format!("unknown column kind {k:#x}"))),
+            });
+        }
+        Ok(values)
     }
 }
 
@@ -203,11 +233,12 @@ pub(crate) fn decode(data: &[u8]) -> Result<Change<'_>, DecodeError> {
                 .map(|_| {
                     let flags = r.u8()?;
                     let name = r.cstring()?;
-                    let _type = r.u32()?;
+                    let oid = r.u32()?;
                     let _typmod = r.u32()?;
                     Ok(Column {
                         name,
                         key: flags & 1 == 1,
+                        fixed: fixed_length(oid),
                     })
                 })
                 .collect::<Result<_, DecodeError>>()?;

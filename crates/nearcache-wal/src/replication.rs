@@ -7,7 +7,6 @@
 //! has, often many commits, and the session decodes them all before it waits again.
 
 use std::fmt;
-use std::io::Write as _;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BytesMut};
@@ -19,28 +18,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 
-/// A position in the WAL.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
-pub(crate) struct Lsn(pub(crate) u64);
-
-impl Lsn {
-    /// As Postgres prints it, written into `buf` rather than allocated.
-    pub(crate) fn text(self, buf: &mut [u8; 17]) -> &str {
-        let len = {
-            let mut cursor = std::io::Cursor::new(&mut buf[..]);
-            write!(cursor, "{self}").expect("17 bytes hold any position");
-            usize::try_from(cursor.position()).expect("at most 17")
-        };
-        std::str::from_utf8(&buf[..len]).expect("hexadecimal digits and a slash")
-    }
-}
-
-impl fmt::Display for Lsn {
-    /// As Postgres prints one: `16/B374D848`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
-    }
-}
+pub(crate) use crate::lsn::Lsn;
 
 /// An error the server sent (an ErrorResponse).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -449,15 +427,6 @@ fn whole(buf: &[u8]) -> Result<Option<(u8, usize)>, ReplicationError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn positions_print_as_postgres_prints_them() {
-        assert_eq!(Lsn(0x16_B374_D848).to_string(), "16/B374D848");
-        assert_eq!(Lsn(0).to_string(), "0/0");
-        let mut buf = [0; 17];
-        assert_eq!(Lsn(u64::MAX).text(&mut buf), "FFFFFFFF/FFFFFFFF");
-        assert_eq!(Lsn(0x16_B374_D848).text(&mut buf), "16/B374D848");
-    }
 
     #[test]
     fn a_message_is_whole_only_once_all_its_bytes_are_read() {

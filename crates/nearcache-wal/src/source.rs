@@ -3,7 +3,8 @@
 //! through the WAL, and checks the database again on a timer.
 //!
 //! Which file to open: this one for the session; `heartbeat.rs` for the heartbeat; `check.rs`
-//! for what the database must offer; `replication.rs` for the replication connection;
+//! for what the database must offer; `replication.rs` for the replication connection (`lsn.rs`
+//! for the positions it speaks of);
 //! `pgoutput.rs` for the wire format; `decoder.rs` for decoding (the relation cache, the
 //! transaction buffer, rows named by their key); `digests.rs` for the stored values a change
 //! is compared by; `gate.rs` for the visibility gate; `apply.rs` for applying a commit once it
@@ -15,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nearcache_source::{
-    in_flight, sleep_until_opt, supervise, AbortOnDrop, Handler, SourceState, SourceStatus,
+    in_flight, supervise, AbortOnDrop, Handler, SourceState, SourceStatus, Timer,
 };
 
 use crate::apply::apply;
@@ -259,6 +260,10 @@ impl Stream {
         let mut due: Option<Instant> = gate.waiting().then(Instant::now);
         let mut pause = POLL_MIN;
         let mut recheck: Option<Query<Rules>> = None;
+        // The deadlines below are worked out on every turn; each timer is armed anew only
+        // when its deadline moves.
+        let (mut status_timer, mut poll_timer, mut heartbeat_timer) =
+            (Timer::default(), Timer::default(), Timer::default());
         loop {
             // A due poll starts here rather than on a timer, which would round it up to the
             // next millisecond.
@@ -268,13 +273,16 @@ impl Stream {
                 poll = Some(self.poll());
                 due = None;
             }
-            let deadline = heartbeat
-                .as_ref()
-                .map(|h| tokio::time::Instant::from_std(h.sent + config.heartbeat_timeout));
-            let next_poll = due
-                .filter(|_| poll.is_none())
-                .map(tokio::time::Instant::from_std);
-            let status_due = self.repl.status_due();
+            heartbeat_timer.set(
+                heartbeat
+                    .as_ref()
+                    .map(|h| tokio::time::Instant::from_std(h.sent + config.heartbeat_timeout)),
+            );
+            poll_timer.set(
+                due.filter(|_| poll.is_none())
+                    .map(tokio::time::Instant::from_std),
+            );
+            status_timer.set(Some(self.repl.status_due().into()));
             tokio::select! {
                 read = self.repl.fill() => {
                     if let Err(e) = read {
@@ -331,7 +339,7 @@ impl Stream {
                         }
                     }
                 }
-                () = tokio::time::sleep_until(status_due.into()) => {
+                () = status_timer.wait() => {
                     if let Err(e) = self.send_status(config).await {
                         return e;
                     }
@@ -368,13 +376,13 @@ impl Stream {
                         None
                     };
                 }
-                () = sleep_until_opt(next_poll) => {}
+                () = poll_timer.wait() => {}
                 _ = ticker.tick(), if heartbeat.is_none() => {
                     sequence += 1;
                     let message = format!("{nonce}:{sequence}");
                     heartbeat = Some(Heartbeat::send(&self.control, message));
                 }
-                () = sleep_until_opt(deadline) => {
+                () = heartbeat_timer.wait() => {
                     status.heartbeat_timeout();
                     return SessionError::HeartbeatTimeout(config.heartbeat_timeout);
                 }
