@@ -58,6 +58,7 @@ mod lsn;
 mod pgoutput;
 mod replication;
 mod source;
+mod txn;
 mod usable;
 
 pub use config::{ConfigError, WalConfig};

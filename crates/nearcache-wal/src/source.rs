@@ -5,8 +5,8 @@
 //! Which file to open: this one for the session; `heartbeat.rs` for the heartbeat; `check.rs`
 //! for what the database must offer; `replication.rs` for the replication connection (`lsn.rs`
 //! for the positions it speaks of);
-//! `pgoutput.rs` for the wire format; `decoder.rs` for decoding (the relation cache, the
-//! transaction buffer, rows named by their key); `digests.rs` for the stored values a change
+//! `pgoutput.rs` for the wire format; `decoder.rs` for decoding (the relation cache, rows
+//! named by their key); `txn.rs` for the transaction buffer; `digests.rs` for the stored values a change
 //! is compared by; `gate.rs` for the visibility gate; `apply.rs` for applying a commit once it
 //! is visible; `config.rs` for the settings.
 
@@ -288,6 +288,8 @@ impl Stream {
                     if let Err(e) = read {
                         return SessionError::Replication(e);
                     }
+                    // One clock reading for the whole read: what it makes due is due by now.
+                    let now = Instant::now();
                     // Every whole message read, decoded where it lies.
                     loop {
                         let ours = heartbeat.as_ref().map(|h| h.message.as_str());
@@ -310,7 +312,7 @@ impl Stream {
                                 gate.admit(commit);
                                 if applies {
                                     // Usually visible by the time the snapshot is taken.
-                                    due = Some(Instant::now());
+                                    due = Some(now);
                                     pause = POLL_MIN;
                                 }
                                 self.confirm(&gate);
@@ -323,7 +325,7 @@ impl Stream {
                                 if let Some(h) = heartbeat.as_mut() {
                                     if gate.waiting() || poll.is_some() {
                                         h.back = Some(begun + 1);
-                                        due = Some(Instant::now());
+                                        due = Some(now);
                                     } else {
                                         let rtt = h.sent.elapsed();
                                         status.heartbeat(micros(rtt));
@@ -333,7 +335,7 @@ impl Stream {
                             }
                         }
                     }
-                    if self.repl.status_due() <= Instant::now() {
+                    if self.repl.status_due() <= now {
                         if let Err(e) = self.send_status(config).await {
                             return e;
                         }
