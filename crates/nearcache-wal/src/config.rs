@@ -51,6 +51,12 @@ pub struct WalConfig {
     /// made again while streaming: a table dropped from the publication bypasses, changed
     /// attach rules are reloaded and flush their tables. Default 10 s.
     pub check_interval: Duration,
+    /// The least time between two reads of the stream. A read takes everything the server
+    /// has sent, so under a steady stream of commits this sets how many each read (and each
+    /// wake-up) takes: at a millisecond, dozens where it would be one or two, for up to a
+    /// millisecond more before a commit reaches the gate. A commit that comes after a quiet
+    /// millisecond is read at once. Zero reads whenever anything arrives. Default 1 ms.
+    pub read_pause: Duration,
     /// For measurements only (`cargo xtask bench` compares the gate's cost with it): apply a
     /// commit when it is decoded, before new snapshots can see it, as the source did before
     /// the visibility gate. A load racing the commit can then store the superseded row.
@@ -91,6 +97,7 @@ impl WalConfig {
             connect_timeout: Duration::from_secs(5),
             digest_capacity: 100_000,
             check_interval: Duration::from_secs(10),
+            read_pause: Duration::from_millis(1),
             apply_at_decoding: false,
         })
     }

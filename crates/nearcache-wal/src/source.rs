@@ -264,6 +264,9 @@ impl Stream {
         // when its deadline moves.
         let (mut status_timer, mut poll_timer, mut heartbeat_timer) =
             (Timer::default(), Timer::default(), Timer::default());
+        // When the stream may be read again (`read_pause` after the last read).
+        let mut read_timer = Timer::default();
+        read_timer.set(Some(tokio::time::Instant::now()));
         loop {
             // A due poll starts here rather than on a timer, which would round it up to the
             // next millisecond.
@@ -283,13 +286,18 @@ impl Stream {
                     .map(tokio::time::Instant::from_std),
             );
             status_timer.set(Some(self.repl.status_due().into()));
+            let repl = &mut self.repl;
             tokio::select! {
-                read = self.repl.fill() => {
+                read = async {
+                    read_timer.wait().await;
+                    repl.fill().await
+                } => {
                     if let Err(e) = read {
                         return SessionError::Replication(e);
                     }
                     // One clock reading for the whole read: what it makes due is due by now.
                     let now = Instant::now();
+                    read_timer.set(Some((now + config.read_pause).into()));
                     // Every whole message read, decoded where it lies.
                     loop {
                         let ours = heartbeat.as_ref().map(|h| h.message.as_str());
