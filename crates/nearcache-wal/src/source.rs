@@ -4,11 +4,11 @@
 //!
 //! Which file to open: this one for the session; `heartbeat.rs` for the heartbeat; `check.rs`
 //! for what the database must offer; `replication.rs` for the replication connection (`lsn.rs`
-//! for the positions it speaks of);
-//! `pgoutput.rs` for the wire format; `decoder.rs` for decoding (the relation cache, rows
-//! named by their key); `txn.rs` for the transaction buffer; `digests.rs` for the stored values a change
-//! is compared by; `gate.rs` for the visibility gate; `apply.rs` for applying a commit once it
-//! is visible; `config.rs` for the settings.
+//! for the positions it speaks of); `pgoutput.rs` for the wire format; `decoder.rs` for
+//! decoding (the relation cache, rows named by their key); `txn.rs` for the transaction
+//! buffer; `digests.rs` for the stored values a change is compared by; `gate.rs` for the
+//! visibility gate; `apply.rs` for applying a commit once it is visible; `config.rs` for the
+//! settings.
 
 use std::future::Future;
 use std::pin::Pin;
